@@ -1,0 +1,245 @@
+"""The adapter interface and the one driver loop that walks a scenario through any adapter.
+
+An adapter translates the scenario's neutral vocabulary into its framework's idiomatic calls
+and reports what happened; it never patches behaviour. Everything else (repeats, recording
+observations, turning exceptions into ``error`` rows, optimizer lifetimes) lives here once.
+"""
+
+from __future__ import annotations
+
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import numpy as np
+
+from ..scenario import STATE_QUANTITIES, Layer, Scenario, Step, channel_axis
+
+
+class NotApplicable(Exception):
+    """The framework cannot express this layer or step; the message says why."""
+
+
+Array = np.ndarray
+# An adapter returns either a numpy array (its dtype is reported) or (float64 array, dtype name),
+# for dtypes numpy cannot hold (bfloat16 from torch, for instance).
+Value = "np.ndarray | tuple[np.ndarray, str]"
+
+
+class Adapter(ABC):
+    """One framework's BatchNorm behind xbn's vocabulary.
+
+    Arrays come in and go out in the scenario's layout, as float64 arrays holding values
+    exactly representable in the scenario's dtype; adapters cast to their own dtype and use
+    ``to_channels_first``/``from_channels_first`` when their layer needs another layout.
+    """
+
+    framework_id: str = ""
+    notes: list[str]
+
+    def __init__(self, framework_id: str):
+        self.framework_id = framework_id
+        self.notes = []
+
+    @abstractmethod
+    def build(self, layer: Layer) -> None:
+        """Create a fresh layer (with fresh weights and statistics)."""
+
+    @abstractmethod
+    def call(self, x: Array, training: bool | None):
+        """Forward pass; ``training=None`` is a bare call (whatever the framework does)."""
+
+    @abstractmethod
+    def predict(self, x: Array):
+        """The framework's inference entry point."""
+
+    def set_trainable(self, trainable: bool) -> None:
+        raise NotApplicable(f"{self.framework_id} has no trainable flag")
+
+    def set_mode(self, mode: str) -> None:
+        raise NotApplicable(f"{self.framework_id} has no module-wide train/eval mode")
+
+    @abstractmethod
+    def fit(self, x: Array, target: Array, step: Step, fresh_optimizer: bool) -> float:
+        """Train with the step's loss and optimizer; return the last epoch's mean loss."""
+
+    @abstractmethod
+    def grad(self, x: Array, training: bool | None, weights: Array) -> dict:
+        """Backward of sum(output * weights): {"output", "grad_input", "grad_gamma"?, "grad_beta"?}."""
+
+    @abstractmethod
+    def set_weights(self, values: dict[str, Array]) -> None:
+        """Load gamma/beta/moving_mean/moving_variance (those given)."""
+
+    @abstractmethod
+    def state(self) -> dict:
+        """Current gamma, beta, moving_mean, moving_variance (only those that exist)."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the packages this adapter really imported."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------
+# layout helpers shared by adapters
+
+
+def to_channels_first(x: Array, layout: str) -> Array:
+    axis = channel_axis(layout)
+    return x if axis == 1 else np.moveaxis(x, axis, 1)
+
+
+def from_channels_first(x: Array, layout: str) -> Array:
+    axis = channel_axis(layout)
+    return x if axis == 1 else np.moveaxis(x, 1, axis)
+
+
+def to_channels_last(x: Array, layout: str) -> Array:
+    axis = channel_axis(layout)
+    return x if axis == x.ndim - 1 else np.moveaxis(x, axis, -1)
+
+
+def from_channels_last(x: Array, layout: str) -> Array:
+    axis = channel_axis(layout)
+    return x if axis == x.ndim - 1 else np.moveaxis(x, -1, axis)
+
+
+def batches(n: int, batch_size: int | None) -> list[slice]:
+    """Unshuffled mini-batches in order; the last one may be smaller (as in Keras and torch)."""
+    size = batch_size or n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ---------------------------------------------------------------------------------------
+# the driver loop
+
+PRIMARY = {
+    "call": ("output",),
+    "predict": ("output",),
+    "fit": ("loss",),
+    "grad": ("output", "grad_input", "grad_gamma", "grad_beta"),
+    "set": ("step",),
+    "set_weights": ("step",),
+}
+
+
+def primary_quantities(op: str) -> tuple[str, ...]:
+    return PRIMARY[op]
+
+
+def _as_record(value) -> tuple[list | float | None, str | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, tuple):
+        arr, dtype = value
+    else:
+        arr = np.asarray(value)
+        dtype = arr.dtype.name
+    arr = np.asarray(arr, dtype=np.float64)
+    return arr.tolist(), dtype
+
+
+def describe_exception(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    first = message[0] if message else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
+    """Walk the scenario's steps; yield one observation dict per quantity after each step."""
+    layer = scenario.layer
+
+    def record(step: Step, quantity: str, status: str, value=None, message=None):
+        values, dtype = _as_record(value) if status == "ok" else (None, None)
+        return {"scenario": scenario.name, "step": step.index, "op": step.op,
+                "framework": adapter.framework_id, "quantity": quantity, "status": status,
+                "value": values, "dtype": dtype, "message": message}
+
+    try:
+        adapter.build(layer)
+    except Exception as exc:  # every step reports why the layer could not be built
+        status = "n/a" if isinstance(exc, NotApplicable) else "error"
+        message = str(exc) if status == "n/a" else describe_exception(exc)
+        for step in scenario.steps:
+            for q in primary_quantities(step.op):
+                yield record(step, q, status, message=f"layer not built: {message}")
+        return
+
+    last_optimizer: dict | None = None
+    for step in scenario.steps:
+        produced: dict = {}
+        status, message = "ok", None
+        try:
+            produced = _run_step(adapter, scenario, step, last_optimizer)
+            if step.op == "fit":
+                last_optimizer = asdict(step.optimizer)
+            if step.op == "set" and step.trainable is not None:
+                last_optimizer = None  # Keras must recompile after trainable changes: fresh state
+        except NotApplicable as exc:
+            status, message = "n/a", str(exc)
+        except Exception as exc:
+            status, message = "error", describe_exception(exc)
+            if not isinstance(exc, (ValueError, RuntimeError, TypeError)):
+                message += " | " + traceback.format_exc(limit=2).strip().splitlines()[-1]
+        for q in primary_quantities(step.op):
+            if status != "ok":
+                yield record(step, q, status, message=message)
+            elif q == "step":
+                yield record(step, q, "ok")
+            elif q in produced and produced[q] is not None:
+                yield record(step, q, "ok", produced[q])
+            elif q in ("grad_gamma", "grad_beta"):
+                yield record(step, q, "n/a", message=produced.get(f"{q}_reason",
+                                                                   "no such parameter"))
+        try:
+            state = adapter.state()
+        except Exception as exc:
+            for q in STATE_QUANTITIES:
+                yield record(step, q, "error", message=f"reading state: {describe_exception(exc)}")
+            continue
+        for q in STATE_QUANTITIES:
+            if state.get(q) is not None:
+                yield record(step, q, "ok", state[q])
+            elif not _exists(layer, q):
+                continue
+            else:
+                yield record(step, q, "n/a", message=f"{adapter.framework_id} exposes no {q}")
+
+
+def _exists(layer: Layer, quantity: str) -> bool:
+    if quantity == "gamma":
+        return layer.scale
+    if quantity == "beta":
+        return layer.center
+    return layer.track_running_stats
+
+
+def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer) -> dict:
+    inputs = scenario.inputs
+    op = step.op
+    result: dict = {}
+    if op == "set":
+        if step.trainable is not None:
+            adapter.set_trainable(step.trainable)
+        if step.mode is not None:
+            adapter.set_mode(step.mode)
+        return result
+    if op == "set_weights":
+        adapter.set_weights({k: np.asarray(v, dtype=np.float64) for k, v in step.values.items()})
+        return result
+    x = inputs[step.input]
+    for _ in range(step.repeat):
+        if op == "call":
+            result = {"output": adapter.call(x, step.training)}
+        elif op == "predict":
+            result = {"output": adapter.predict(x)}
+        elif op == "fit":
+            fresh = last_optimizer != asdict(step.optimizer)
+            result = {"loss": adapter.fit(x, inputs[step.target], step, fresh)}
+            last_optimizer = asdict(step.optimizer)
+        elif op == "grad":
+            result = adapter.grad(x, step.training, inputs[step.weights])
+        else:  # pragma: no cover - the loader rejects unknown ops
+            raise AssertionError(op)
+    return result

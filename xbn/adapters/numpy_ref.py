@@ -1,0 +1,67 @@
+"""The float64 reference as an adapter, so it runs through the same driver loop and tests.
+
+``[layer.native.numpy]`` sets the reference's semantic switches (see ``xbn.reference``), e.g.
+``variance_update = "unbiased"`` to reproduce PyTorch's running variance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+
+from ..reference import ReferenceBatchNorm, Semantics
+from ..scenario import Layer, Step, channel_axis
+from .base import Adapter, NotApplicable
+
+
+class NumpyAdapter(Adapter):
+    def __init__(self, framework_id: str = "numpy", semantics: Semantics | None = None):
+        super().__init__(framework_id)
+        self.semantics = semantics or Semantics()
+
+    def build(self, layer: Layer) -> None:
+        semantics = self.semantics
+        native = layer.native.get(self.framework_id, {})
+        if native:
+            known = {f.name for f in fields(Semantics)}
+            unknown = sorted(set(native) - known)
+            if unknown:
+                raise TypeError(f"unknown reference switch(es) {unknown}; known: {sorted(known)}")
+            semantics = semantics.with_(**native)
+        self.bn = ReferenceBatchNorm(layer, semantics, axis=channel_axis(layer.layout))
+
+    def call(self, x, training):
+        return self.bn.call(x, training)
+
+    def predict(self, x):
+        return self.bn.predict(x)
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.bn.trainable = trainable
+
+    def set_mode(self, mode: str) -> None:
+        self.bn.module_training = mode == "train"
+
+    def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
+        return np.float64(self.bn.fit(x, target, step.optimizer, step.epochs, step.batch_size,
+                                      fresh_optimizer))
+
+    def grad(self, x, training, weights) -> dict:
+        return self.bn.grad(x, training, weights)
+
+    def set_weights(self, values) -> None:
+        try:
+            self.bn.set_weights(values)
+        except KeyError as exc:
+            raise NotApplicable(f"the layer has no {exc.args[0]}") from None
+
+    def state(self) -> dict:
+        return self.bn.state()
+
+    def versions(self) -> dict[str, str]:
+        return {"numpy": np.__version__}
+
+
+def make_adapter(framework_id: str) -> Adapter:
+    return NumpyAdapter(framework_id)

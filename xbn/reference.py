@@ -1,0 +1,247 @@
+"""BatchNorm written once, in float64: xbn's executable specification.
+
+The default ``Semantics`` is Keras 3's. Every place where frameworks are known to disagree is
+a named switch, so the reference can also reproduce any framework's documented behaviour;
+the comparison searches these switches to explain a difference. Nothing here knows about a
+framework.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from .scenario import Layer, Optimizer
+
+KERAS_DEFAULTS = {"momentum": 0.99, "epsilon": 1e-3}
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """The switches on which BatchNorm implementations differ. Defaults: Keras 3."""
+
+    # running variance fed with the biased (/n) or Bessel-corrected (/(n-1)) batch variance
+    variance_update: str = "biased"  # biased | unbiased
+    # trainable=False forces inference mode (Keras, tf-keras V2) or only freezes parameters
+    frozen_means_inference: bool = True
+    # a call without `training`: inference (Keras) or the module's mode (torch, train at first)
+    bare_call: str = "inference"  # inference | module_mode
+    # one value per channel in training: raise (torch) or normalize with variance 0
+    batch_of_one: str = "zero_variance"  # zero_variance | error
+    # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
+    adam_form: str = "eps_hat"  # eps_hat | paper
+    # constructor defaults used when a scenario sets defaults = true
+    default_momentum: float | None = 0.99
+    default_epsilon: float = 1e-3
+
+    def switches(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def with_(self, **changes) -> Semantics:
+        return replace(self, **changes)
+
+
+SWITCH_VALUES: dict[str, tuple] = {
+    "variance_update": ("biased", "unbiased"),
+    "frozen_means_inference": (True, False),
+    "bare_call": ("inference", "module_mode"),
+    "batch_of_one": ("zero_variance", "error"),
+    "adam_form": ("eps_hat", "paper"),
+}
+
+
+def _channels_last_2d(x: np.ndarray, axis: int) -> tuple[np.ndarray, tuple]:
+    moved = np.moveaxis(x, axis, -1)
+    return moved.reshape(-1, moved.shape[-1]), moved.shape
+
+
+def _restore(y2: np.ndarray, moved_shape: tuple, axis: int) -> np.ndarray:
+    return np.moveaxis(y2.reshape(moved_shape), -1, axis)
+
+
+@dataclass
+class _OptimizerState:
+    config: Optimizer
+    t: int = 0
+    m: dict = field(default_factory=dict)
+    v: dict = field(default_factory=dict)
+
+
+class ReferenceBatchNorm:
+    """A BatchNorm layer in float64 whose behaviour is set by ``Semantics``."""
+
+    def __init__(self, layer: Layer, semantics: Semantics | None = None, axis: int = -1):
+        self.sem = semantics or Semantics()
+        self.layer = layer
+        self.axis = axis
+        c = layer.features
+        if layer.defaults:
+            self.momentum = self.sem.default_momentum  # None: cumulative
+            self.epsilon = self.sem.default_epsilon
+        else:
+            self.momentum = None if layer.cumulative else float(layer.momentum)
+            self.epsilon = float(layer.epsilon)
+        self.gamma = np.ones(c) if layer.scale else None
+        self.beta = np.zeros(c) if layer.center else None
+        self.track = layer.track_running_stats
+        self.moving_mean = np.zeros(c) if self.track else None
+        self.moving_variance = np.ones(c) if self.track else None
+        self.num_batches = 0
+        self.trainable = True
+        self.module_training = True  # torch modules start in train mode
+        self.optimizer: _OptimizerState | None = None
+
+    # -- mode resolution -------------------------------------------------------------
+    def effective_training(self, training: bool | None) -> bool:
+        if training is None:
+            training = self.module_training if self.sem.bare_call == "module_mode" else False
+        elif self.sem.bare_call == "module_mode":
+            self.module_training = training  # torch: train()/eval() from the call's flag
+        if self.sem.frozen_means_inference and not self.trainable:
+            return False
+        return training
+
+    # -- forward -----------------------------------------------------------------------
+    def _batch_stats(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = x2.shape[0]
+        if n == 1 and self.sem.batch_of_one == "error":
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {n}")
+        mean = x2.mean(axis=0)
+        var = ((x2 - mean) ** 2).mean(axis=0)
+        return mean, var
+
+    def _update(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
+        if not self.track:
+            return
+        if self.sem.variance_update == "unbiased":
+            var = var * n / max(n - 1, 1)
+        self.num_batches += 1
+        if self.momentum is None:  # cumulative average
+            factor = 1.0 / self.num_batches
+            self.moving_mean = (1 - factor) * self.moving_mean + factor * mean
+            self.moving_variance = (1 - factor) * self.moving_variance + factor * var
+        else:
+            m = self.momentum
+            self.moving_mean = m * self.moving_mean + (1 - m) * mean
+            self.moving_variance = m * self.moving_variance + (1 - m) * var
+
+    def forward(self, x: np.ndarray, training: bool, update: bool = True) -> tuple[np.ndarray, dict]:
+        """Normalize x; return output and the cache the backward pass needs."""
+        x2, shape = _channels_last_2d(np.asarray(x, np.float64), self.axis)
+        use_batch = training or not self.track
+        if use_batch:
+            mean, var = self._batch_stats(x2)
+            if training and update:
+                self._update(mean, var, x2.shape[0])
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        inv = 1.0 / np.sqrt(var + self.epsilon)
+        xhat = (x2 - mean) * inv
+        gamma = self.gamma if self.gamma is not None else 1.0
+        beta = self.beta if self.beta is not None else 0.0
+        y2 = xhat * gamma + beta
+        cache = {"xhat": xhat, "inv": inv, "batch": use_batch, "shape": shape}
+        return _restore(y2, shape, self.axis), cache
+
+    def backward(self, dy: np.ndarray, cache: dict) -> dict:
+        """Analytic gradients of sum(y * dy)."""
+        dy2, _ = _channels_last_2d(np.asarray(dy, np.float64), self.axis)
+        xhat, inv = cache["xhat"], cache["inv"]
+        gamma = self.gamma if self.gamma is not None else 1.0
+        dxhat = dy2 * gamma
+        if cache["batch"]:
+            n = dy2.shape[0]
+            dx2 = inv / n * (n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
+        else:
+            dx2 = dxhat * inv
+        grads = {"grad_input": _restore(dx2, cache["shape"], self.axis)}
+        if self.gamma is not None:
+            grads["grad_gamma"] = (dy2 * xhat).sum(axis=0)
+        if self.beta is not None:
+            grads["grad_beta"] = dy2.sum(axis=0)
+        return grads
+
+    # -- operations ----------------------------------------------------------------------
+    def call(self, x: np.ndarray, training: bool | None) -> np.ndarray:
+        return self.forward(x, self.effective_training(training))[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x, False)[0]
+
+    def grad(self, x: np.ndarray, training: bool | None, weights: np.ndarray) -> dict:
+        y, cache = self.forward(x, self.effective_training(training))
+        grads = self.backward(weights, cache)
+        out = {"output": y, "grad_input": grads["grad_input"]}
+        for q in ("grad_gamma", "grad_beta"):
+            if q not in grads:
+                continue
+            if self.trainable:
+                out[q] = grads[q]
+            else:
+                out[f"{q}_reason"] = "parameters frozen (trainable=false)"
+        return out
+
+    def fit(self, x: np.ndarray, target: np.ndarray, optimizer: Optimizer, epochs: int,
+            batch_size: int | None, fresh_optimizer: bool) -> float:
+        """MSE training loop, unshuffled batches; returns the last epoch's mean loss."""
+        if fresh_optimizer or self.optimizer is None:
+            self.optimizer = _OptimizerState(optimizer)
+        if self.sem.bare_call == "module_mode":
+            self.module_training = True  # torch loops call model.train()
+        training = self.effective_training(True)
+        n = x.shape[0]
+        size = batch_size or n
+        epoch_loss = 0.0
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for start in range(0, n, size):
+                xb, tb = x[start:start + size], target[start:start + size]
+                y, cache = self.forward(xb, training)
+                diff = y - tb
+                total += float(np.mean(diff**2)) * xb.shape[0]
+                count += xb.shape[0]
+                grads = self.backward(2.0 * diff / diff.size, cache)
+                if self.trainable:
+                    self._apply(grads)
+            epoch_loss = total / count
+        return epoch_loss
+
+    def _apply(self, grads: dict) -> None:
+        opt = self.optimizer
+        cfg = opt.config
+        params = {"gamma": "grad_gamma", "beta": "grad_beta"}
+        live = {p: g for p, g in params.items() if getattr(self, p) is not None}
+        if not live:
+            return
+        opt.t += 1
+        for p, gname in live.items():
+            g = grads[gname]
+            value = getattr(self, p)
+            if cfg.name == "sgd":
+                value = value - cfg.lr * g
+            else:
+                m = opt.m.get(p, np.zeros_like(g))
+                v = opt.v.get(p, np.zeros_like(g))
+                m = m + (g - m) * (1 - cfg.beta1)
+                v = v + (g * g - v) * (1 - cfg.beta2)
+                opt.m[p], opt.v[p] = m, v
+                c1 = 1 - cfg.beta1**opt.t
+                c2 = 1 - cfg.beta2**opt.t
+                if self.sem.adam_form == "eps_hat":
+                    value = value - cfg.lr * math.sqrt(c2) / c1 * m / (np.sqrt(v) + cfg.eps)
+                else:
+                    value = value - cfg.lr / c1 * m / (np.sqrt(v) / math.sqrt(c2) + cfg.eps)
+            setattr(self, p, value)
+
+    def set_weights(self, values: dict[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            if getattr(self, name) is None:
+                raise KeyError(name)
+            setattr(self, name, np.asarray(value, np.float64).copy())
+
+    def state(self) -> dict:
+        return {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
+                "moving_variance": self.moving_variance}

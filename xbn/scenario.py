@@ -1,0 +1,482 @@
+"""Scenario files: strict loading of TOML/JSON into plain data.
+
+A typo must never change a result silently, so every key is checked, and every error names
+the file, the step and the key in one line (``ScenarioError``), which the CLI prints before
+exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dtypes import DTYPES, round_to
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SCHEMA = 1
+
+LAYOUTS: dict[str, int] = {
+    "NC": 2, "NCL": 3, "NLC": 3, "NCHW": 4, "NHWC": 4, "NCDHW": 5, "NDHWC": 5,
+}
+OPS = ("call", "predict", "set", "fit", "grad", "set_weights")
+STATE_QUANTITIES = ("moving_mean", "moving_variance", "gamma", "beta")
+QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta")
+FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
+
+
+def channels_last(layout: str) -> bool:
+    return layout != "NC" and layout.endswith("C")
+
+
+def channel_axis(layout: str) -> int:
+    return LAYOUTS[layout] - 1 if channels_last(layout) else 1
+
+
+class ScenarioError(ValueError):
+    """A malformed scenario: one line naming file, step and key."""
+
+    def __init__(self, file: str, message: str, step: int | None = None, key: str | None = None):
+        self.file, self.step, self.key, self.message = file, step, key, message
+        where = []
+        if step is not None:
+            where.append(f"steps[{step}]")
+        if key:
+            where.append(key)
+        location = ".".join(where)
+        super().__init__(f"{file}: {location + ': ' if location else ''}{message}")
+
+
+@dataclass
+class Optimizer:
+    name: str = "sgd"
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-7  # Keras' default; passed explicitly to every framework
+
+
+@dataclass
+class Layer:
+    features: int
+    layout: str = "NC"
+    momentum: float | str = 0.99
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    track_running_stats: bool = True
+    dtype: str = "float32"
+    defaults: bool = False
+    native: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return LAYOUTS[self.layout]
+
+    @property
+    def cumulative(self) -> bool:
+        return self.momentum == "cumulative"
+
+
+@dataclass
+class Step:
+    index: int
+    op: str
+    input: str | None = None
+    training: bool | None = None
+    repeat: int = 1
+    trainable: bool | None = None
+    mode: str | None = None
+    target: str | None = None
+    loss: str = "mse"
+    optimizer: Optimizer | None = None
+    epochs: int = 1
+    batch_size: int | None = None
+    weights: str | None = None
+    values: dict[str, list[float]] = field(default_factory=dict)  # set_weights
+    expect: dict[str, Any] | None = None  # {"source": str, quantity: nested list}
+
+
+@dataclass
+class Scenario:
+    name: str
+    layer: Layer
+    inputs: dict[str, np.ndarray]
+    steps: list[Step]
+    title: str = ""
+    description: str = ""
+    path: str = "<memory>"
+
+    def to_dict(self) -> dict:
+        """JSON-able form (sent to workers, hashed into snapshots)."""
+        data = asdict(self)
+        data["inputs"] = {k: v.tolist() for k, v in self.inputs.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scenario:
+        layer = Layer(**data["layer"])
+        steps = []
+        for s in data["steps"]:
+            s = dict(s)
+            if s.get("optimizer") is not None:
+                s["optimizer"] = Optimizer(**s["optimizer"])
+            steps.append(Step(**s))
+        inputs = {k: np.asarray(v, dtype=np.float64) for k, v in data["inputs"].items()}
+        return cls(data["name"], layer, inputs, steps, data.get("title", ""),
+                   data.get("description", ""), data.get("path", "<memory>"))
+
+    @property
+    def digest(self) -> str:
+        body = self.to_dict()
+        body.pop("path")
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------
+# validation helpers
+
+
+class _Checker:
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, message: str, step: int | None = None, key: str | None = None):
+        raise ScenarioError(self.file, message, step, key)
+
+    def keys(self, table: Any, allowed: set[str], step=None, prefix="", required=()) -> dict:
+        if not isinstance(table, dict):
+            self.fail(f"expected a table, got {_kind(table)}", step, prefix.rstrip(".") or None)
+        for key in table:
+            if key not in allowed:
+                hint = _closest(key, allowed)
+                self.fail(f"unknown key{hint}", step, prefix + key)
+        for key in required:
+            if key not in table:
+                self.fail("required key is missing", step, prefix + key)
+        return table
+
+    def boolean(self, value, step, key) -> bool:
+        if not isinstance(value, bool):
+            self.fail(f"expected true or false, got {_kind(value)}", step, key)
+        return value
+
+    def integer(self, value, step, key, minimum=1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"expected an integer, got {_kind(value)}", step, key)
+        if value < minimum:
+            self.fail(f"must be >= {minimum}, got {value}", step, key)
+        return value
+
+    def number(self, value, step, key, positive=False, finite=True) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(f"expected a number, got {_kind(value)}", step, key)
+        value = float(value)
+        if finite and not math.isfinite(value):
+            self.fail(f"must be finite, got {value}", step, key)
+        if positive and not value > 0:
+            self.fail(f"must be > 0, got {value}", step, key)
+        return value
+
+    def string(self, value, step, key, choices=None) -> str:
+        if not isinstance(value, str):
+            self.fail(f"expected a string, got {_kind(value)}", step, key)
+        if choices is not None and value not in choices:
+            self.fail(f"must be one of {', '.join(choices)}; got {value!r}", step, key)
+        return value
+
+    def array(self, value, step, key, finite=True) -> np.ndarray:
+        """A literal number or (nested, rectangular) list of numbers."""
+        def walk(v, depth_key):
+            if isinstance(v, bool) or not isinstance(v, (int, float, list)):
+                self.fail(f"expected numbers, got {_kind(v)}", step, depth_key)
+            if isinstance(v, list):
+                if not v:
+                    self.fail("empty list", step, depth_key)
+                for item in v:
+                    walk(item, depth_key)
+        walk(value, key)
+        try:
+            arr = np.array(value, dtype=np.float64)
+        except ValueError:
+            self.fail("ragged list: every row must have the same length", step, key)
+        if finite and not np.all(np.isfinite(arr)):
+            self.fail("non-finite value (inf or nan) is not allowed here", step, key)
+        return arr
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _closest(key: str, allowed) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(allowed), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else f" (allowed: {', '.join(sorted(allowed))})"
+
+
+# ----------------------------------------------------------------------------------------
+# the loader
+
+_LAYER_KEYS = {"features", "layout", "momentum", "epsilon", "center", "scale",
+               "track_running_stats", "dtype", "defaults", "native"}
+_STEP_KEYS = {
+    "call": {"input", "training", "repeat"},
+    "predict": {"input", "repeat"},
+    "set": {"trainable", "mode"},
+    "fit": {"input", "target", "loss", "optimizer", "epochs", "batch_size", "repeat"},
+    "grad": {"input", "training", "weights"},
+    "set_weights": {"gamma", "beta", "moving_mean", "moving_variance"},
+}
+_OPTIMIZER_KEYS = {"name", "lr", "beta1", "beta2", "eps", "momentum"}
+
+
+def _parse_layer(c: _Checker, raw) -> Layer:
+    from .adapters import FRAMEWORK_IDS
+
+    t = c.keys(raw, _LAYER_KEYS, prefix="layer.", required=("features",))
+    layer = Layer(features=c.integer(t["features"], None, "layer.features"))
+    if "layout" in t:
+        layer.layout = c.string(t["layout"], None, "layer.layout", tuple(LAYOUTS))
+    if "momentum" in t:
+        m = t["momentum"]
+        if isinstance(m, str):
+            layer.momentum = c.string(m, None, "layer.momentum", ("cumulative",))
+        else:
+            m = c.number(m, None, "layer.momentum")
+            if not 0.0 <= m <= 1.0:
+                c.fail(f"must be in [0, 1] (Keras convention) or \"cumulative\", got {m}", None,
+                       "layer.momentum")
+            layer.momentum = m
+    if "epsilon" in t:
+        layer.epsilon = c.number(t["epsilon"], None, "layer.epsilon", positive=True)
+    for key in ("center", "scale", "track_running_stats", "defaults"):
+        if key in t:
+            setattr(layer, key, c.boolean(t[key], None, f"layer.{key}"))
+    if "dtype" in t:
+        layer.dtype = c.string(t["dtype"], None, "layer.dtype", DTYPES)
+    if "native" in t:
+        native = c.keys(t["native"], set(FRAMEWORK_IDS), prefix="layer.native.")
+        for fid, kwargs in native.items():
+            c.keys(kwargs, set(kwargs) if isinstance(kwargs, dict) else set(),
+                   prefix=f"layer.native.{fid}.")
+            layer.native[fid] = dict(kwargs)
+    return layer
+
+
+def _parse_input(c: _Checker, name: str, raw, layer: Layer) -> np.ndarray:
+    key = f"inputs.{name}"
+    if isinstance(raw, dict):
+        kinds = [k for k in ("normal", "uniform", "constant") if k in raw]
+        c.keys(raw, {"normal", "uniform", "constant", "shape", "seed", "offset"}, prefix=key + ".",
+               required=("shape",))
+        if len(kinds) != 1:
+            c.fail("give exactly one of normal, uniform, constant", None, key)
+        shape = raw["shape"]
+        if not (isinstance(shape, list) and shape and all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            c.fail("expected a list of positive integers", None, key + ".shape")
+        seed = c.integer(raw.get("seed", 0), None, key + ".seed", minimum=0)
+        rng = np.random.default_rng(seed)
+        kind = kinds[0]
+        if kind == "normal":
+            p = c.keys(raw["normal"], {"mean", "std"}, prefix=key + ".normal.")
+            mean = c.number(p.get("mean", 0.0), None, key + ".normal.mean")
+            std = c.number(p.get("std", 1.0), None, key + ".normal.std")
+            arr = rng.normal(mean, std, size=shape)
+        elif kind == "uniform":
+            p = c.keys(raw["uniform"], {"low", "high"}, prefix=key + ".uniform.")
+            low = c.number(p.get("low", 0.0), None, key + ".uniform.low")
+            high = c.number(p.get("high", 1.0), None, key + ".uniform.high")
+            if not high > low:
+                c.fail("high must be greater than low", None, key + ".uniform")
+            arr = rng.uniform(low, high, size=shape)
+        else:
+            arr = np.full(shape, c.number(raw["constant"], None, key + ".constant"))
+        if "offset" in raw:
+            arr = arr + c.number(raw["offset"], None, key + ".offset")
+    else:
+        arr = c.array(raw, None, key)
+    if arr.ndim != layer.rank:
+        c.fail(f"layout {layer.layout} needs a rank-{layer.rank} array, got shape "
+               f"{list(arr.shape)}", None, key)
+    if arr.shape[channel_axis(layer.layout)] != layer.features:
+        c.fail(f"channel axis ({layer.layout}) has size {arr.shape[channel_axis(layer.layout)]}, "
+               f"but layer.features = {layer.features}", None, key)
+    return round_to(arr, layer.dtype)
+
+
+def _input_ref(c, value, step, key, inputs, like: str | None = None) -> str:
+    name = c.string(value, step, key)
+    if name not in inputs:
+        c.fail(f"unknown input {name!r} (inputs: {', '.join(sorted(inputs)) or 'none'})", step, key)
+    if like is not None and inputs[name].shape != inputs[like].shape:
+        c.fail(f"shape {list(inputs[name].shape)} does not match input {like!r} "
+               f"{list(inputs[like].shape)}", step, key)
+    return name
+
+
+def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
+    if not isinstance(raw, dict):
+        c.fail(f"expected a table, got {_kind(raw)}", i)
+    if "op" not in raw:
+        c.fail("required key is missing", i, "op")
+    op = c.string(raw["op"], i, "op", OPS)
+    c.keys(raw, {"op", "expect"} | _STEP_KEYS[op], i)
+    step = Step(index=i, op=op)
+    if op in ("call", "predict", "fit", "grad"):
+        if "input" not in raw:
+            c.fail("required key is missing", i, "input")
+        step.input = _input_ref(c, raw["input"], i, "input", inputs)
+    if "training" in raw:
+        step.training = c.boolean(raw["training"], i, "training")
+    if "repeat" in raw:
+        step.repeat = c.integer(raw["repeat"], i, "repeat")
+    if op == "set":
+        if "trainable" not in raw and "mode" not in raw:
+            c.fail("give trainable and/or mode", i)
+        if "trainable" in raw:
+            step.trainable = c.boolean(raw["trainable"], i, "trainable")
+        if "mode" in raw:
+            step.mode = c.string(raw["mode"], i, "mode", ("train", "eval"))
+    if op == "fit":
+        if "target" not in raw:
+            c.fail("required key is missing", i, "target")
+        step.target = _input_ref(c, raw["target"], i, "target", inputs, like=step.input)
+        step.loss = c.string(raw.get("loss", "mse"), i, "loss", ("mse",))
+        if "optimizer" not in raw:
+            c.fail("required key is missing (e.g. optimizer = { name = \"sgd\", lr = 0.1 })", i,
+                   "optimizer")
+        o = c.keys(raw["optimizer"], _OPTIMIZER_KEYS, i, "optimizer.", required=("name", "lr"))
+        opt = Optimizer(name=c.string(o["name"], i, "optimizer.name", ("sgd", "adam")),
+                        lr=c.number(o["lr"], i, "optimizer.lr", positive=True))
+        for k in ("beta1", "beta2", "eps"):
+            if k in o:
+                if opt.name != "adam":
+                    c.fail(f"only meaningful for adam", i, f"optimizer.{k}")
+                setattr(opt, k, c.number(o[k], i, f"optimizer.{k}", positive=True))
+        if "momentum" in o:
+            c.fail("SGD momentum is not supported yet (plain SGD only)", i, "optimizer.momentum")
+        step.optimizer = opt
+        step.epochs = c.integer(raw.get("epochs", 1), i, "epochs")
+        n = inputs[step.input].shape[0]
+        if "batch_size" in raw:
+            step.batch_size = c.integer(raw["batch_size"], i, "batch_size")
+            if step.batch_size > n:
+                c.fail(f"larger than the input's batch ({n})", i, "batch_size")
+    if op == "grad":
+        if "weights" not in raw:
+            c.fail("required key is missing", i, "weights")
+        step.weights = _input_ref(c, raw["weights"], i, "weights", inputs, like=step.input)
+    if op == "set_weights":
+        if not any(k in raw for k in STATE_QUANTITIES):
+            c.fail("give at least one of gamma, beta, moving_mean, moving_variance", i)
+        for k in STATE_QUANTITIES:
+            if k in raw:
+                arr = c.array(raw[k], i, k)
+                if arr.ndim == 0:
+                    arr = np.full(layer.features, float(arr))
+                if arr.shape != (layer.features,):
+                    c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", i, k)
+                if k == "moving_variance" and np.any(arr < 0):
+                    c.fail("a variance cannot be negative", i, k)
+                step.values[k] = round_to(arr, layer.dtype).tolist()
+    if "expect" in raw:
+        step.expect = _parse_expect(c, i, raw["expect"], layer, inputs, step)
+    return step
+
+
+def _parse_expect(c: _Checker, i: int, raw, layer: Layer, inputs, step: Step) -> dict:
+    t = c.keys(raw, {"source", *QUANTITIES}, i, "expect.", required=("source",))
+    out: dict[str, Any] = {"source": c.string(t["source"], i, "expect.source")}
+    for q, v in t.items():
+        if q == "source":
+            continue
+        arr = c.array(v, i, f"expect.{q}", finite=False)
+        if q in ("output", "grad_input") and step.input is not None:
+            want = inputs[step.input].shape
+        elif q == "loss":
+            want = ()
+        else:
+            want = (layer.features,)
+        if arr.ndim == 0 and want != ():
+            arr = np.full(want, float(arr))
+        if arr.shape != want:
+            c.fail(f"expected shape {list(want)}, got {list(arr.shape)}", i, f"expect.{q}")
+        out[q] = arr.tolist()
+    return out
+
+
+def parse(data: dict, file: str = "<memory>") -> Scenario:
+    """Validate a decoded TOML/JSON document and build a Scenario."""
+    c = _Checker(file)
+    c.keys(data, {"schema", "name", "title", "description", "layer", "inputs", "steps"},
+           required=("schema", "name", "layer", "steps"))
+    schema = c.integer(data["schema"], None, "schema")
+    if schema != SCHEMA:
+        c.fail(f"unsupported schema {schema}; this xbn reads schema {SCHEMA}", None, "schema")
+    name = c.string(data["name"], None, "name")
+    if not FRAMEWORK_NAME.match(name):
+        c.fail(f"must match [a-z0-9-]+, got {name!r}", None, "name")
+    title = c.string(data.get("title", ""), None, "title")
+    description = c.string(data.get("description", ""), None, "description")
+    layer = _parse_layer(c, data["layer"])
+    raw_inputs = c.keys(data.get("inputs", {}), set(data.get("inputs", {}) or {}), prefix="inputs.")
+    inputs = {k: _parse_input(c, k, v, layer) for k, v in raw_inputs.items()}
+    steps_raw = data["steps"]
+    if not isinstance(steps_raw, list) or not steps_raw:
+        c.fail("expected a non-empty list of [[steps]]", None, "steps")
+    steps = [_parse_step(c, i, s, layer, inputs) for i, s in enumerate(steps_raw)]
+    return Scenario(name, layer, inputs, steps, title, description, file)
+
+
+def load(path: str | Path) -> Scenario:
+    """Load and validate one scenario file (.toml or .json)."""
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise ScenarioError(file, "no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(file, f"cannot read: {exc}") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ScenarioError(file, "expected a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ScenarioError(file, f"not valid {path.suffix[1:].upper()}: {exc}") from None
+    return parse(data, file)
+
+
+def builtin_dir() -> Path:
+    return Path(__file__).parent / "scenarios"
+
+
+def builtin_paths() -> list[Path]:
+    return sorted(builtin_dir().glob("*.toml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A path, or the name of a built-in scenario."""
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".toml", ".json"):
+        return p
+    candidate = builtin_dir() / f"{name_or_path}.toml"
+    return candidate if candidate.exists() else p

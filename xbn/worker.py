@@ -1,0 +1,63 @@
+"""Worker process: runs every scenario through one adapter and streams observations.
+
+Protocol: one JSON document on stdin ({"framework", "scenarios"}); JSON lines on stdout:
+{"type": "hello", "versions", "notes"}, {"type": "obs", ...} per observation,
+{"type": "scenario_done", "scenario"}, {"type": "done"}. The framework's own prints are sent
+to stderr so that they can never corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+
+DETERMINISM_ENV = {
+    "PYTHONHASHSEED": "0",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "TF_DETERMINISTIC_OPS": "1",
+    "JAX_PLATFORMS": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "KERAS_HOME": os.path.join(os.path.expanduser("~"), ".keras"),
+}
+
+
+def _protocol_stream():
+    """Keep the real stdout for the protocol; point fd 1 at stderr for everything else."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return proto
+
+
+def main() -> int:
+    proto = _protocol_stream()
+    request = json.loads(sys.stdin.read())
+    framework = request["framework"]
+    random.seed(0)
+
+    from .adapters import load_adapter
+    from .adapters.base import run_scenario
+    from .scenario import Scenario
+
+    adapter = load_adapter(framework)
+    proto.write(json.dumps({"type": "hello", "versions": adapter.versions(),
+                            "notes": adapter.notes}) + "\n")
+    for data in request["scenarios"]:
+        scenario = Scenario.from_dict(data)
+        for obs in run_scenario(adapter, scenario):
+            proto.write(json.dumps({"type": "obs", **obs}, allow_nan=True) + "\n")
+        proto.write(json.dumps({"type": "scenario_done", "scenario": scenario.name,
+                                "notes": adapter.notes}) + "\n")
+    proto.write(json.dumps({"type": "done"}) + "\n")
+    proto.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
