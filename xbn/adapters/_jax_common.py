@@ -1,0 +1,76 @@
+"""Helpers shared by the JAX adapters (flax, flax-nnx, haiku, equinox).
+
+Only plumbing lives here (dtype casts, x64, optax construction); each adapter still calls its
+own framework's BatchNorm the way that framework's users do.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+X64_NOTE = ("float64 scenarios run with jax_enable_x64=True (JAX silently computes in float32 "
+            "otherwise); it is switched back off for other dtypes")
+
+_DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "float16": jnp.float16,
+           "bfloat16": jnp.bfloat16}
+
+
+def jax_dtype(dtype_name: str):
+    """The jnp dtype for a scenario dtype name."""
+    return _DTYPES[dtype_name]
+
+
+def enable_x64_if_needed(dtype_name: str, notes: list[str]) -> None:
+    """Switch x64 on for float64 scenarios (once noted in ``notes``), off for the others.
+
+    Setting it per scenario, rather than leaving it on once set, keeps every scenario's result
+    independent of which scenarios ran before it in the same worker. Call it in ``build``,
+    before any array is created.
+    """
+    wanted = dtype_name == "float64"
+    if bool(jax.config.jax_enable_x64) != wanted:
+        jax.config.update("jax_enable_x64", wanted)
+    if wanted and X64_NOTE not in notes:
+        notes.append(X64_NOTE)
+
+
+def to_jax(x, dtype_name: str) -> jax.Array:
+    """A float64 numpy array (exactly representable in ``dtype_name``) as a JAX array of it."""
+    dtype = jax_dtype(dtype_name)
+    if dtype_name == "float64" and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 requested but jax_enable_x64 is off; "
+                           "call enable_x64_if_needed first")
+    return jnp.asarray(np.asarray(x, dtype=np.float64), dtype=dtype)
+
+
+def to_numpy(arr) -> np.ndarray | tuple[np.ndarray, str]:
+    """A JAX array as numpy, keeping its real dtype; bfloat16 comes back as (float64, name)."""
+    arr = np.asarray(jax.device_get(arr))
+    if arr.dtype.name == "bfloat16":
+        return arr.astype(np.float64), "bfloat16"
+    return arr
+
+
+def make_optax(optimizer_cfg) -> optax.GradientTransformation:
+    """The optax optimizer for an ``xbn.scenario.Optimizer``, every hyper-parameter explicit.
+
+    optax.adam uses the paper's form: update = lr * m_hat / (sqrt(v_hat + eps_root) + eps), with
+    eps outside the square root and eps_root = 0.
+    """
+    name = optimizer_cfg.name
+    if name == "sgd":
+        return optax.sgd(learning_rate=optimizer_cfg.lr, momentum=None, nesterov=False)
+    if name == "adam":
+        return optax.adam(learning_rate=optimizer_cfg.lr, b1=optimizer_cfg.beta1,
+                          b2=optimizer_cfg.beta2, eps=optimizer_cfg.eps, eps_root=0.0)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of jax, jaxlib and optax (adapters add their own framework)."""
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__}

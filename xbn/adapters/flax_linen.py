@@ -1,0 +1,192 @@
+"""``flax.linen.BatchNorm`` driven the way linen users drive it.
+
+Linen modules are stateless: the adapter holds the ``variables`` dict ({"params",
+"batch_stats"}) and threads it through ``apply``. Training passes
+``use_running_average=False`` with ``mutable=["batch_stats"]`` and keeps the returned
+statistics; inference passes ``use_running_average=True``. The layer's ``axis`` is set to the
+layout's channel axis (no transposes). Freezing (``trainable = false``) exists only in the
+optimizer (``optax.multi_transform`` with ``optax.set_to_zero``); linen has no trainable flag
+and nothing ties it to inference mode.
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..scenario import Layer, Step, channel_axis
+from . import _jax_common as jc
+from .base import Adapter, NotApplicable, batches
+
+# xbn name -> (collection, linen variable name)
+VARIABLES = {
+    "gamma": ("params", "scale"),
+    "beta": ("params", "bias"),
+    "moving_mean": ("batch_stats", "mean"),
+    "moving_variance": ("batch_stats", "var"),
+}
+FROZEN_REASON = ("frozen in the optimizer (optax.set_to_zero): linen has no trainable flag, "
+                 "so jax.grad still differentiates it but fit never applies it")
+
+
+class FlaxLinenAdapter(Adapter):
+    def build(self, layer: Layer) -> None:
+        if layer.cumulative:
+            raise NotApplicable("flax.linen.BatchNorm has only an exponential moving average "
+                                "(momentum); no cumulative average")
+        if not layer.track_running_stats:
+            raise NotApplicable(
+                "flax.linen.BatchNorm always creates batch_stats (mean, var) and updates them "
+                "whenever it normalizes with batch statistics; there is no option to keep none")
+        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        self.layer = layer
+        kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,
+                        "use_scale": layer.scale}
+        if not layer.defaults:
+            kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
+        if layer.dtype == "float64":  # a float64 model: float64 parameters too
+            kwargs["param_dtype"] = jnp.float64
+        kwargs.update(layer.native.get(self.framework_id, {}))
+        self.module = nn.BatchNorm(**kwargs)
+        shape = [1] * layer.rank
+        shape[channel_axis(layer.layout)] = layer.features
+        dummy = jnp.zeros(shape, jc.jax_dtype(layer.dtype))
+        # init never updates batch_stats; pass the flag only where the attribute is unset
+        flag = {} if self.module.use_running_average is not None else {
+            "use_running_average": True}
+        self.variables = flax.core.unfreeze(self.module.init(jax.random.key(0), dummy, **flag))
+        self.variables.setdefault("params", {})
+        self.trainable = True
+        self._opt = None  # (trainable when built, optax transformation, its state)
+        self._step_fn = None
+
+    # -- forward passes
+
+    def _flag(self, training: bool | None) -> dict:
+        return {} if training is None else {"use_running_average": not training}
+
+    def _apply(self, params, batch_stats, x, training: bool | None):
+        """One forward pass; returns (output, new batch_stats).
+
+        ``mutable=["batch_stats"]`` always: a no-op in inference, and what lets a bare call work
+        when ``use_running_average=False`` was given to the constructor (``native``).
+        """
+        variables = {"params": params, "batch_stats": batch_stats}
+        y, mutated = self.module.apply(variables, x, mutable=["batch_stats"],
+                                       **self._flag(training))
+        return y, mutated.get("batch_stats", batch_stats)
+
+    def call(self, x, training):
+        y, stats = self._apply(self.variables["params"], self.variables["batch_stats"],
+                               jc.to_jax(x, self.layer.dtype), training)
+        self.variables["batch_stats"] = stats
+        return jc.to_numpy(y)
+
+    def predict(self, x):
+        xj = jc.to_jax(x, self.layer.dtype)
+        return jc.to_numpy(self.module.apply(self.variables, xj, use_running_average=True))
+
+    # -- training
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.trainable = trainable
+
+    def set_mode(self, mode: str) -> None:
+        raise NotApplicable("linen modules are stateless: the mode is the use_running_average "
+                            "argument of each call (or a constructor attribute), no .train()/.eval()")
+
+    def _optimizer(self, cfg, fresh: bool):
+        if fresh or self._opt is None or self._opt[0] != self.trainable:
+            params = self.variables["params"]
+            label = "train" if self.trainable else "frozen"
+            tx = optax.multi_transform({"train": jc.make_optax(cfg), "frozen": optax.set_to_zero()},
+                                       jax.tree.map(lambda _: label, params))
+            self._opt = (self.trainable, tx, tx.init(params))
+            self._step_fn = jax.jit(self._make_step(tx))
+        return self._opt
+
+    def _make_step(self, tx):
+        def loss_fn(params, batch_stats, xb, tb):
+            y, stats = self._apply(params, batch_stats, xb, True)
+            return jnp.mean((y - tb) ** 2), stats
+
+        def step(params, batch_stats, opt_state, xb, tb):
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch_stats, xb, tb)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), stats, opt_state, loss
+
+        return step
+
+    def fit(self, x, target, step: Step, fresh_optimizer: bool):
+        _, _, opt_state = self._optimizer(step.optimizer, fresh_optimizer)
+        xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
+        params, stats = self.variables["params"], self.variables["batch_stats"]
+        for _ in range(step.epochs):
+            losses, sizes = [], []
+            for sl in batches(len(x), step.batch_size):
+                params, stats, opt_state, loss = self._step_fn(params, stats, opt_state,
+                                                               xj[sl], tj[sl])
+                losses.append(loss)
+                sizes.append(sl.stop - sl.start)
+        self.variables["params"], self.variables["batch_stats"] = params, stats
+        self._opt = (self._opt[0], self._opt[1], opt_state)
+        return epoch_loss(losses, sizes)
+
+    def grad(self, x, training, weights) -> dict:
+        xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
+        batch_stats = self.variables["batch_stats"]
+
+        def objective(xv, params):
+            y, stats = self._apply(params, batch_stats, xv, training)
+            return jnp.sum(y * wj), (y, stats)
+
+        (gx, gp), (y, stats) = jax.grad(objective, argnums=(0, 1), has_aux=True)(
+            xj, self.variables["params"])
+        self.variables["batch_stats"] = stats
+        out = {"output": jc.to_numpy(y), "grad_input": jc.to_numpy(gx)}
+        for name, key in (("grad_gamma", "scale"), ("grad_beta", "bias")):
+            if key in gp:
+                if self.trainable:
+                    out[name] = jc.to_numpy(gp[key])
+                else:
+                    out[f"{name}_reason"] = FROZEN_REASON
+        return out
+
+    # -- weights
+
+    def set_weights(self, values) -> None:
+        for name, value in values.items():
+            collection, key = VARIABLES[name]
+            current = self.variables.get(collection, {}).get(key)
+            if current is None:
+                raise NotApplicable(f"the layer has no {name} ({collection}/{key})")
+            # loading keeps the variable's dtype, as restoring a checkpoint into the tree does
+            self.variables[collection][key] = jnp.asarray(value, current.dtype)
+
+    def state(self) -> dict:
+        out = {}
+        for name, (collection, key) in VARIABLES.items():
+            value = self.variables.get(collection, {}).get(key)
+            if value is not None:
+                out[name] = jc.to_numpy(value)
+        return out
+
+    def versions(self) -> dict[str, str]:
+        return {"flax": flax.__version__, **jc.versions()}
+
+
+def epoch_loss(losses: list, sizes: list[int]):
+    """Mean of the batch losses weighted by batch size, in the loss's own dtype."""
+    dtype = losses[0].dtype
+    values = np.asarray([np.float64(jax.device_get(v).astype(np.float64)) for v in losses])
+    mean = float(np.sum(values * np.asarray(sizes)) / np.sum(sizes))
+    return jc.to_numpy(jnp.asarray(mean, dtype))
+
+
+def make_adapter(framework_id: str) -> Adapter:
+    return FlaxLinenAdapter(framework_id)

@@ -1,0 +1,184 @@
+"""PyTorch: ``torch.nn.BatchNorm1d/2d/3d`` driven the way torch users drive it.
+
+The module is picked from the layout's rank and always sees a contiguous channels-first
+tensor (channels-last scenarios are transposed in and out, which is exact). It is built in
+float32 and moved with ``module.to(dtype)``, so parameters *and* running statistics live in
+the scenario dtype (torch's CPU kernels accumulate half/bfloat16 in float internally).
+Train/eval is torch's module-wide mode: a ``training`` flag on a step calls ``train()`` or
+``eval()`` and the mode persists; a bare call leaves it alone (a fresh module trains).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..scenario import Layer, Step
+from .base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+           5: torch.nn.BatchNorm3d}
+STATE = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+         "moving_variance": "running_var"}
+
+
+def _deterministic() -> None:
+    """Same numbers on every run: one thread, fixed seed, full-precision float32 matmuls."""
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.set_float32_matmul_precision("highest")
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9 replaces the allow_tf32 flags
+        torch.backends.fp32_precision = "ieee"
+    else:  # pragma: no cover - older torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def torch_momentum(layer: Layer) -> float | None:
+    """Keras-convention momentum as torch's: ``1 - m`` (as a user would write it), or None."""
+    if layer.cumulative:
+        return None
+    # 1 - 0.99 is 0.010000000000000009 in binary; a user porting Keras code writes 0.01.
+    return float(f"{1.0 - float(layer.momentum):.12g}")
+
+
+def _out(t: torch.Tensor):
+    """A tensor as xbn's value: numpy array, or (float64 array, "bfloat16")."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.to(torch.float64).numpy(), "bfloat16"
+    return t.numpy().copy()
+
+
+class TorchAdapter(Adapter):
+    def __init__(self, framework_id: str = "torch"):
+        super().__init__(framework_id)
+        _deterministic()
+
+    # -- construction ------------------------------------------------------------------
+    def build(self, layer: Layer) -> None:
+        if layer.center != layer.scale:
+            raise NotApplicable("torch's affine=True/False creates weight and bias together; "
+                                f"center={layer.center} with scale={layer.scale} cannot be built")
+        kwargs: dict = {"affine": layer.center, "track_running_stats": layer.track_running_stats}
+        if not layer.defaults:  # else torch's own momentum=0.1, eps=1e-5
+            kwargs.update(momentum=torch_momentum(layer), eps=float(layer.epsilon))
+        kwargs.update(layer.native.get(self.framework_id, {}))
+        torch.manual_seed(0)
+        self.layer = layer
+        self.dtype = DTYPES[layer.dtype]
+        self.module = MODULES[layer.rank](layer.features, **kwargs).to(self.dtype)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        """Scenario-layout float64 -> contiguous channels-first tensor of the layer's dtype."""
+        x = np.ascontiguousarray(to_channels_first(np.asarray(x, np.float64), self.layer.layout))
+        return torch.from_numpy(x).to(self.dtype)
+
+    def _result(self, t: torch.Tensor):
+        value = _out(t)
+        if isinstance(value, tuple):
+            return from_channels_first(value[0], self.layer.layout), value[1]
+        return from_channels_first(value, self.layer.layout)
+
+    def _set_training(self, training: bool | None) -> None:
+        if training is not None:
+            self.module.train(training)
+
+    # -- operations --------------------------------------------------------------------
+    def call(self, x, training: bool | None):
+        self._set_training(training)
+        with torch.no_grad():
+            return self._result(self.module(self._tensor(x)))
+
+    def predict(self, x):
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                return self._result(self.module(self._tensor(x)))
+        finally:
+            self.module.train(was_training)
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.module.requires_grad_(trainable)  # freezes weight/bias only; stats still update
+
+    def set_mode(self, mode: str) -> None:
+        self.module.train(mode == "train")
+
+    def _make_optimizer(self, step: Step) -> torch.optim.Optimizer:
+        o = step.optimizer
+        params = list(self.module.parameters())  # [] when affine=False: torch raises
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=0.0, weight_decay=0.0)
+        return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                weight_decay=0.0, amsgrad=False)
+
+    def fit(self, x, target, step: Step, fresh_optimizer: bool):
+        """The usual loop: train(), zero_grad, forward, mse_loss, backward, step."""
+        if fresh_optimizer or self.optimizer is None:
+            self.optimizer = self._make_optimizer(step)
+        xs, ts = self._tensor(x), self._tensor(target)
+        self.module.train()
+        epoch_loss, loss_dtype = 0.0, self.dtype
+        for _ in range(step.epochs):
+            total, count = 0.0, 0
+            for sl in batches(xs.shape[0], step.batch_size):
+                self.optimizer.zero_grad()
+                loss = F.mse_loss(self.module(xs[sl]), ts[sl])
+                loss.backward()  # raises when nothing requires grad, as in any torch loop
+                self.optimizer.step()
+                n = xs[sl].shape[0]
+                total += loss.item() * n  # the usual `running_loss += loss.item() * n`
+                count += n
+                loss_dtype = loss.dtype
+            epoch_loss = total / count
+        return np.float64(epoch_loss), str(loss_dtype).removeprefix("torch.")
+
+    def grad(self, x, training: bool | None, weights) -> dict:
+        self._set_training(training)
+        xt = self._tensor(x).requires_grad_(True)
+        params = {"grad_gamma": self.module.weight, "grad_beta": self.module.bias}
+        for p in params.values():
+            if p is not None:
+                p.grad = None
+        y = self.module(xt)
+        (y * self._tensor(weights)).sum().backward()
+        out = {"output": self._result(y), "grad_input": self._result(xt.grad)}
+        for name, p in params.items():
+            if p is None:
+                continue
+            if p.requires_grad:
+                out[name] = _out(p.grad)
+            else:
+                out[f"{name}_reason"] = "requires_grad=False: autograd computes no gradient"
+            p.grad = None  # leave no gradient behind for a later optimizer step
+        return out
+
+    def set_weights(self, values: dict) -> None:
+        with torch.no_grad():
+            for name, value in values.items():
+                target = getattr(self.module, STATE[name])
+                if target is None:
+                    why = "affine=False" if name in ("gamma", "beta") else "track_running_stats=False"
+                    raise NotApplicable(f"the module has no {STATE[name]} ({why})")
+                target.copy_(torch.from_numpy(np.asarray(value, np.float64)))
+
+    def state(self) -> dict:
+        out = {}
+        for name, attr in STATE.items():
+            t = getattr(self.module, attr)
+            if t is not None:
+                out[name] = _out(t)
+        return out
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+
+def make_adapter(framework_id: str) -> Adapter:
+    return TorchAdapter(framework_id)
