@@ -126,7 +126,8 @@ def summarize(value, dtype: str | None = None, digits: int = 8) -> str:
     if value is None:
         return ""
     arr = np.asarray(value, dtype=np.float64).ravel()
-    fmt = (lambda v: f"{v:.{digits}g}")
+    def fmt(v):
+        return (f"{v:.{digits}g}")
     if arr.size == 1:
         return fmt(arr[0])
     if arr.size <= 3:

@@ -49,6 +49,8 @@ SWITCH_VALUES: dict[str, tuple] = {
     "bare_call": ("inference", "module_mode"),
     "batch_of_one": ("zero_variance", "error"),
     "adam_form": ("eps_hat", "paper"),
+    "default_momentum": (0.99, 0.9),
+    "default_epsilon": (1e-3, 1e-5),
 }
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import __version__
-from .adapters import FRAMEWORKS, availability
+from .adapters import FRAMEWORKS, availability, module_path
 from .adapters.base import primary_quantities
 from .dtypes import round_to
 from .scenario import Scenario
@@ -59,7 +59,8 @@ def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
                on_scenario: Callable[[str, str], None] | None = None) -> WorkerResult:
     """Run all scenarios through one framework in a fresh process."""
     result = WorkerResult(framework)
-    request = json.dumps({"framework": framework, "scenarios": [s.to_dict() for s in scenarios]})
+    request = json.dumps({"framework": framework, "module": module_path(framework),
+                          "scenarios": [s.to_dict() for s in scenarios]})
     start = time.monotonic()
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
         proc = subprocess.Popen(

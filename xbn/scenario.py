@@ -366,7 +366,7 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
         for k in ("beta1", "beta2", "eps"):
             if k in o:
                 if opt.name != "adam":
-                    c.fail(f"only meaningful for adam", i, f"optimizer.{k}")
+                    c.fail("only meaningful for adam", i, f"optimizer.{k}")
                 setattr(opt, k, c.number(o[k], i, f"optimizer.{k}", positive=True))
         if "momentum" in o:
             c.fail("SGD momentum is not supported yet (plain SGD only)", i, "optimizer.momentum")

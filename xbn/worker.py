@@ -45,7 +45,7 @@ def main() -> int:
     from .adapters.base import run_scenario
     from .scenario import Scenario
 
-    adapter = load_adapter(framework)
+    adapter = load_adapter(framework, request.get("module"))
     proto.write(json.dumps({"type": "hello", "versions": adapter.versions(),
                             "notes": adapter.notes}) + "\n")
     for data in request["scenarios"]:

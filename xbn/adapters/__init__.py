@@ -94,8 +94,13 @@ def availability() -> dict[str, dict]:
     return out
 
 
-def load_adapter(framework_id: str):
+def module_path(framework_id: str) -> str:
+    """Importable module of an adapter; a dotted ``module`` names one outside xbn (plugins)."""
+    module = FRAMEWORKS[framework_id].module
+    return module if "." in module else f"xbn.adapters.{module}"
+
+
+def load_adapter(framework_id: str, module: str | None = None):
     """Import the adapter module (and so the framework). Call only inside a worker."""
-    info = FRAMEWORKS[framework_id]
-    module = importlib.import_module(f"xbn.adapters.{info.module}")
-    return module.make_adapter(framework_id)
+    mod = importlib.import_module(module or module_path(framework_id))
+    return mod.make_adapter(framework_id)

@@ -160,12 +160,14 @@ class FlaxLinenAdapter(Adapter):
     # -- weights
 
     def set_weights(self, values) -> None:
+        for name in values:
+            collection, key = VARIABLES[name]
+            if key not in self.variables.get(collection, {}):
+                raise NotApplicable(f"the layer has no {name} ({collection}/{key})")
         for name, value in values.items():
             collection, key = VARIABLES[name]
-            current = self.variables.get(collection, {}).get(key)
-            if current is None:
-                raise NotApplicable(f"the layer has no {name} ({collection}/{key})")
-            # loading keeps the variable's dtype, as restoring a checkpoint into the tree does
+            # keep the variable's dtype, as restoring a checkpoint into the tree does
+            current = self.variables[collection][key]
             self.variables[collection][key] = jnp.asarray(value, current.dtype)
 
     def state(self) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..compare import DEFAULT_K, diff_table, observations_frame
+from ..explain import explain_diffs
 from ..runner import RunResult
 
 
@@ -22,12 +23,7 @@ class Report:
     def build(cls, result: RunResult, reference: str = "numpy", k: float = DEFAULT_K) -> Report:
         obs = observations_frame(result.observations)
         diffs = diff_table(obs, reference, k)
-        try:
-            from ..explain import explain_diffs
-        except ImportError:  # explanations are optional until the module exists
-            pass
-        else:
-            diffs = explain_diffs(diffs, obs, result.scenarios, reference)
+        diffs = explain_diffs(diffs, obs, result.scenarios, reference, k)
         return cls(result, obs, diffs, reference, k)
 
     @property

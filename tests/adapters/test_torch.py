@@ -1,0 +1,217 @@
+"""The torch adapter against torch.nn.BatchNorm driven by hand (no xbn in the loop).
+
+Every comparison is bit-for-bit: the adapter must make exactly the calls a torch user makes.
+torch is imported unconditionally: if it is missing these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xbn.adapters import load_adapter
+from xbn.adapters.base import NotApplicable, run_scenario
+from xbn.dtypes import round_to
+from xbn.scenario import Layer, Optimizer, Step, parse
+
+RNG = np.random.default_rng(0)
+
+
+def data(shape, dtype="float32", mean=2.0, std=3.0):
+    return round_to(RNG.normal(mean, std, size=shape), dtype)
+
+
+def adapter(**layer):
+    a = load_adapter("torch")
+    a.build(Layer(**{"features": 3, "momentum": 0.9, "epsilon": 1e-3, **layer}))
+    return a
+
+
+def t(x, dtype=torch.float32):
+    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+
+
+def same(value, tensor):
+    """The adapter's value equals the tensor exactly (bfloat16 comes back as a tuple)."""
+    if isinstance(value, tuple):
+        value = value[0]
+    expected = tensor.detach().to(torch.float64).numpy()
+    np.testing.assert_array_equal(np.asarray(value, np.float64), expected)
+
+
+def test_nhwc_train_then_eval_matches_hand_driven_module():
+    x = data((4, 2, 3, 3))
+    a = adapter(layout="NHWC")
+    y_train = a.call(x, True)
+    y_eval = a.call(x, False)
+    y_bare = a.call(x, None)  # eval() persists: a bare call stays in eval mode
+
+    bn = torch.nn.BatchNorm2d(3, momentum=0.1, eps=1e-3)
+    xt = t(np.moveaxis(x, -1, 1))
+    with torch.no_grad():
+        want_train = bn(xt).permute(0, 2, 3, 1)
+        bn.eval()
+        want_eval = bn(xt).permute(0, 2, 3, 1)
+    assert a.module.momentum == 0.1  # 1 - 0.9 as a user writes it, not 0.09999999999999998
+    same(y_train, want_train)
+    same(y_eval, want_eval)
+    same(y_bare, want_eval)
+    state = a.state()
+    same(state["moving_mean"], bn.running_mean)
+    same(state["moving_variance"], bn.running_var)
+    same(state["gamma"], bn.weight)
+
+
+def test_running_variance_is_bessel_corrected_over_n_h_w():
+    x = data((4, 3, 2, 5))
+    a = adapter(layout="NCHW", momentum=0.0)  # torch momentum 1: running = batch statistics
+    a.call(x, True)
+    n = 4 * 2 * 5
+    unbiased = x.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(a.state()["moving_variance"], unbiased, rtol=1e-6)
+    assert np.all(np.abs(a.state()["moving_variance"] / (unbiased * (n - 1) / n) - 1) > 1e-2)
+
+
+def test_grad_nlc_matches_autograd_and_leaves_parameters_alone():
+    x, w = data((4, 5, 3)), data((4, 5, 3), std=1.0)
+    a = adapter(layout="NLC")
+    got = a.grad(x, True, w)
+
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-3)
+    xt = t(np.moveaxis(x, -1, 1)).requires_grad_(True)
+    y = bn(xt)
+    (y * t(np.moveaxis(w, -1, 1))).sum().backward()
+    same(got["output"], y.permute(0, 2, 1))
+    same(got["grad_input"], xt.grad.permute(0, 2, 1))
+    same(got["grad_gamma"], bn.weight.grad)
+    same(got["grad_beta"], bn.bias.grad)
+    same(a.state()["moving_mean"], bn.running_mean)  # the forward's side effect happened
+    assert a.module.weight.grad is None
+    np.testing.assert_array_equal(a.state()["gamma"], np.ones(3))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_fit_matches_a_plain_training_loop(name):
+    x, target = data((8, 3)), data((8, 3), std=1.0)
+    opt = Optimizer(name=name, lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6)
+    step = Step(index=0, op="fit", optimizer=opt, epochs=2, batch_size=3)
+    a = adapter()
+    a.call(x, False)  # fit must switch back to train()
+    losses = [a.fit(x, target, step, True), a.fit(x, target, step, False)]
+
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-3)
+    if name == "sgd":
+        optim = torch.optim.SGD(bn.parameters(), lr=0.05)
+    else:
+        optim = torch.optim.Adam(bn.parameters(), lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+    xt, tt = t(x), t(target)
+    want = []
+    for _ in range(2):  # two fit steps sharing one optimizer
+        for _ in range(2):
+            total = 0.0
+            for i in range(0, 8, 3):
+                optim.zero_grad()
+                loss = F.mse_loss(bn(xt[i:i + 3]), tt[i:i + 3])
+                loss.backward()
+                optim.step()
+                total += loss.item() * xt[i:i + 3].shape[0]
+        want.append(total / 8)
+    assert [float(v[0]) for v in losses] == want
+    assert losses[0][1] == "float32"
+    state = a.state()
+    for key, tensor in [("gamma", bn.weight), ("beta", bn.bias), ("moving_mean", bn.running_mean),
+                        ("moving_variance", bn.running_var)]:
+        same(state[key], tensor)
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("float16", torch.float16),
+                                               ("bfloat16", torch.bfloat16),
+                                               ("float64", torch.float64)])
+def test_low_and_high_precision_module_follows_module_to_dtype(dtype, torch_dtype):
+    x = data((4, 3, 2, 2), dtype)
+    a = adapter(layout="NCHW", dtype=dtype)
+    y = a.call(x, True)
+    bn = torch.nn.BatchNorm2d(3, momentum=0.1, eps=1e-3).to(torch_dtype)
+    with torch.no_grad():
+        want = bn(t(x, torch_dtype))
+    same(y, want)
+    same(a.state()["moving_variance"], bn.running_var)
+    if dtype == "bfloat16":
+        assert y[1] == "bfloat16" and a.state()["moving_mean"][1] == "bfloat16"
+    else:
+        assert y.dtype.name == dtype and a.state()["moving_mean"].dtype.name == dtype
+
+
+def test_frozen_parameters_still_update_running_stats_and_cannot_be_fit():
+    x = data((6, 3))
+    a = adapter()
+    a.set_trainable(False)
+    got = a.grad(x, True, data((6, 3)))
+    assert "grad_gamma" not in got and "requires_grad" in got["grad_gamma_reason"]
+    assert "grad_beta_reason" in got
+    assert not np.array_equal(a.state()["moving_mean"], np.zeros(3))
+    step = Step(index=0, op="fit", optimizer=Optimizer(name="sgd", lr=0.1))
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        a.fit(x, x, step, True)
+
+
+def test_predict_restores_train_mode_and_set_mode_persists():
+    x = data((5, 3))
+    a = adapter()
+    a.predict(x)
+    assert a.module.training
+    np.testing.assert_array_equal(a.state()["moving_mean"], np.zeros(3))
+    a.set_mode("eval")
+    a.call(x, None)
+    np.testing.assert_array_equal(a.state()["moving_mean"], np.zeros(3))
+    a.set_mode("train")
+    a.call(x, None)
+    assert not np.array_equal(a.state()["moving_mean"], np.zeros(3))
+
+
+def test_layer_options_map_to_constructor_arguments():
+    assert adapter(momentum="cumulative").module.momentum is None
+    defaults = adapter(defaults=True).module
+    assert (defaults.momentum, defaults.eps) == (0.1, 1e-5)
+    assert adapter(native={"torch": {"momentum": 0.99}}).module.momentum == 0.99
+    assert isinstance(adapter(layout="NCDHW").module, torch.nn.BatchNorm3d)
+    no_affine = adapter(center=False, scale=False)
+    assert no_affine.module.weight is None and set(no_affine.state()) == {"moving_mean",
+                                                                          "moving_variance"}
+    no_track = adapter(track_running_stats=False)
+    assert set(no_track.state()) == {"gamma", "beta"}
+    with pytest.raises(NotApplicable, match="affine"):
+        adapter(center=False)
+    with pytest.raises(NotApplicable, match="running_mean"):
+        no_track.set_weights({"moving_mean": np.zeros(3)})
+
+
+def test_cumulative_average_and_set_weights_through_the_driver():
+    scenario = parse({
+        "schema": 1, "name": "t", "layer": {"features": 2, "momentum": "cumulative"},
+        "inputs": {"a": [[1.0, 2.0], [3.0, 6.0]], "b": [[0.0, 1.0], [4.0, 1.0]], "one": [[1.0, 2.0]]},
+        "steps": [{"op": "call", "input": "a", "training": True},
+                  {"op": "call", "input": "b", "training": True},
+                  {"op": "call", "input": "one", "training": True},
+                  {"op": "set_weights", "gamma": [2.0, 3.0], "moving_mean": [1.0, -1.0]},
+                  {"op": "call", "input": "one", "training": False}],
+    })
+    rows = {(o["step"], o["quantity"]): o for o in run_scenario(load_adapter("torch"), scenario)}
+    # cumulative average of the two batch means: ((2, 4) + (2, 1)) / 2
+    assert rows[(1, "moving_mean")]["value"] == [2.0, 2.5]
+    # unbiased batch variances (2, 8) and (8, 0), averaged
+    assert rows[(1, "moving_variance")]["value"] == [5.0, 4.0]
+    assert rows[(2, "output")]["status"] == "error"
+    assert rows[(2, "output")]["message"].startswith(
+        "ValueError: Expected more than 1 value per channel when training")
+    assert rows[(3, "gamma")]["value"] == [2.0, 3.0]
+    bn = torch.nn.BatchNorm1d(2, momentum=None, eps=1e-3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
+        bn.running_var.copy_(torch.tensor([5.0, 4.0]))
+        bn.weight.copy_(torch.tensor([2.0, 3.0]))
+        bn.eval()
+        want = bn(torch.tensor([[1.0, 2.0]]))
+    assert rows[(4, "output")]["value"] == want.tolist()

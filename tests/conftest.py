@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def write_scenario(tmp_path: Path):
+    """Write a TOML scenario from a (dedented) string; returns its path."""
+
+    def write(text: str, name: str = "s.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+MINIMAL = """
+schema = 1
+name = "t"
+[layer]
+features = 2
+[inputs]
+x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]
+[[steps]]
+op = "call"
+input = "x"
+training = true
+"""

@@ -1,0 +1,71 @@
+"""Tolerances, ULP distances and verdicts, on hand-made observations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xbn.compare import diff_table, measure, observations_frame
+from xbn.dtypes import round_to, ulp_distance
+
+
+def test_ulp_distance_counts_representable_steps():
+    one = np.float32(1.0)
+    after = np.nextafter(one, np.float32(2))
+    assert ulp_distance([1.0], [float(after)], "float32")[0] == 1
+    assert ulp_distance([-0.0], [0.0], "float32")[0] == 0
+    tiny = float(np.nextafter(np.float32(0), np.float32(1)))
+    assert ulp_distance([-tiny], [tiny], "float32")[0] == 2  # across zero
+    assert ulp_distance([1.0], [1.0 + 2**-7], "bfloat16")[0] == 1
+    assert ulp_distance([1.0], [1.0 + 2**-10], "float16")[0] == 1
+    assert ulp_distance([1.0], [1.0 + 2**-52], "float64")[0] == 1
+
+
+def test_bfloat16_rounds_to_nearest_even():
+    assert round_to([1 + 2**-8], "bfloat16")[0] == 1.0  # tie goes to the even neighbour
+    assert round_to([1 + 3 * 2**-8], "bfloat16")[0] == 1 + 2**-6
+
+
+def test_tolerance_scales_with_the_reference_array():
+    eps = np.finfo(np.float32).eps
+    ref = np.array([100.0, 1e-3])
+    within = measure(ref + [16 * eps * 100 * 0.99, 0.0], ref, "float32")
+    beyond = measure(ref + [16 * eps * 100 * 1.01, 0.0], ref, "float32")
+    assert within["within"] and not beyond["within"]
+    zero = measure([1e-7], [0.0], "float32")  # all-zero reference: scale 1
+    assert zero["within"] and zero["max_rel"] == np.inf
+
+
+def test_nan_equal_positions_are_same_and_shape_mismatch_differs():
+    assert measure([np.nan, 1.0], [np.nan, 1.0], "float32")["within"]
+    assert not measure([np.nan, 1.0], [0.0, 1.0], "float32")["within"]
+    assert not measure([1.0, 2.0], [1.0], "float32")["within"]
+
+
+def obs(framework, quantity, status="ok", value=None, dtype="float32", message=None, step=0):
+    return {"scenario": "s", "step": step, "op": "call", "framework": framework,
+            "quantity": quantity, "status": status, "value": value, "dtype": dtype,
+            "message": message}
+
+
+@pytest.mark.parametrize(
+    ("row", "verdict"),
+    [
+        (obs("torch", "output", value=[1.0 + 1e-7]), "same"),
+        (obs("torch", "output", value=[1.01]), "differs"),
+        (obs("torch", "output", status="error", message="ValueError: x"), "error"),
+        (obs("torch", "output", status="n/a", message="cannot"), "n/a"),
+    ],
+)
+def test_verdicts(row, verdict):
+    frame = observations_frame([obs("numpy", "output", value=[1.0], dtype="float64"), row])
+    diffs = diff_table(frame)
+    assert list(diffs["verdict"]) == [verdict]
+
+
+def test_dtype_of_comparison_is_the_less_precise():
+    frame = observations_frame([obs("numpy", "output", value=[1.0], dtype="float64"),
+                                obs("keras", "output", value=[1.0 + 2**-9], dtype="float16")])
+    d = diff_table(frame).iloc[0]
+    assert d["dtype"] == "float16" and d["max_ulp"] == 2  # 2**-9 is two float16 steps above 1
+    assert d["verdict"] == "same"

@@ -1,0 +1,144 @@
+"""``flax.nnx.BatchNorm`` driven the way NNX users drive it.
+
+NNX modules are stateful objects: the layer holds its ``Param`` (scale, bias) and ``BatchStat``
+(mean, var) variables and updates the statistics in place. ``training`` maps to the call
+argument ``use_running_average=not training``; a bare call uses the module's attribute (the
+constructor default ``False``, or what ``.train()``/``.eval()`` set). The layer's ``axis`` is
+the layout's channel axis (no transposes). Training uses ``nnx.Optimizer`` and
+``nnx.value_and_grad`` under ``nnx.jit``; ``trainable = false`` freezes the parameters in the
+optimizer (``wrt=nnx.Nothing``), which NNX does not tie to inference mode.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..scenario import Layer, Step, channel_axis
+from . import _jax_common as jc
+from .base import Adapter, NotApplicable, batches
+from .flax_linen import epoch_loss
+
+# xbn name -> attribute of nnx.BatchNorm
+VARIABLES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
+FROZEN_REASON = ("frozen in the optimizer (nnx.Optimizer(wrt=nnx.Nothing)): NNX has no trainable "
+                 "flag, so the parameter is differentiable but fit never updates it")
+F64_NOTE = ("flax-nnx float64: BatchNorm creates mean/var as float32 BatchStats whatever "
+            "param_dtype is, and the in-place update (`self.mean[...] = ...`) casts the float64 "
+            "statistics back to float32 (JAX FutureWarning: will become an error)")
+
+
+class FlaxNnxAdapter(Adapter):
+    def build(self, layer: Layer) -> None:
+        if layer.cumulative:
+            raise NotApplicable("flax.nnx.BatchNorm has only an exponential moving average "
+                                "(momentum); no cumulative average")
+        if not layer.track_running_stats:
+            raise NotApplicable(
+                "flax.nnx.BatchNorm always holds mean/var BatchStats and updates them whenever it "
+                "normalizes with batch statistics; there is no option to keep none")
+        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        self.layer = layer
+        kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,
+                        "use_scale": layer.scale}
+        if not layer.defaults:
+            kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
+        if layer.dtype == "float64":  # a float64 model: float64 parameters too
+            kwargs["param_dtype"] = jnp.float64
+            if F64_NOTE not in self.notes:
+                self.notes.append(F64_NOTE)
+        kwargs.update(layer.native.get(self.framework_id, {}))
+        self.bn = nnx.BatchNorm(layer.features, rngs=nnx.Rngs(0), **kwargs)
+        self.trainable = True
+        self._opt = None  # (trainable when built, nnx.Optimizer)
+
+    def _forward(self, model, x, training: bool | None):
+        return model(x) if training is None else model(x, use_running_average=not training)
+
+    def call(self, x, training):
+        return jc.to_numpy(self._forward(self.bn, jc.to_jax(x, self.layer.dtype), training))
+
+    def predict(self, x):
+        return jc.to_numpy(self.bn(jc.to_jax(x, self.layer.dtype), use_running_average=True))
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.trainable = trainable
+
+    def set_mode(self, mode: str) -> None:
+        if mode == "train":
+            self.bn.train()
+        else:
+            self.bn.eval()
+
+    # -- training
+
+    def _wrt(self):
+        return nnx.Param if self.trainable else nnx.Nothing
+
+    def fit(self, x, target, step: Step, fresh_optimizer: bool):
+        if fresh_optimizer or self._opt is None or self._opt[0] != self.trainable:
+            self._opt = (self.trainable, nnx.Optimizer(self.bn, jc.make_optax(step.optimizer),
+                                                       wrt=self._wrt()))
+        optimizer = self._opt[1]
+        wrt = self._wrt()
+
+        @nnx.jit
+        def train_step(model, optimizer, xb, tb):
+            def loss_fn(m):
+                return jnp.mean((m(xb, use_running_average=False) - tb) ** 2)
+
+            loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
+            optimizer.update(model, grads)
+            return loss
+
+        xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
+        for _ in range(step.epochs):
+            losses, sizes = [], []
+            for sl in batches(len(x), step.batch_size):
+                losses.append(train_step(self.bn, optimizer, xj[sl], tj[sl]))
+                sizes.append(sl.stop - sl.start)
+        return epoch_loss(losses, sizes)
+
+    def grad(self, x, training, weights) -> dict:
+        xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
+
+        def objective(model, xv):
+            y = self._forward(model, xv, training)
+            return jnp.sum(y * wj), y
+
+        (gp, gx), y = nnx.grad(objective, argnums=(nnx.DiffState(0, nnx.Param), 1),
+                               has_aux=True)(self.bn, xj)
+        out = {"output": jc.to_numpy(y), "grad_input": jc.to_numpy(gx)}
+        for name, key in (("grad_gamma", "scale"), ("grad_beta", "bias")):
+            if getattr(self.bn, key) is not None:
+                if self.trainable:
+                    out[name] = jc.to_numpy(gp[key][...])
+                else:
+                    out[f"{name}_reason"] = FROZEN_REASON
+        return out
+
+    # -- weights
+
+    def set_weights(self, values) -> None:
+        for name in values:
+            if getattr(self.bn, VARIABLES[name]) is None:
+                raise NotApplicable(f"the layer has no {name} ({VARIABLES[name]})")
+        for name, value in values.items():
+            var = getattr(self.bn, VARIABLES[name])
+            var[...] = jnp.asarray(value, var[...].dtype)
+
+    def state(self) -> dict:
+        out = {}
+        for name, key in VARIABLES.items():
+            var = getattr(self.bn, key)
+            if var is not None:
+                out[name] = jc.to_numpy(var[...])
+        return out
+
+    def versions(self) -> dict[str, str]:
+        return {"flax": flax.__version__, **jc.versions()}
+
+
+def make_adapter(framework_id: str) -> Adapter:
+    return FlaxNnxAdapter(framework_id)

@@ -1,0 +1,194 @@
+"""Haiku: ``hk.BatchNorm`` under ``hk.transform_with_state``, trained with an optax step.
+
+What xbn calls moving_mean/moving_variance is each EMA's ``average`` state entry: the
+zero-debiased ``hidden / (1 - decay**counter)`` that the layer itself reads when
+``is_training=False`` (haiku/_src/batch_norm.py, ``self.mean_ema.average``). ``hidden`` is only
+the EMA's internal accumulator.
+
+The layer is initialised the way Haiku users do, ``init(rng, batch, is_training=True)``, on a
+batch of zeros: Haiku's ``init`` leaks the init batch's statistics into ``average`` (while
+``counter`` and ``hidden`` stay 0), so a zero batch gives the all-zero state that
+``ExponentialMovingAverage.initialize`` declares. Fresh moving statistics are therefore
+mean 0 and variance **0** (not 1).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..scenario import Layer, Step, channel_axis, channels_last
+from . import _jax_common as jc
+from .base import Adapter, NotApplicable, batches
+
+INIT_NOTE = ("haiku: initialised with init(rng, zeros, is_training=True); Haiku's init copies the "
+             "init batch's statistics into the EMA 'average', so zeros give moving mean 0 and "
+             "moving variance 0")
+
+
+class HaikuAdapter(Adapter):
+    def build(self, layer: Layer) -> None:
+        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        if layer.cumulative:
+            raise NotApplicable("hk.BatchNorm keeps an exponential moving average only "
+                                "(no cumulative average)")
+        if not layer.track_running_stats:
+            raise NotApplicable("hk.BatchNorm always keeps moving averages and uses them when "
+                                "is_training=False (test_local_stats only swaps the statistics "
+                                "used at test time; training still updates the averages)")
+        kwargs: dict = {"create_scale": layer.scale, "create_offset": layer.center}
+        if not layer.defaults:
+            kwargs.update(decay_rate=float(layer.momentum), eps=float(layer.epsilon))
+        if layer.rank > 2 and not channels_last(layer.layout):
+            kwargs["data_format"] = "channels_first"  # NCL/NCHW/NCDHW: no transpose needed
+        kwargs.update(layer.native.get(self.framework_id, {}))
+        if "decay_rate" not in kwargs:
+            raise NotApplicable("hk.BatchNorm has no default decay_rate (a required argument); "
+                                "give one in [layer.native.haiku]")
+        self.layer = layer
+        self.kwargs = kwargs
+        self.trainable = True
+        self.opt = None
+        self.opt_state = None
+
+        def forward(x, **call_kwargs):
+            # call kwargs pass through untouched, so a call without is_training reaches
+            # hk.BatchNorm.__call__ and fails there, as it does for a Haiku user
+            return hk.BatchNorm(**kwargs)(x, **call_kwargs)
+
+        self.fn = hk.transform_with_state(forward)
+        shape = [1] * layer.rank
+        shape[channel_axis(layer.layout)] = layer.features
+        zeros = jnp.zeros(shape, jc.jax_dtype(layer.dtype))
+        self.params, self.bn_state = self.fn.init(None, zeros, is_training=True)
+        if INIT_NOTE not in self.notes:
+            self.notes.append(INIT_NOTE)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _x(self, x) -> jax.Array:
+        return jc.to_jax(x, self.layer.dtype)
+
+    def _apply(self, params, state, x, training: bool | None):
+        kwargs = {} if training is None else {"is_training": training}
+        return self.fn.apply(params, state, None, x, **kwargs)
+
+    def _module(self) -> str | None:
+        return next(iter(self.params), None)
+
+    def _ema(self, which: str) -> str:
+        return next(k for k in self.bn_state if k.endswith(f"/~/{which}_ema"))
+
+    # -- ops -------------------------------------------------------------------------
+    def call(self, x, training):
+        y, state = self._apply(self.params, self.bn_state, self._x(x), training)
+        self.bn_state = state
+        return jc.to_numpy(y)
+
+    def predict(self, x):
+        y, _ = self._apply(self.params, self.bn_state, self._x(x), False)
+        return jc.to_numpy(y)
+
+    def set_trainable(self, trainable: bool) -> None:
+        """JAX has no trainable flag: frozen parameters get zero updates in the optimizer."""
+        self.trainable = trainable
+
+    def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
+        if fresh_optimizer or self.opt is None or self.opt[1] != self.trainable:
+            tx = jc.make_optax(step.optimizer) if self.trainable else optax.set_to_zero()
+            self.opt = (tx, self.trainable)
+            self.opt_state = tx.init(self.params)
+        tx = self.opt[0]
+        fn = self.fn
+
+        def loss_fn(params, state, xb, tb):
+            y, state = fn.apply(params, state, None, xb, is_training=True)
+            return jnp.mean(jnp.square(y - tb)), state
+
+        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+        xs, ts = self._x(x), self._x(target)
+        params, state, opt_state = self.params, self.bn_state, self.opt_state
+        epoch_loss = None
+        for _ in range(step.epochs):
+            total, count, dtype = 0.0, 0, None
+            for sl in batches(x.shape[0], step.batch_size):
+                (loss, state), grads = value_and_grad(params, state, xs[sl], ts[sl])
+                updates, opt_state = tx.update(grads, opt_state, params)
+                params = optax.apply_updates(params, updates)
+                n = xs[sl].shape[0]
+                total, count, dtype = total + float(loss) * n, count + n, loss.dtype
+            epoch_loss = jnp.asarray(total / count, dtype)
+        self.params, self.bn_state, self.opt_state = params, state, opt_state
+        return jc.to_numpy(epoch_loss)
+
+    def grad(self, x, training, weights) -> dict:
+        w = self._x(weights)
+        state = self.bn_state
+
+        def objective(params, xj):
+            y, new_state = self._apply(params, state, xj, training)
+            return jnp.sum(y * w), (y, new_state)
+
+        (_, (y, new_state)), (gp, gx) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True)(self.params, self._x(x))
+        self.bn_state = new_state
+        out = {"output": jc.to_numpy(y), "grad_input": jc.to_numpy(gx)}
+        module = self._module()
+        for name, q in (("scale", "grad_gamma"), ("offset", "grad_beta")):
+            if module is None or name not in gp[module]:
+                continue
+            if self.trainable:
+                out[q] = jc.to_numpy(gp[module][name].reshape(-1))
+            else:
+                out[f"{q}_reason"] = "parameters frozen in the optimizer (trainable=false)"
+        return out
+
+    def set_weights(self, values) -> None:
+        """gamma/beta into params; moving stats into each EMA's ``average``.
+
+        ``hidden`` is set to ``average * (1 - decay**counter)``, the invariant Haiku's EMA keeps,
+        so later updates continue from the loaded value the way Haiku debiases (with counter 0
+        that means the first training step replaces it entirely).
+        """
+        module = self._module()
+        params = {k: dict(v) for k, v in self.params.items()}
+        state = {k: dict(v) for k, v in self.bn_state.items()}
+        for q, name in (("gamma", "scale"), ("beta", "offset")):
+            if q not in values:
+                continue
+            if module is None or name not in params[module]:
+                raise NotApplicable(f"the layer has no {q} (create_{name}=False)")
+            old = params[module][name]
+            params[module][name] = jnp.asarray(values[q], old.dtype).reshape(old.shape)
+        for q, which in (("moving_mean", "mean"), ("moving_variance", "var")):
+            if q not in values:
+                continue
+            ema = state[self._ema(which)]
+            old = ema["average"]
+            average = jnp.asarray(values[q], old.dtype).reshape(old.shape)
+            one = jnp.ones([], old.dtype)
+            decay = jax.lax.convert_element_type(self.kwargs["decay_rate"], old.dtype)
+            ema["average"] = average
+            ema["hidden"] = average * (one - jnp.power(decay, ema["counter"]))
+        self.params, self.bn_state = params, state
+
+    def state(self) -> dict:
+        module = self._module()
+        out = {}
+        if module is not None:
+            for name, q in (("scale", "gamma"), ("offset", "beta")):
+                if name in self.params[module]:
+                    out[q] = jc.to_numpy(self.params[module][name].reshape(-1))
+        for which, q in (("mean", "moving_mean"), ("var", "moving_variance")):
+            out[q] = jc.to_numpy(self.bn_state[self._ema(which)]["average"].reshape(-1))
+        return out
+
+    def versions(self) -> dict[str, str]:
+        return {**jc.versions(), "dm-haiku": metadata.version("dm-haiku")}
+
+
+def make_adapter(framework_id: str) -> Adapter:
+    return HaikuAdapter(framework_id)

@@ -1,0 +1,149 @@
+"""Legacy Keras 2 (``tf_keras``): ``BatchNormalization`` as TensorFlow 2.x users ran it.
+
+The layer lives in a one-layer functional ``tf_keras.Model`` so that ``fit`` and ``predict``
+are Keras' own. The framework chooses its implementation itself (``fused=None``): the
+FusedBatchNormV3 kernel for float32/16-bit 4-D and 5-D inputs (its moving variance is
+Bessel-corrected, n/(n-1)), ``tf.nn.moments`` otherwise (biased). Each build records in
+``notes`` which one ran, because the same scenario gives different moving variances.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from ..scenario import Layer, Step, channel_axis
+from .base import Adapter, NotApplicable
+
+# Keras has one global thread pool; one thread keeps reductions in the same order everywhere.
+try:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # the runtime was already started (tests importing tensorflow first)
+    pass
+
+# What a tf.keras user does for 16-bit inputs: a mixed-precision policy on the layer. BN
+# keeps gamma/beta/moving statistics in float32 under it (``_param_dtype``), exactly as with
+# a plain "float16" policy. Only this layer gets it, so compile adds no loss scaling.
+POLICY = {"float32": "float32", "float64": "float64",
+          "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def _output(value) -> np.ndarray | tuple[np.ndarray, str]:
+    """A numpy array, or (float64 array, "bfloat16") where numpy cannot name the dtype."""
+    arr = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
+    if arr.dtype.name == "bfloat16":
+        return arr.astype(np.float64), "bfloat16"
+    return arr
+
+
+class TfKerasAdapter(Adapter):
+    def build(self, layer: Layer) -> None:
+        self.notes = []
+        if layer.cumulative:
+            raise NotApplicable("tf_keras BatchNormalization has only an exponential moving "
+                                "average (momentum is a number); no cumulative average")
+        if not layer.track_running_stats:
+            raise NotApplicable("tf_keras BatchNormalization always creates and uses moving "
+                                "statistics; it has no track_running_stats=False")
+        tf_keras.backend.clear_session()
+        tf_keras.utils.set_random_seed(0)
+        self.layer = layer
+        self.dtype = tf.as_dtype(layer.dtype)
+        axis = channel_axis(layer.layout)
+        kwargs: dict = {"axis": axis, "center": layer.center, "scale": layer.scale,
+                        "dtype": POLICY[layer.dtype]}
+        if not layer.defaults:
+            kwargs.update(momentum=float(layer.momentum), epsilon=float(layer.epsilon))
+        kwargs.update(layer.native.get(self.framework_id, {}))
+        self.bn = tf_keras.layers.BatchNormalization(**kwargs)
+        shape: list[int | None] = [None] * (layer.rank - 1)
+        shape[axis - 1] = layer.features  # spatial sizes may differ between inputs
+        inputs = tf_keras.Input(shape=shape, dtype=self.dtype)
+        self.model = tf_keras.Model(inputs, self.bn(inputs))
+        self.optimizer = None
+        self.compiled = False
+        self.notes = [self._path_note()]
+
+    def _path_note(self) -> str:
+        if self.bn.fused:
+            return (f"tf-keras: fused path (FusedBatchNormV3, {self.bn._data_format}): moving "
+                    "variance fed the Bessel-corrected batch variance n/(n-1)")
+        return "tf-keras: non-fused path (tf.nn.moments): moving variance fed the biased variance"
+
+    def _tensor(self, x) -> tf.Tensor:
+        # the values are exactly representable in the layer dtype: the cast is exact
+        return tf.cast(tf.constant(np.asarray(x, np.float64)), self.dtype)
+
+    def call(self, x, training):
+        xt = self._tensor(x)
+        y = self.model(xt) if training is None else self.model(xt, training=training)
+        return _output(y)
+
+    def predict(self, x):
+        return _output(self.model.predict(self._tensor(x), batch_size=len(x), verbose=0))
+
+    def set_trainable(self, trainable: bool) -> None:
+        self.bn.trainable = trainable
+        self.compiled = False  # Keras: a trainable change takes effect at the next compile()
+
+    def _make_optimizer(self, step: Step):
+        opt = step.optimizer
+        if opt.name == "sgd":
+            return tf_keras.optimizers.SGD(learning_rate=opt.lr, momentum=0.0)
+        return tf_keras.optimizers.Adam(learning_rate=opt.lr, beta_1=opt.beta1,
+                                        beta_2=opt.beta2, epsilon=opt.eps)
+
+    def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
+        if fresh_optimizer or self.optimizer is None:
+            self.optimizer = self._make_optimizer(step)
+            self.compiled = False
+        if not self.compiled:  # recompiling with the same optimizer object keeps its state
+            self.model.compile(optimizer=self.optimizer, loss="mean_squared_error")
+            self.compiled = True
+        history = self.model.fit(self._tensor(x), self._tensor(target),
+                                 batch_size=step.batch_size or len(x), epochs=step.epochs,
+                                 shuffle=False, verbose=0)
+        # the loss tracker is a float32 Mean weighted by batch size; history holds its value
+        return np.float32(history.history["loss"][-1])
+
+    def grad(self, x, training, weights) -> dict:
+        xt = self._tensor(x)
+        wide = tf.float64 if self.dtype == tf.float64 else tf.float32
+        w = tf.constant(np.asarray(weights, np.float64), dtype=wide)
+        params = {q: v for q, v in (("grad_gamma", self.bn.gamma), ("grad_beta", self.bn.beta))
+                  if v is not None}
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = self.model(xt) if training is None else self.model(xt, training=training)
+            # summed in at least float32 so 16-bit outputs cannot overflow; d/dy is w exactly
+            objective = tf.reduce_sum(tf.cast(y, wide) * w)
+        live = {q: v for q, v in params.items() if self.bn.trainable}
+        grads = tape.gradient(objective, [xt, *live.values()])
+        out = {"output": _output(y), "grad_input": _output(grads[0])}
+        for q, g in zip(live, grads[1:], strict=True):
+            out[q] = _output(g)
+        for q in params.keys() - live.keys():
+            out[f"{q}_reason"] = "parameters frozen (layer.trainable = False)"
+        return out
+
+    def set_weights(self, values) -> None:
+        for name, value in values.items():
+            var = getattr(self.bn, name, None)
+            if var is None:
+                raise NotApplicable(f"the layer has no {name}")
+            var.assign(np.asarray(value, np.float64).astype(var.dtype.as_numpy_dtype))
+
+    def state(self) -> dict:
+        return {name: getattr(self.bn, name).numpy() for name in WEIGHTS
+                if getattr(self.bn, name, None) is not None}
+
+    def versions(self) -> dict[str, str]:
+        return {"tf_keras": tf_keras.__version__, "tensorflow": tf.__version__}
+
+
+def make_adapter(framework_id: str) -> Adapter:
+    return TfKerasAdapter(framework_id)
