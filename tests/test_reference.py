@@ -128,3 +128,30 @@ def test_sgd_step_and_frozen_fit():
     frozen.fit(x, t, Optimizer("sgd", 0.5), 3, 1, True)
     np.testing.assert_array_equal(frozen.gamma, [1.0])
     np.testing.assert_array_equal(frozen.moving_mean, [0.0])  # Keras: frozen means inference
+
+
+@pytest.mark.parametrize("steps_before", [0, 2])
+def test_backward_through_running_statistics(steps_before):
+    """Equinox-style EMA normalization: gradients flow through the batch share of the EMA."""
+    import copy
+
+    rng = np.random.default_rng(2)
+    sem = Semantics(ema="seeded", training_normalization="running", initial_variance=0.0)
+    bn = ReferenceBatchNorm(layer(features=2, momentum=0.8), sem, axis=1)
+    for _ in range(steps_before):
+        bn.call(rng.normal(size=(4, 2)), True)
+    x, w = rng.normal(size=(4, 2)), rng.normal(size=(4, 2))
+
+    def loss(xx):
+        return float(np.sum(copy.deepcopy(bn).forward(xx, True)[0] * w))
+
+    grads = copy.deepcopy(bn)
+    _, cache = grads.forward(x, True)
+    analytic = grads.backward(w, cache)["grad_input"]
+    h = 1e-6
+    numeric = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        numeric[idx] = (loss(x + e) - loss(x - e)) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)

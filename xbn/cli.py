@@ -185,3 +185,7 @@ def report(output_dir, frameworks, reference, timeout, jobs) -> None:
 
 def main() -> None:
     cli(prog_name="xbn")
+
+
+# Command groups that live in their own modules (imported lazily by their own commands).
+# register-commands: one line per module, e.g. `cli.add_command(some_module.command)`

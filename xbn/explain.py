@@ -16,20 +16,32 @@ import pandas as pd
 from .adapters.base import run_scenario
 from .adapters.numpy_ref import NumpyAdapter
 from .compare import _less_precise, measure
+from .profiles import PROFILES, differences
 from .reference import SWITCH_VALUES, Semantics
 from .scenario import Scenario
 
-UNEXPLAINED = "not reproduced by any single switch or pair of switches"
+UNEXPLAINED = "unexplained: no single switch, pair of switches or declared profile reproduces it"
 
 
-def candidates(base: Semantics | None = None) -> list[dict]:
-    """Switch settings to try, smallest change first: every single flip, then every pair."""
-    base = base or Semantics()
+@cache
+def _singles_and_pairs() -> list[dict]:
+    base = Semantics()
     singles = [{name: value} for name, values in SWITCH_VALUES.items()
                for value in values if getattr(base, name) != value]
     pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2)
              if set(a).isdisjoint(b)]
     return singles + pairs
+
+
+def candidates(framework: str | None = None) -> list[dict]:
+    """Switch settings to try, smallest change first: every single flip, every pair, then
+    the framework's whole declared profile (which may change more than two switches)."""
+    found = list(_singles_and_pairs())
+    if framework in PROFILES:
+        profile = differences(framework)
+        if len(profile) > 2:
+            found.append(profile)
+    return found
 
 
 def describe(change: dict) -> str:
@@ -70,7 +82,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         if mine is None:
             continue
         found = None
-        for change in candidates():
+        for change in candidates(row["framework"]):
             theirs = observed(row["scenario"], tuple(sorted(change.items())))
             cand = theirs.get((row["step"], row["quantity"]))
             if cand is not None and _matches(mine, cand, k):

@@ -23,13 +23,24 @@ class Semantics:
     """The switches on which BatchNorm implementations differ. Defaults: Keras 3."""
 
     # running variance fed with the biased (/n) or Bessel-corrected (/(n-1)) batch variance
-    variance_update: str = "biased"  # biased | unbiased
+    # ("fused": unbiased for 4-D/5-D inputs that are not float64, tf-keras' fused kernel)
+    variance_update: str = "biased"  # biased | unbiased | fused
     # trainable=False forces inference mode (Keras, tf-keras V2) or only freezes parameters
     frozen_means_inference: bool = True
-    # a call without `training`: inference (Keras) or the module's mode (torch, train at first)
-    bare_call: str = "inference"  # inference | module_mode
+    # a call without `training`: inference (Keras); the module's mode, which starts as train and
+    # which an explicit flag also sets (torch); a module attribute that only train()/eval()
+    # change (flax NNX, equinox); or an error (flax linen, haiku need the flag)
+    bare_call: str = "inference"  # inference | module_mode | module_attribute | error
     # one value per channel in training: raise (torch) or normalize with variance 0
     batch_of_one: str = "zero_variance"  # zero_variance | error
+    # running averages: plain EMA from the initial values; zero-debiased hidden/(1 - m^t)
+    # (haiku, equinox mode="batch"); or seeded with the first batch (equinox mode="ema")
+    ema: str = "plain"  # plain | debiased | seeded
+    # moving variance of a fresh layer (haiku and equinox "ema" start from 0)
+    initial_variance: float = 1.0
+    # training outputs normalized with the batch statistics, or with the running statistics
+    # just updated (equinox mode="ema")
+    training_normalization: str = "batch"  # batch | running
     # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
     adam_form: str = "eps_hat"  # eps_hat | paper
     # constructor defaults used when a scenario sets defaults = true
@@ -44,10 +55,13 @@ class Semantics:
 
 
 SWITCH_VALUES: dict[str, tuple] = {
-    "variance_update": ("biased", "unbiased"),
+    "variance_update": ("biased", "unbiased", "fused"),
     "frozen_means_inference": (True, False),
-    "bare_call": ("inference", "module_mode"),
+    "bare_call": ("inference", "module_mode", "module_attribute", "error"),
     "batch_of_one": ("zero_variance", "error"),
+    "ema": ("plain", "debiased", "seeded"),
+    "initial_variance": (1.0, 0.0),
+    "training_normalization": ("batch", "running"),
     "adam_form": ("eps_hat", "paper"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
@@ -89,7 +103,9 @@ class ReferenceBatchNorm:
         self.beta = np.zeros(c) if layer.center else None
         self.track = layer.track_running_stats
         self.moving_mean = np.zeros(c) if self.track else None
-        self.moving_variance = np.ones(c) if self.track else None
+        self.moving_variance = np.full(c, self.sem.initial_variance) if self.track else None
+        # the EMA's own accumulators: equal to the moving statistics unless debiased
+        self.hidden_mean, self.hidden_variance = self.moving_mean, self.moving_variance
         self.num_batches = 0
         self.trainable = True
         self.module_training = True  # torch modules start in train mode
@@ -97,9 +113,12 @@ class ReferenceBatchNorm:
 
     # -- mode resolution -------------------------------------------------------------
     def effective_training(self, training: bool | None) -> bool:
+        bare = self.sem.bare_call
         if training is None:
-            training = self.module_training if self.sem.bare_call == "module_mode" else False
-        elif self.sem.bare_call == "module_mode":
+            if bare == "error":
+                raise TypeError("a call without the training flag is refused")
+            training = self.module_training if bare.startswith("module") else False
+        elif bare == "module_mode":
             self.module_training = training  # torch: train()/eval() from the call's flag
         if self.sem.frozen_means_inference and not self.trainable:
             return False
@@ -115,53 +134,73 @@ class ReferenceBatchNorm:
         var = ((x2 - mean) ** 2).mean(axis=0)
         return mean, var
 
+    def _bessel(self) -> bool:
+        rule = self.sem.variance_update
+        fused = self.layer.rank in (4, 5) and self.layer.dtype != "float64"
+        return rule == "unbiased" or (rule == "fused" and fused)
+
     def _update(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
         if not self.track:
             return
-        if self.sem.variance_update == "unbiased":
+        if self._bessel():
             var = var * n / max(n - 1, 1)
         self.num_batches += 1
         if self.momentum is None:  # cumulative average
             factor = 1.0 / self.num_batches
             self.moving_mean = (1 - factor) * self.moving_mean + factor * mean
             self.moving_variance = (1 - factor) * self.moving_variance + factor * var
+            return
+        m = self.momentum
+        if self.sem.ema == "seeded" and self.num_batches == 1:
+            self.hidden_mean, self.hidden_variance = mean, var
         else:
-            m = self.momentum
-            self.moving_mean = m * self.moving_mean + (1 - m) * mean
-            self.moving_variance = m * self.moving_variance + (1 - m) * var
+            self.hidden_mean = m * self.hidden_mean + (1 - m) * mean
+            self.hidden_variance = m * self.hidden_variance + (1 - m) * var
+        debias = 1 - m**self.num_batches if self.sem.ema == "debiased" else 1.0
+        self.moving_mean = self.hidden_mean / debias
+        self.moving_variance = self.hidden_variance / debias
 
     def forward(self, x: np.ndarray, training: bool, update: bool = True) -> tuple[np.ndarray, dict]:
         """Normalize x; return output and the cache the backward pass needs."""
         x2, shape = _channels_last_2d(np.asarray(x, np.float64), self.axis)
-        use_batch = training or not self.track
-        if use_batch:
-            mean, var = self._batch_stats(x2)
-            if training and update:
-                self._update(mean, var, x2.shape[0])
+        n = x2.shape[0]
+        # weight of the batch statistics in the statistics used (1: batch, 0: running only)
+        weight = 0.0
+        batch_mean = np.zeros(x2.shape[1])
+        if training or not self.track:
+            batch_mean, batch_var = self._batch_stats(x2)
+            mean, var, weight = batch_mean, batch_var, 1.0
+            if training and update and self.track:
+                self._update(batch_mean, batch_var, n)
+                if self.sem.training_normalization == "running":
+                    mean, var = self.moving_mean, self.moving_variance
+                    seeded_now = self.sem.ema == "seeded" and self.num_batches == 1
+                    weight = 1.0 if seeded_now or self.momentum is None else 1 - self.momentum
         else:
             mean, var = self.moving_mean, self.moving_variance
         inv = 1.0 / np.sqrt(var + self.epsilon)
-        xhat = (x2 - mean) * inv
+        centered = x2 - mean
         gamma = self.gamma if self.gamma is not None else 1.0
         beta = self.beta if self.beta is not None else 0.0
-        y2 = xhat * gamma + beta
-        cache = {"xhat": xhat, "inv": inv, "batch": use_batch, "shape": shape}
+        y2 = centered * inv * gamma + beta
+        cache = {"centered": centered, "inv": inv, "weight": weight,
+                 "deviation": x2 - batch_mean, "shape": shape}
         return _restore(y2, shape, self.axis), cache
 
     def backward(self, dy: np.ndarray, cache: dict) -> dict:
-        """Analytic gradients of sum(y * dy)."""
+        """Analytic gradients of sum(y * dy), through the statistics where they depend on x."""
         dy2, _ = _channels_last_2d(np.asarray(dy, np.float64), self.axis)
-        xhat, inv = cache["xhat"], cache["inv"]
+        centered, inv, a = cache["centered"], cache["inv"], cache["weight"]
+        n = dy2.shape[0]
         gamma = self.gamma if self.gamma is not None else 1.0
         dxhat = dy2 * gamma
-        if cache["batch"]:
-            n = dy2.shape[0]
-            dx2 = inv / n * (n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
-        else:
-            dx2 = dxhat * inv
+        dx2 = inv * dxhat
+        if a:
+            dx2 = dx2 - a * inv / n * dxhat.sum(axis=0) \
+                - a * inv**3 / n * cache["deviation"] * (dxhat * centered).sum(axis=0)
         grads = {"grad_input": _restore(dx2, cache["shape"], self.axis)}
         if self.gamma is not None:
-            grads["grad_gamma"] = (dy2 * xhat).sum(axis=0)
+            grads["grad_gamma"] = (dy2 * centered * inv).sum(axis=0)
         if self.beta is not None:
             grads["grad_beta"] = dy2.sum(axis=0)
         return grads
@@ -239,10 +278,16 @@ class ReferenceBatchNorm:
             setattr(self, p, value)
 
     def set_weights(self, values: dict[str, np.ndarray]) -> None:
+        missing = [name for name in values if getattr(self, name) is None]
+        if missing:
+            raise KeyError(missing[0])  # before anything is written
         for name, value in values.items():
-            if getattr(self, name) is None:
-                raise KeyError(name)
             setattr(self, name, np.asarray(value, np.float64).copy())
+        debias = 1 - self.momentum**self.num_batches if (
+            self.sem.ema == "debiased" and self.momentum is not None) else 1.0
+        if self.track:
+            self.hidden_mean = self.moving_mean * debias
+            self.hidden_variance = self.moving_variance * debias
 
     def state(self) -> dict:
         return {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,

@@ -1,0 +1,149 @@
+"""Each framework's value for every semantic switch, with the source it was verified against.
+
+Profiles are data: the reference run with a framework's profile must reproduce that
+framework on the conformance suite (tests/test_conformance.py), so a release that changes
+behaviour fails that test naming the switch. Sources are paths in the installed packages
+(versions in constraints.txt) unless they name an experiment.
+
+Switches marked numeric only change float32 rounding; the float64 reference records them for
+the report but does not emulate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .reference import Semantics
+
+
+@dataclass(frozen=True)
+class Fact:
+    value: object
+    source: str
+
+
+KERAS3 = "keras/src/layers/normalization/batch_normalization.py"
+TFK = "tf_keras/src/layers/normalization/batch_normalization.py"
+FLAX = "flax/linen/normalization.py"
+NNX = "flax/nnx/nn/normalization.py"
+HK = "haiku/_src/batch_norm.py"
+EQX = "equinox/nn/_batch_norm.py"
+TORCH = "torch/nn/modules/batchnorm.py"
+OPTAX = "optax/_src/transform.py:300 (scale_by_adam: eps outside the square root)"
+
+_keras3 = {
+    "variance_update": Fact("biased", f"{KERAS3} call(): the batch variance from ops.moments feeds the update"),
+    "frozen_means_inference": Fact(True, f"{KERAS3} call(): `if training and self.trainable`"),
+    "bare_call": Fact("inference", f"{KERAS3} call(training=None): None is falsy"),
+    "batch_of_one": Fact("zero_variance", f"{KERAS3}: no batch-size check"),
+    "ema": Fact("plain", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
+    "initial_variance": Fact(1.0, f"{KERAS3}: moving_variance_initializer='ones'"),
+    "training_normalization": Fact("batch", f"{KERAS3} call(): mean, variance = self._moments(...)"),
+    "adam_form": Fact("eps_hat", "keras/src/optimizers/adam.py update_step: alpha = lr*sqrt(1-b2^t)/(1-b1^t)"),
+    "default_momentum": Fact(0.99, f"{KERAS3} __init__"),
+    "default_epsilon": Fact(1e-3, f"{KERAS3} __init__"),
+}
+
+_flax_common = {
+    "variance_update": Fact("biased", f"{FLAX}:124-145 _compute_stats"),
+    "frozen_means_inference": Fact(False, "flax has no trainable flag; xbn freezes parameters in the optax optimizer"),
+    "batch_of_one": Fact("zero_variance", f"{FLAX}: no batch-size check"),
+    "ema": Fact("plain", f"{FLAX}:402-404 ra = m*ra + (1-m)*batch"),
+    "initial_variance": Fact(1.0, f"{FLAX}: var initialized with ones"),
+    "training_normalization": Fact("batch", f"{FLAX}:205-223 _normalize with batch stats"),
+    "adam_form": Fact("paper", OPTAX),
+    "default_momentum": Fact(0.99, f"{FLAX}:310"),
+    "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
+}
+
+PROFILES: dict[str, dict[str, Fact]] = {
+    "numpy": {k: Fact(v, "xbn/reference.py Semantics defaults (Keras 3)")
+              for k, v in Semantics().switches().items()},
+    "torch": {
+        "variance_update": Fact("unbiased", f"{TORCH}:321-324 docstring; torch/_decomp/decompositions.py:2109-2115 (n = numel/C); ratio n/(n-1) measured for NC..NCDHW"),
+        "frozen_means_inference": Fact(False, f"{TORCH}:187-203: only self.training selects batch statistics (pytorch/pytorch#86590)"),
+        "bare_call": Fact("module_mode", f"{TORCH}:200-203 (self.training; modules start in train mode)"),
+        "batch_of_one": Fact("error", "torch/nn/functional.py:2840-2856 _verify_batch_size"),
+        "ema": Fact("plain", f"{TORCH}:182-194"),
+        "initial_variance": Fact(1.0, f"{TORCH}:99-104 reset_running_stats"),
+        "training_normalization": Fact("batch", "torch/nn/functional.py batch_norm(training=True)"),
+        "adam_form": Fact("paper", "torch/optim/adam.py:530-545 denom = sqrt(v)/sqrt(bc2) + eps"),
+        "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
+        "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
+    },
+    "keras": dict(_keras3),
+    "keras-jax": dict(_keras3),
+    "keras-torch": dict(_keras3),
+    "tf-keras": {
+        **_keras3,
+        "variance_update": Fact("fused", f"{TFK}:243,948 _bessels_correction_test_only keeps the fused kernel's n/(n-1) variance; fused only for 4-D/5-D float16/bfloat16/float32 inputs ({TFK}:296,357-392)"),
+        "frozen_means_inference": Fact(True, f"{TFK}:1316-1319 _get_training_value"),
+        "bare_call": Fact("inference", f"{TFK}:1312 backend.learning_phase() is 0 in eager mode"),
+        "adam_form": Fact("eps_hat", "tf_keras/src/optimizers/adam.py:179,213"),
+        "default_momentum": Fact(0.99, f"{TFK}:1462"),
+        "default_epsilon": Fact(1e-3, f"{TFK}:1463"),
+    },
+    "flax": {**_flax_common,
+             "bare_call": Fact("error", "flax/linen/module.py:2952 merge_param: use_running_average must be passed")},
+    "flax-nnx": {**_flax_common,
+                 "variance_update": Fact("biased", f"{NNX}:99-125"),
+                 "bare_call": Fact("module_attribute", f"{NNX}:293,364 use_running_average=False by default, changed only by .train()/.eval()"),
+                 "default_epsilon": Fact(1e-5, f"{NNX}:296")},
+    "haiku": {
+        "variance_update": Fact("biased", f"{HK}:170-181"),
+        "frozen_means_inference": Fact(False, "haiku has no trainable flag; xbn freezes parameters in the optax optimizer"),
+        "bare_call": Fact("error", f"{HK}:130 is_training is a required argument"),
+        "batch_of_one": Fact("zero_variance", f"{HK}: no batch-size check"),
+        "ema": Fact("debiased", "haiku/_src/moving_averages.py:123-132 average = hidden/(1-decay^t)"),
+        "initial_variance": Fact(0.0, "haiku/_src/moving_averages.py: hidden and average start at zeros (init with a zero batch)"),
+        "training_normalization": Fact("batch", f"{HK}:181-205"),
+        "adam_form": Fact("paper", OPTAX),
+        "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
+        "default_epsilon": Fact(1e-5, f"{HK}:69"),
+    },
+    "equinox": {
+        "variance_update": Fact("biased", f"{EQX}:210-216 _stats"),
+        "frozen_means_inference": Fact(False, "equinox has no trainable flag; xbn freezes parameters in the optax optimizer"),
+        "bare_call": Fact("module_attribute", f"{EQX}:207-208 inference=None uses self.inference (default False)"),
+        "batch_of_one": Fact("zero_variance", f"{EQX}: no batch-size check"),
+        "ema": Fact("seeded", f"{EQX}:226-239 mode='ema' (the default via 'legacy'): first batch seeds the running statistics"),
+        "initial_variance": Fact(0.0, f"{EQX}: EMA buffers start as jnp.empty (zeros)"),
+        "training_normalization": Fact("running", f"{EQX}:232-239 training outputs use the just-updated running statistics"),
+        "adam_form": Fact("paper", OPTAX),
+        "default_momentum": Fact(0.99, f"{EQX}:101"),
+        "default_epsilon": Fact(1e-5, f"{EQX}:102"),
+    },
+}
+
+# Numeric facts: how each framework rounds in float32 (not emulated by the float64 reference).
+NUMERICS: dict[str, dict[str, Fact]] = {
+    "torch": {"variance_algorithm": Fact("two_pass (float32 accumulated in double)", "experiment + stored aten/src/ATen/native/cpu/batch_norm_kernel.cpp"),
+              "inference_form": Fact("fma(x, a, fma(-mean, a, beta)), a = gamma*rsqrt(var+eps)", "experiment: 300/300 bit-exact")},
+    "keras": {"variance_algorithm": Fact("two_pass", "keras/src/backend/tensorflow/nn.py moments -> tf.nn.moments"),
+              "update_form": Fact("weighted_sum: old*m + batch*(1-m)", f"{KERAS3} call()"),
+              "inference_form": Fact("x*inv + (beta - mean*inv), inv = rsqrt(var+eps)*gamma", "tensorflow/python/ops/nn_impl.py batch_normalization")},
+    "keras-jax": {"variance_algorithm": Fact("two_pass", "keras/src/backend/jax/nn.py moments (jnp.var)")},
+    "keras-torch": {"variance_algorithm": Fact("fast: E[x^2]-E[x]^2, no clamp", "keras/src/backend/torch/nn.py moments")},
+    "tf-keras": {"variance_algorithm": Fact("two_pass", "tf.nn.moments / fused kernel"),
+                 "update_form": Fact("decrement: old - (old - batch)*(1-m) (non-fused); weighted sum (fused)", f"{TFK}:868-881, 932-938"),
+                 "inference_form": Fact("x*inv + (beta - mean*inv) (non-fused); (x-mean)*inv + beta (fused)", "tensorflow/python/ops/nn_impl.py:1491-1497")},
+    "flax": {"variance_algorithm": Fact("fast: max(0, E[x^2]-E[x]^2) (use_fast_variance=True)", f"{FLAX}:142")},
+    "flax-nnx": {"variance_algorithm": Fact("fast: max(0, E[x^2]-E[x]^2) (use_fast_variance=True)", f"{NNX}:122")},
+    "haiku": {"variance_algorithm": Fact("fast: E[x^2]-E[x]^2, no clamp (negative variance possible)", f"{HK}:170-181"),
+              "dtype": Fact("parameters and statistics in the input dtype (float16 stays float16)", "haiku/_src/moving_averages.py:117")},
+    "equinox": {"variance_algorithm": Fact("two_pass, clamped >= 0", f"{EQX}:210-216")},
+}
+
+
+def semantics_of(framework_id: str) -> Semantics:
+    """The reference's Semantics that reproduces a framework (its declared profile)."""
+    values = {k: f.value for k, f in PROFILES[framework_id].items()}
+    if values.get("default_momentum") is None:
+        values["default_momentum"] = Semantics().default_momentum
+    return Semantics(**values)
+
+
+def differences(framework_id: str) -> dict:
+    """Switches on which a framework departs from the reference's defaults."""
+    base = Semantics().switches()
+    return {k: f.value for k, f in PROFILES[framework_id].items() if base.get(k) != f.value}
