@@ -1,9 +1,12 @@
 """Explanations: the smallest change to the reference's semantics that reproduces a framework.
 
-For every ``differs`` (or ``error``) row, the reference is re-run with one switch changed, then
-with two, and the first setting whose result matches the framework's observation within the
-same tolerance as the verdict is named in the ``explanation`` column. A row that no setting
-reproduces says so: that is a finding, not a failure of the search.
+For a framework's ``differs`` and ``error`` rows in a scenario, the reference is re-run with
+candidate switch settings, smallest change first: one semantic switch; native precision
+(float32 arithmetic in a given operation order); the framework's declared profile; two
+semantic switches; one semantic switch with native precision. The first setting that
+reproduces all of those rows within the verdict's tolerance explains them all; otherwise each
+row gets the first setting that reproduces it alone. ``(bit-exact)`` marks a reproduction to
+the last bit. A row that nothing reproduces says so: that is a finding.
 """
 
 from __future__ import annotations
@@ -17,46 +20,52 @@ from .adapters.base import run_scenario
 from .adapters.numpy_ref import NumpyAdapter
 from .compare import _less_precise, measure
 from .profiles import PROFILES, differences
-from .reference import SWITCH_VALUES, Semantics
+from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from .scenario import Scenario
 
-UNEXPLAINED = "unexplained: no single switch, pair of switches or declared profile reproduces it"
+UNEXPLAINED = "unexplained: no single switch, pair, native rounding or declared profile reproduces it"
+NATIVE = {"precision": "native"}
+
+
+def _flips(values: dict[str, tuple]) -> list[dict]:
+    base = Semantics()
+    return [{name: v} for name, options in values.items() for v in options
+            if getattr(base, name) != v]
 
 
 @cache
-def _singles_and_pairs() -> list[dict]:
-    base = Semantics()
-    singles = [{name: value} for name, values in SWITCH_VALUES.items()
-               for value in values if getattr(base, name) != value]
-    pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2)
-             if set(a).isdisjoint(b)]
-    return singles + pairs
+def _generic() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    singles = _flips(SWITCH_VALUES)
+    native = [NATIVE] + [{**NATIVE, **f} for f in _flips(NUMERIC_SWITCH_VALUES)]
+    pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2) if set(a).isdisjoint(b)]
+    mixed = [{**s, **n} for s in singles for n in native]
+    return singles, native, pairs, mixed
 
 
 def candidates(framework: str | None = None) -> list[dict]:
-    """Switch settings to try, smallest change first: every single flip, every pair, then
-    the framework's whole declared profile (which may change more than two switches)."""
-    found = list(_singles_and_pairs())
+    """Switch settings to try, in the order described in the module docstring."""
+    singles, native, pairs, mixed = _generic()
+    profile = []
     if framework in PROFILES:
-        profile = differences(framework)
-        if len(profile) > 2:
-            found.append(profile)
-    return found
+        declared = differences(framework)
+        profile = [declared] if declared else []
+        semantic = {k: v for k, v in declared.items() if k in SWITCH_VALUES}
+        if semantic and semantic != declared:
+            profile.insert(0, semantic)
+    unique = {tuple(sorted(c.items())): c for c in singles + native + profile + pairs + mixed
+              if c}  # dicts keep the first insertion's position
+    return list(unique.values())
 
 
-def describe(change: dict) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in change.items())
+def describe(change: dict, exact: bool = False) -> str:
+    text = ", ".join(f"{k}={_fmt(v)}" for k, v in change.items())
+    return text + (" (bit-exact)" if exact else "")
 
 
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
-
-
-def _observe(scenario: Scenario, change: dict) -> dict:
-    adapter = NumpyAdapter("numpy", Semantics().with_(**change))
-    return {(o["step"], o["quantity"]): o for o in run_scenario(adapter, scenario)}
 
 
 def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenario],
@@ -70,32 +79,45 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
 
     @cache
     def observed(name: str, change_key: tuple) -> dict:
-        return _observe(by_name[name], dict(change_key))
+        adapter = NumpyAdapter("numpy", Semantics().with_(**dict(change_key)))
+        return {(o["step"], o["quantity"]): o for o in run_scenario(adapter, by_name[name])}
 
     diffs = diffs.copy()
-    for i, row in diffs.iterrows():
-        if row["verdict"] not in ("differs", "error") or row["framework"] == "expected":
-            continue
-        if row["explanation"] or row["scenario"] not in by_name:
-            continue
-        mine = values.get((row["scenario"], row["step"], row["quantity"], row["framework"]))
-        if mine is None:
-            continue
-        found = None
-        for change in candidates(row["framework"]):
-            theirs = observed(row["scenario"], tuple(sorted(change.items())))
-            cand = theirs.get((row["step"], row["quantity"]))
-            if cand is not None and _matches(mine, cand, k):
-                found = describe(change)
+    todo = diffs[diffs["verdict"].isin(["differs", "error"]) & (diffs["framework"] != "expected")
+                 & diffs["explanation"].isna() & diffs["scenario"].isin(list(by_name))]
+    for (name, framework), rows in todo.groupby(["scenario", "framework"], sort=False):
+        mine = {i: values.get((name, r.step, r.quantity, framework))
+                for i, r in zip(rows.index, rows.itertuples(index=False), strict=True)}
+        mine = {i: m for i, m in mine.items() if m is not None}
+        pending = dict(mine)
+        explained: dict[int, str] = {}
+        for change in candidates(framework):
+            theirs = observed(name, tuple(sorted(change.items())))
+            hits = {i: _match(m, theirs.get((m.step, m.quantity)), k) for i, m in pending.items()}
+            if len(pending) == len(mine) and all(h is not None for h in hits.values()):
+                exact = all(hits.values())
+                explained = {i: describe(change, exact) for i in pending}
                 break
-        diffs.at[i, "explanation"] = found or UNEXPLAINED
+            for i, h in hits.items():
+                if h is not None and i not in explained:
+                    explained[i] = describe(change, h)
+            pending = {i: m for i, m in mine.items() if i not in explained}
+            if not pending:
+                break
+        for i in mine:
+            diffs.at[i, "explanation"] = explained.get(i, UNEXPLAINED)
     return diffs
 
 
-def _matches(mine, cand: dict, k: float) -> bool:
+def _match(mine, cand: dict | None, k: float) -> bool | None:
+    """None: not reproduced; False: reproduced within tolerance; True: bit for bit."""
+    if cand is None:
+        return None
     if mine.status == "error":
-        return cand["status"] == "error" and \
-            cand["message"].split(":")[0] == mine.message.split(":")[0]
+        return False if cand["status"] == "error" else None
     if mine.status != "ok" or cand["status"] != "ok":
-        return False
-    return measure(mine.value, cand["value"], _less_precise(mine.dtype, cand["dtype"]), k)["within"]
+        return None
+    m = measure(mine.value, cand["value"], _less_precise(mine.dtype, cand["dtype"]), k)
+    if not m["within"]:
+        return None
+    return m["max_abs"] == 0.0

@@ -40,6 +40,7 @@ _keras3 = {
     "initial_variance": Fact(1.0, f"{KERAS3}: moving_variance_initializer='ones'"),
     "training_normalization": Fact("batch", f"{KERAS3} call(): mean, variance = self._moments(...)"),
     "adam_form": Fact("eps_hat", "keras/src/optimizers/adam.py update_step: alpha = lr*sqrt(1-b2^t)/(1-b1^t)"),
+    "momentum_convention": Fact("keras", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
     "default_momentum": Fact(0.99, f"{KERAS3} __init__"),
     "default_epsilon": Fact(1e-3, f"{KERAS3} __init__"),
 }
@@ -52,6 +53,7 @@ _flax_common = {
     "initial_variance": Fact(1.0, f"{FLAX}: var initialized with ones"),
     "training_normalization": Fact("batch", f"{FLAX}:205-223 _normalize with batch stats"),
     "adam_form": Fact("paper", OPTAX),
+    "momentum_convention": Fact("keras", f"{FLAX}:402-404"),
     "default_momentum": Fact(0.99, f"{FLAX}:310"),
     "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
 }
@@ -68,6 +70,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "initial_variance": Fact(1.0, f"{TORCH}:99-104 reset_running_stats"),
         "training_normalization": Fact("batch", "torch/nn/functional.py batch_norm(training=True)"),
         "adam_form": Fact("paper", "torch/optim/adam.py:530-545 denom = sqrt(v)/sqrt(bc2) + eps"),
+        "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to torch's 1 - m; a native torch momentum is read in torch's convention (momentum_convention=torch)"),
         "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
         "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
     },
@@ -98,6 +101,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "initial_variance": Fact(0.0, "haiku/_src/moving_averages.py: hidden and average start at zeros (init with a zero batch)"),
         "training_normalization": Fact("batch", f"{HK}:181-205"),
         "adam_form": Fact("paper", OPTAX),
+        "momentum_convention": Fact("keras", "haiku/_src/moving_averages.py: hidden*decay + value*(1-decay)"),
         "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
         "default_epsilon": Fact(1e-5, f"{HK}:69"),
     },
@@ -110,29 +114,38 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "initial_variance": Fact(0.0, f"{EQX}: EMA buffers start as jnp.empty (zeros)"),
         "training_normalization": Fact("running", f"{EQX}:232-239 training outputs use the just-updated running statistics"),
         "adam_form": Fact("paper", OPTAX),
+        "momentum_convention": Fact("keras", f"{EQX}:235-236 (1-m)*batch + m*running"),
         "default_momentum": Fact(0.99, f"{EQX}:101"),
         "default_epsilon": Fact(1e-5, f"{EQX}:102"),
     },
 }
 
-# Numeric facts: how each framework rounds in float32 (not emulated by the float64 reference).
+def _numeric(variance: str, update: str, form: str, source: str) -> dict[str, Fact]:
+    """How a framework rounds in float32 (precision="native" reproduces it)."""
+    return {"precision": Fact("native", "frameworks compute in the input dtype (float32 for 16-bit inputs)"),
+            "variance_algorithm": Fact(variance, source),
+            "update_form": Fact(update, source),
+            "inference_form": Fact(form, source)}
+
+
 NUMERICS: dict[str, dict[str, Fact]] = {
-    "torch": {"variance_algorithm": Fact("two_pass (float32 accumulated in double)", "experiment + stored aten/src/ATen/native/cpu/batch_norm_kernel.cpp"),
-              "inference_form": Fact("fma(x, a, fma(-mean, a, beta)), a = gamma*rsqrt(var+eps)", "experiment: 300/300 bit-exact")},
-    "keras": {"variance_algorithm": Fact("two_pass", "keras/src/backend/tensorflow/nn.py moments -> tf.nn.moments"),
-              "update_form": Fact("weighted_sum: old*m + batch*(1-m)", f"{KERAS3} call()"),
-              "inference_form": Fact("x*inv + (beta - mean*inv), inv = rsqrt(var+eps)*gamma", "tensorflow/python/ops/nn_impl.py batch_normalization")},
-    "keras-jax": {"variance_algorithm": Fact("two_pass", "keras/src/backend/jax/nn.py moments (jnp.var)")},
-    "keras-torch": {"variance_algorithm": Fact("fast: E[x^2]-E[x]^2, no clamp", "keras/src/backend/torch/nn.py moments")},
-    "tf-keras": {"variance_algorithm": Fact("two_pass", "tf.nn.moments / fused kernel"),
-                 "update_form": Fact("decrement: old - (old - batch)*(1-m) (non-fused); weighted sum (fused)", f"{TFK}:868-881, 932-938"),
-                 "inference_form": Fact("x*inv + (beta - mean*inv) (non-fused); (x-mean)*inv + beta (fused)", "tensorflow/python/ops/nn_impl.py:1491-1497")},
-    "flax": {"variance_algorithm": Fact("fast: max(0, E[x^2]-E[x]^2) (use_fast_variance=True)", f"{FLAX}:142")},
-    "flax-nnx": {"variance_algorithm": Fact("fast: max(0, E[x^2]-E[x]^2) (use_fast_variance=True)", f"{NNX}:122")},
-    "haiku": {"variance_algorithm": Fact("fast: E[x^2]-E[x]^2, no clamp (negative variance possible)", f"{HK}:170-181"),
-              "dtype": Fact("parameters and statistics in the input dtype (float16 stays float16)", "haiku/_src/moving_averages.py:117")},
-    "equinox": {"variance_algorithm": Fact("two_pass, clamped >= 0", f"{EQX}:210-216")},
+    "torch": _numeric("two_pass", "weighted_sum", "folded_fma",
+                      "experiment: running_mean 300/300 and outputs bit-exact; stored aten cpu/batch_norm_kernel.cpp"),
+    "keras": _numeric("two_pass", "weighted_sum", "folded",
+                      f"{KERAS3} call(); keras/src/backend/tensorflow/nn.py moments, batch_normalization -> tf.nn.batch_normalization"),
+    "keras-jax": _numeric("two_pass", "weighted_sum", "folded",
+                          f"{KERAS3} call(); keras/src/backend/jax/nn.py moments (jnp.var), batch_normalization (x*inv + (-mean*inv + offset))"),
+    "keras-torch": _numeric("fast", "weighted_sum", "centered",
+                            f"{KERAS3} call(); keras/src/backend/torch/nn.py moments (E[x^2]-E[x]^2, no clamp), batch_normalization ((x-mean)*inv + offset)"),
+    "tf-keras": _numeric("two_pass", "decrement", "folded",
+                         f"{TFK}:868-881 var -= (var - value)*(1-m) and tensorflow nn_impl.py batch_normalization (non-fused path; the fused 4-D/5-D kernel uses a weighted sum and (x-mean)*inv + beta)"),
+    "flax": _numeric("fast_clamped", "weighted_sum", "centered", f"{FLAX}:142 (use_fast_variance=True), :205-223"),
+    "flax-nnx": _numeric("fast_clamped", "weighted_sum", "centered", f"{NNX}:122, :170-180"),
+    "haiku": _numeric("fast", "weighted_sum", "centered", f"{HK}:170-181 (no clamp), :203-205"),
+    "equinox": _numeric("two_pass", "weighted_sum", "centered", f"{EQX}:210-222 (clamped >= 0; divides by sqrt(v+eps))"),
 }
+for _fid, _facts in NUMERICS.items():
+    PROFILES[_fid].update(_facts)
 
 
 def semantics_of(framework_id: str) -> Semantics:
@@ -146,4 +159,5 @@ def semantics_of(framework_id: str) -> Semantics:
 def differences(framework_id: str) -> dict:
     """Switches on which a framework departs from the reference's defaults."""
     base = Semantics().switches()
-    return {k: f.value for k, f in PROFILES[framework_id].items() if base.get(k) != f.value}
+    return {k: f.value for k, f in PROFILES[framework_id].items()
+            if base.get(k) != f.value and f.value is not None}

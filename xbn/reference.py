@@ -43,6 +43,21 @@ class Semantics:
     training_normalization: str = "batch"  # batch | running
     # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
     adam_form: str = "eps_hat"  # eps_hat | paper
+    # how a momentum value is read: Keras/Flax convention (weight of the old value) or torch's
+    # (weight of the batch value): "torch" reproduces a Keras momentum copied verbatim into torch
+    momentum_convention: str = "keras"  # keras | torch
+    # arithmetic: exact float64, or the scenario's dtype (float32 for 16-bit inputs, as the
+    # frameworks upcast) with the operation order the switches below describe
+    precision: str = "float64"  # float64 | native
+    # batch variance: mean of squared deviations, or E[x^2] - E[x]^2 (clamped at 0 or not)
+    variance_algorithm: str = "two_pass"  # two_pass | fast | fast_clamped
+    # running-statistic update: old*m + batch*(1-m) (Keras 3, torch, flax) or
+    # old - (old - batch)*(1-m) (tf-keras' non-fused path)
+    update_form: str = "weighted_sum"  # weighted_sum | decrement
+    # normalization: x*inv + (beta - mean*inv) (TensorFlow, JAX backends of Keras),
+    # (x - mean)*inv + beta (flax, Keras' torch backend), or torch's fused multiply-adds;
+    # inv = rsqrt(var + eps) * gamma
+    inference_form: str = "folded"  # folded | centered | folded_fma
     # constructor defaults used when a scenario sets defaults = true
     default_momentum: float | None = 0.99
     default_epsilon: float = 1e-3
@@ -63,8 +78,16 @@ SWITCH_VALUES: dict[str, tuple] = {
     "initial_variance": (1.0, 0.0),
     "training_normalization": ("batch", "running"),
     "adam_form": ("eps_hat", "paper"),
+    "momentum_convention": ("keras", "torch"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
+}
+
+# Switches that only change rounding: tried together with precision="native".
+NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
+    "variance_algorithm": ("two_pass", "fast", "fast_clamped"),
+    "update_form": ("weighted_sum", "decrement"),
+    "inference_form": ("folded", "centered", "folded_fma"),
 }
 
 
@@ -92,18 +115,23 @@ class ReferenceBatchNorm:
         self.sem = semantics or Semantics()
         self.layer = layer
         self.axis = axis
+        native = self.sem.precision == "native" and layer.dtype != "float64"
+        self.ft = np.float32 if native else np.float64  # arithmetic type
         c = layer.features
         if layer.defaults:
             self.momentum = self.sem.default_momentum  # None: cumulative
             self.epsilon = self.sem.default_epsilon
         else:
             self.momentum = None if layer.cumulative else float(layer.momentum)
+            if self.momentum is not None and self.sem.momentum_convention == "torch":
+                self.momentum = 1.0 - self.momentum
             self.epsilon = float(layer.epsilon)
-        self.gamma = np.ones(c) if layer.scale else None
-        self.beta = np.zeros(c) if layer.center else None
+        ft = self.ft
+        self.gamma = np.ones(c, ft) if layer.scale else None
+        self.beta = np.zeros(c, ft) if layer.center else None
         self.track = layer.track_running_stats
-        self.moving_mean = np.zeros(c) if self.track else None
-        self.moving_variance = np.full(c, self.sem.initial_variance) if self.track else None
+        self.moving_mean = np.zeros(c, ft) if self.track else None
+        self.moving_variance = np.full(c, self.sem.initial_variance, ft) if self.track else None
         # the EMA's own accumulators: equal to the moving statistics unless debiased
         self.hidden_mean, self.hidden_variance = self.moving_mean, self.moving_variance
         self.num_batches = 0
@@ -130,9 +158,24 @@ class ReferenceBatchNorm:
         if n == 1 and self.sem.batch_of_one == "error":
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {n}")
-        mean = x2.mean(axis=0)
-        var = ((x2 - mean) ** 2).mean(axis=0)
+        ft = self.ft
+        count = ft(n)
+        mean = (x2.sum(axis=0, dtype=ft) / count).astype(ft)
+        if self.sem.variance_algorithm == "two_pass":
+            dev = (x2 - mean).astype(ft)
+            var = ((dev * dev).sum(axis=0, dtype=ft) / count).astype(ft)
+        else:
+            var = ((x2 * x2).sum(axis=0, dtype=ft) / count - mean * mean).astype(ft)
+            if self.sem.variance_algorithm == "fast_clamped":
+                var = np.maximum(var, ft(0))
         return mean, var
+
+    def _ema(self, old: np.ndarray, new: np.ndarray, m: float) -> np.ndarray:
+        ft = self.ft
+        keep, take = ft(m), ft(1.0 - m)  # both rounded from float64, as Python floats are
+        if self.sem.update_form == "decrement":
+            return (old - ((old - new).astype(ft) * take).astype(ft)).astype(ft)
+        return ((old * keep).astype(ft) + (new * take).astype(ft)).astype(ft)
 
     def _bessel(self) -> bool:
         rule = self.sem.variance_update
@@ -142,8 +185,9 @@ class ReferenceBatchNorm:
     def _update(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
         if not self.track:
             return
+        ft = self.ft
         if self._bessel():
-            var = var * n / max(n - 1, 1)
+            var = (var * ft(n / max(n - 1, 1))).astype(ft)
         self.num_batches += 1
         if self.momentum is None:  # cumulative average
             factor = 1.0 / self.num_batches
@@ -154,15 +198,15 @@ class ReferenceBatchNorm:
         if self.sem.ema == "seeded" and self.num_batches == 1:
             self.hidden_mean, self.hidden_variance = mean, var
         else:
-            self.hidden_mean = m * self.hidden_mean + (1 - m) * mean
-            self.hidden_variance = m * self.hidden_variance + (1 - m) * var
-        debias = 1 - m**self.num_batches if self.sem.ema == "debiased" else 1.0
-        self.moving_mean = self.hidden_mean / debias
-        self.moving_variance = self.hidden_variance / debias
+            self.hidden_mean = self._ema(self.hidden_mean, mean, m)
+            self.hidden_variance = self._ema(self.hidden_variance, var, m)
+        debias = self.ft(1 - m**self.num_batches if self.sem.ema == "debiased" else 1.0)
+        self.moving_mean = (self.hidden_mean / debias).astype(self.ft)
+        self.moving_variance = (self.hidden_variance / debias).astype(self.ft)
 
     def forward(self, x: np.ndarray, training: bool, update: bool = True) -> tuple[np.ndarray, dict]:
         """Normalize x; return output and the cache the backward pass needs."""
-        x2, shape = _channels_last_2d(np.asarray(x, np.float64), self.axis)
+        x2, shape = _channels_last_2d(np.asarray(x, np.float64).astype(self.ft), self.axis)
         n = x2.shape[0]
         # weight of the batch statistics in the statistics used (1: batch, 0: running only)
         weight = 0.0
@@ -178,14 +222,31 @@ class ReferenceBatchNorm:
                     weight = 1.0 if seeded_now or self.momentum is None else 1 - self.momentum
         else:
             mean, var = self.moving_mean, self.moving_variance
-        inv = 1.0 / np.sqrt(var + self.epsilon)
-        centered = x2 - mean
-        gamma = self.gamma if self.gamma is not None else 1.0
-        beta = self.beta if self.beta is not None else 0.0
-        y2 = centered * inv * gamma + beta
-        cache = {"centered": centered, "inv": inv, "weight": weight,
-                 "deviation": x2 - batch_mean, "shape": shape}
+        y2 = self._normalize(x2, mean, var)
+        f64 = np.float64
+        inv = 1.0 / np.sqrt(var.astype(f64) + self.epsilon)
+        cache = {"centered": x2.astype(f64) - mean.astype(f64), "inv": inv, "weight": weight,
+                 "deviation": x2.astype(f64) - batch_mean.astype(f64), "shape": shape}
         return _restore(y2, shape, self.axis), cache
+
+    def _normalize(self, x2: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """(x - mean) / sqrt(var + eps) * gamma + beta, rounded in the configured order."""
+        ft = self.ft
+        one = ft(1)
+        inv = (one / np.sqrt((var + ft(self.epsilon)).astype(ft))).astype(ft)
+        if self.gamma is not None:
+            inv = (inv * self.gamma).astype(ft)
+        beta = self.beta if self.beta is not None else np.zeros_like(inv)
+        form = self.sem.inference_form if ft is np.float32 else "centered"
+        if form == "centered":
+            return ((x2 - mean).astype(ft) * inv + beta).astype(ft)
+        if form == "folded":
+            shift = (beta - (mean * inv).astype(ft)).astype(ft)
+            return ((x2 * inv).astype(ft) + shift).astype(ft)
+        # folded_fma: fma(x, inv, fma(-mean, inv, beta)); a float32 product is exact in float64
+        f64 = np.float64
+        shift = (-mean.astype(f64) * inv.astype(f64) + beta.astype(f64)).astype(ft)
+        return (x2.astype(f64) * inv.astype(f64) + shift.astype(f64)).astype(ft)
 
     def backward(self, dy: np.ndarray, cache: dict) -> dict:
         """Analytic gradients of sum(y * dy), through the statistics where they depend on x."""
@@ -275,14 +336,14 @@ class ReferenceBatchNorm:
                     value = value - cfg.lr * math.sqrt(c2) / c1 * m / (np.sqrt(v) + cfg.eps)
                 else:
                     value = value - cfg.lr / c1 * m / (np.sqrt(v) / math.sqrt(c2) + cfg.eps)
-            setattr(self, p, value)
+            setattr(self, p, np.asarray(value).astype(self.ft))
 
     def set_weights(self, values: dict[str, np.ndarray]) -> None:
         missing = [name for name in values if getattr(self, name) is None]
         if missing:
             raise KeyError(missing[0])  # before anything is written
         for name, value in values.items():
-            setattr(self, name, np.asarray(value, np.float64).copy())
+            setattr(self, name, np.asarray(value, np.float64).astype(self.ft))
         debias = 1 - self.momentum**self.num_batches if (
             self.sem.ema == "debiased" and self.momentum is not None) else 1.0
         if self.track:

@@ -1,0 +1,95 @@
+"""One conformance suite for every adapter: each framework must behave as its profile says.
+
+The built-in scenarios run once through every framework (real workers, in parallel); for each
+framework, the reference configured with that framework's declared profile
+(``xbn.profiles``) must reproduce every observation within the verdict tolerance, and fail
+where the framework fails. When a release changes behaviour, this names the scenario, step
+and quantity, and the switch setting that would reproduce the new behaviour. Known
+divergences that no switch models are data in ``tests/known_divergences.toml``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from xbn.adapters import FRAMEWORK_IDS
+from xbn.adapters.base import run_scenario
+from xbn.adapters.numpy_ref import NumpyAdapter
+from xbn.compare import _less_precise, measure
+from xbn.profiles import semantics_of
+from xbn.runner import run
+from xbn.scenario import builtin_paths, load
+
+K = 16.0
+LONG = 200  # scenarios with more steps than this run in the report, not in the suite
+KNOWN = tomllib.loads((Path(__file__).parent / "known_divergences.toml").read_text())["divergence"]
+
+
+def _scenarios():
+    out = []
+    for path in builtin_paths():
+        s = load(path)
+        if sum(step.repeat * (step.epochs if step.op == "fit" else 1) for step in s.steps) <= LONG:
+            out.append(s)
+    return out
+
+
+@pytest.fixture(scope="session")
+def observed():
+    scenarios = _scenarios()
+    result = run(scenarios, list(FRAMEWORK_IDS), timeout=1500)
+    return scenarios, result
+
+
+def _known(framework: str, scenario: str, quantity: str) -> dict | None:
+    for d in KNOWN:
+        if d["framework"] == framework and d["scenario"] == scenario and \
+                d.get("quantity", quantity) == quantity:
+            return d
+    return None
+
+
+@pytest.mark.parametrize("framework", FRAMEWORK_IDS)
+def test_framework_matches_its_profile(observed, framework):
+    scenarios, result = observed
+    assert "error" not in result.frameworks[framework], result.frameworks[framework]
+    mine = {(o["scenario"], o["step"], o["quantity"]): o for o in result.observations
+            if o["framework"] == framework}
+    semantics = semantics_of(framework)
+    problems = []
+    for scenario in scenarios:
+        expected = {(scenario.name, o["step"], o["quantity"]): o
+                    for o in run_scenario(NumpyAdapter("numpy", semantics), scenario)}
+        for key, got in mine.items():
+            if key[0] != scenario.name or got["status"] == "n/a" or key[2] == "step":
+                continue
+            if _known(framework, key[0], key[2]):
+                continue
+            want = expected.get(key)
+            if want is None:
+                problems.append(f"{key}: {got['status']} but the profile has no such value")
+            elif got["status"] != want["status"]:
+                problems.append(f"{key}: {got['status']} ({got['message']}) but the profile "
+                                f"says {want['status']} ({want['message']})")
+            elif got["status"] == "ok":
+                m = measure(got["value"], want["value"], _less_precise(got["dtype"], want["dtype"]), K)
+                if not m["within"]:
+                    problems.append(f"{key}: max_abs {m['max_abs']:.3g} ({m['max_ulp']:.0f} ulp) "
+                                    f"from the profile's value")
+    assert not problems, f"{framework} departs from its declared profile:\n" + "\n".join(problems)
+
+
+def test_known_divergences_are_still_real(observed):
+    """A known divergence that disappeared must be removed from the data file."""
+    scenarios, result = observed
+    names = {s.name for s in scenarios}
+    for d in KNOWN:
+        assert d["reason"] and d["link"], d
+        if d["scenario"] not in names:
+            continue
+        rows = [o for o in result.observations if o["framework"] == d["framework"]
+                and o["scenario"] == d["scenario"] and d.get("quantity", o["quantity"]) == o["quantity"]]
+        assert rows, f"no observations for known divergence {d}"
