@@ -10,10 +10,10 @@ divergences that no switch models are data in ``tests/known_divergences.toml``.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from xbn.adapters import FRAMEWORK_IDS
 from xbn.adapters.base import run_scenario

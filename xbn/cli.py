@@ -187,5 +187,39 @@ def main() -> None:
     cli(prog_name="xbn")
 
 
+@cli.command()
+@click.argument("framework", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
+              show_default=True)
+def explain(framework, fmt) -> None:
+    """The semantics matrix: each framework's value for every switch (FRAMEWORK: with sources).
+
+    These profiles are what the explanation column searches and what the conformance suite
+    holds every adapter to.
+    """
+    import json
+
+    from .profiles import PROFILES, profile_matrix
+
+    if framework is not None and framework not in PROFILES:
+        _fail(f"unknown framework {framework!r}; known: {', '.join(PROFILES)}")
+    if framework is None:
+        matrix = profile_matrix()
+        if fmt == "json":
+            click.echo(json.dumps(matrix, indent=1))
+            return
+        from .report.text import matrix_text
+
+        click.echo(matrix_text(matrix, markdown=fmt == "markdown"))
+        return
+    facts = PROFILES[framework]
+    if fmt == "json":
+        click.echo(json.dumps({k: {"value": f.value, "source": f.source} for k, f in facts.items()},
+                              indent=1))
+        return
+    for switch, fact in facts.items():
+        click.echo(f"{switch:24s} {str(fact.value):14s} {fact.source}")
+
+
 # Command groups that live in their own modules (imported lazily by their own commands).
 # register-commands: one line per module, e.g. `cli.add_command(some_module.command)`

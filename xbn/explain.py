@@ -27,31 +27,52 @@ UNEXPLAINED = "unexplained: no single switch, pair, native rounding or declared 
 NATIVE = {"precision": "native"}
 
 
-def _flips(values: dict[str, tuple]) -> list[dict]:
+def _flips(values: dict[str, tuple], only: set[str] | None = None) -> list[dict]:
     base = Semantics()
     return [{name: v} for name, options in values.items() for v in options
-            if getattr(base, name) != v]
+            if getattr(base, name) != v and (only is None or name in only)]
 
 
-@cache
-def _generic() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-    singles = _flips(SWITCH_VALUES)
-    native = [NATIVE] + [{**NATIVE, **f} for f in _flips(NUMERIC_SWITCH_VALUES)]
-    pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2) if set(a).isdisjoint(b)]
-    mixed = [{**s, **n} for s in singles for n in native]
-    return singles, native, pairs, mixed
+def relevant_switches(scenario: Scenario) -> set[str]:
+    """Semantic switches that can change anything in this scenario (prunes the search)."""
+    layer, steps = scenario.layer, scenario.steps
+    training = [s for s in steps if s.op == "fit" or (s.op in ("call", "grad") and s.training is not False)]
+    found = set()
+    if training:
+        found |= {"variance_update", "ema", "training_normalization", "batch_of_one"}
+    if layer.track_running_stats:
+        found.add("initial_variance")
+    if any(s.op == "set" and s.trainable is False for s in steps):
+        found.add("frozen_means_inference")
+    if any(s.op in ("call", "grad") and s.training is None for s in steps) or \
+            any(s.op == "set" and s.mode for s in steps):
+        found.add("bare_call")
+    if any(s.op == "fit" and s.optimizer.name == "adam" for s in steps):
+        found.add("adam_form")
+    if any(s.op == "fit" for s in steps) and (
+            any(s.op == "set" and s.trainable is False for s in steps)
+            or not (layer.center or layer.scale)):
+        found.add("frozen_fit")
+    if layer.defaults:
+        found |= {"default_momentum", "default_epsilon"}
+    elif not layer.cumulative:
+        found.add("momentum_convention")
+    return found
 
 
-def candidates(framework: str | None = None) -> list[dict]:
+def candidates(framework: str | None = None, only: set[str] | None = None) -> list[dict]:
     """Switch settings to try, in the order described in the module docstring."""
-    singles, native, pairs, mixed = _generic()
+    singles = _flips(SWITCH_VALUES, only)
+    native = [NATIVE] + [{**NATIVE, **f} for f in _flips(NUMERIC_SWITCH_VALUES)]
+    numeric = {}
     profile = []
     if framework in PROFILES:
         declared = differences(framework)
-        profile = [declared] if declared else []
+        numeric = {k: v for k, v in declared.items() if k not in SWITCH_VALUES}
         semantic = {k: v for k, v in declared.items() if k in SWITCH_VALUES}
-        if semantic and semantic != declared:
-            profile.insert(0, semantic)
+        profile = [semantic, declared]
+    pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2) if set(a).isdisjoint(b)]
+    mixed = [{**s, **n} for s in singles for n in ([NATIVE, numeric] if numeric else [NATIVE])]
     unique = {tuple(sorted(c.items())): c for c in singles + native + profile + pairs + mixed
               if c}  # dicts keep the first insertion's position
     return list(unique.values())
@@ -89,24 +110,53 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         mine = {i: values.get((name, r.step, r.quantity, framework))
                 for i, r in zip(rows.index, rows.itertuples(index=False), strict=True)}
         mine = {i: m for i, m in mine.items() if m is not None}
-        pending = dict(mine)
-        explained: dict[int, str] = {}
-        for change in candidates(framework):
-            theirs = observed(name, tuple(sorted(change.items())))
-            hits = {i: _match(m, theirs.get((m.step, m.quantity)), k) for i, m in pending.items()}
-            if len(pending) == len(mine) and all(h is not None for h in hits.values()):
-                exact = all(hits.values())
-                explained = {i: describe(change, exact) for i in pending}
-                break
-            for i, h in hits.items():
-                if h is not None and i not in explained:
-                    explained[i] = describe(change, h)
-            pending = {i: m for i, m in mine.items() if i not in explained}
-            if not pending:
-                break
+        relevant = relevant_switches(by_name[name])
+        explained = _cover(mine, candidates(framework, relevant),
+                           lambda change: observed(name, tuple(sorted(change.items()))), k)
         for i in mine:
-            diffs.at[i, "explanation"] = explained.get(i, UNEXPLAINED)
+            if i in explained:
+                change, exact = explained[i]
+                shown = {key: v for key, v in change.items()
+                         if key in relevant or key not in SWITCH_VALUES}
+                diffs.at[i, "explanation"] = describe(shown, exact)
+            else:
+                diffs.at[i, "explanation"] = UNEXPLAINED
     return diffs
+
+
+def _cover(mine: dict, options: list[dict], observe, k: float) -> dict:
+    """Explain rows with as few settings as possible: one setting for all of them if one
+    exists (the first in order), else greedily the setting that explains most of the rest."""
+    hits_by_option = []
+    for change in options:
+        theirs = observe(change)
+        hits = {i: _match(m, theirs.get((m.step, m.quantity)), k) for i, m in mine.items()}
+        hits = {i: h for i, h in hits.items() if h is not None}
+        if len(hits) == len(mine):
+            change, hits = _minimize(change, mine, observe, k)
+            return {i: (change, hits[i]) for i in mine}
+        hits_by_option.append((change, hits))
+    explained: dict = {}
+    while True:
+        best = max(hits_by_option, key=lambda ch: len(set(ch[1]) - set(explained)), default=None)
+        if best is None or not set(best[1]) - set(explained):
+            return explained
+        for i, exact in best[1].items():
+            explained.setdefault(i, (best[0], exact))
+
+
+def _minimize(change: dict, mine: dict, observe, k: float) -> tuple[dict, dict]:
+    """Drop every switch the explanation does not need (a profile brings many)."""
+    best = {i: _match(m, observe(change).get((m.step, m.quantity)), k) for i, m in mine.items()}
+    for key in [key for key in change if key != "precision"]:
+        trial = {k2: v for k2, v in change.items() if k2 != key}
+        if not trial:
+            continue
+        theirs = observe(trial)
+        hits = {i: _match(m, theirs.get((m.step, m.quantity)), k) for i, m in mine.items()}
+        if all(h is not None for h in hits.values()):
+            change, best = trial, hits
+    return change, best
 
 
 def _match(mine, cand: dict | None, k: float) -> bool | None:

@@ -41,6 +41,7 @@ _keras3 = {
     "training_normalization": Fact("batch", f"{KERAS3} call(): mean, variance = self._moments(...)"),
     "adam_form": Fact("eps_hat", "keras/src/optimizers/adam.py update_step: alpha = lr*sqrt(1-b2^t)/(1-b1^t)"),
     "momentum_convention": Fact("keras", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
+    "frozen_fit": Fact("runs", "keras/src/backend/tensorflow/trainer.py:86 warns 'The model does not have any trainable weights' and trains nothing"),
     "default_momentum": Fact(0.99, f"{KERAS3} __init__"),
     "default_epsilon": Fact(1e-3, f"{KERAS3} __init__"),
 }
@@ -54,6 +55,7 @@ _flax_common = {
     "training_normalization": Fact("batch", f"{FLAX}:205-223 _normalize with batch stats"),
     "adam_form": Fact("paper", OPTAX),
     "momentum_convention": Fact("keras", f"{FLAX}:402-404"),
+    "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
     "default_momentum": Fact(0.99, f"{FLAX}:310"),
     "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
 }
@@ -70,6 +72,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "initial_variance": Fact(1.0, f"{TORCH}:99-104 reset_running_stats"),
         "training_normalization": Fact("batch", "torch/nn/functional.py batch_norm(training=True)"),
         "adam_form": Fact("paper", "torch/optim/adam.py:530-545 denom = sqrt(v)/sqrt(bc2) + eps"),
+        "frozen_fit": Fact("error", "torch/autograd: backward() raises 'element 0 of tensors does not require grad' after the forward pass updated the running statistics"),
         "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to torch's 1 - m; a native torch momentum is read in torch's convention (momentum_convention=torch)"),
         "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
         "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
@@ -101,6 +104,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "initial_variance": Fact(0.0, "haiku/_src/moving_averages.py: hidden and average start at zeros (init with a zero batch)"),
         "training_normalization": Fact("batch", f"{HK}:181-205"),
         "adam_form": Fact("paper", OPTAX),
+        "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", "haiku/_src/moving_averages.py: hidden*decay + value*(1-decay)"),
         "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
         "default_epsilon": Fact(1e-5, f"{HK}:69"),
@@ -114,6 +118,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "initial_variance": Fact(0.0, f"{EQX}: EMA buffers start as jnp.empty (zeros)"),
         "training_normalization": Fact("running", f"{EQX}:232-239 training outputs use the just-updated running statistics"),
         "adam_form": Fact("paper", OPTAX),
+        "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", f"{EQX}:235-236 (1-m)*batch + m*running"),
         "default_momentum": Fact(0.99, f"{EQX}:101"),
         "default_epsilon": Fact(1e-5, f"{EQX}:102"),
@@ -161,3 +166,9 @@ def differences(framework_id: str) -> dict:
     base = Semantics().switches()
     return {k: f.value for k, f in PROFILES[framework_id].items()
             if base.get(k) != f.value and f.value is not None}
+
+
+def profile_matrix() -> dict[str, dict[str, object]]:
+    """switch -> framework -> value, in the reference's switch order."""
+    switches = list(Semantics().switches())
+    return {sw: {fid: PROFILES[fid][sw].value for fid in PROFILES} for sw in switches}

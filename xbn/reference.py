@@ -41,6 +41,9 @@ class Semantics:
     # training outputs normalized with the batch statistics, or with the running statistics
     # just updated (equinox mode="ema")
     training_normalization: str = "batch"  # batch | running
+    # fit with nothing trainable: runs (Keras warns; JAX optimizers apply zero updates) or
+    # raises after the forward pass has moved the running statistics (a torch loop's backward())
+    frozen_fit: str = "runs"  # runs | error
     # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
     adam_form: str = "eps_hat"  # eps_hat | paper
     # how a momentum value is read: Keras/Flax convention (weight of the old value) or torch's
@@ -78,6 +81,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "initial_variance": (1.0, 0.0),
     "training_normalization": ("batch", "running"),
     "adam_form": ("eps_hat", "paper"),
+    "frozen_fit": ("runs", "error"),
     "momentum_convention": ("keras", "torch"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
@@ -92,12 +96,13 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
 
 
 def _channels_last_2d(x: np.ndarray, axis: int) -> tuple[np.ndarray, tuple]:
-    moved = np.moveaxis(x, axis, -1)
+    moved = x if axis in (-1, x.ndim - 1) else np.moveaxis(x, axis, -1)
     return moved.reshape(-1, moved.shape[-1]), moved.shape
 
 
 def _restore(y2: np.ndarray, moved_shape: tuple, axis: int) -> np.ndarray:
-    return np.moveaxis(y2.reshape(moved_shape), -1, axis)
+    y = y2.reshape(moved_shape)
+    return y if axis in (-1, len(moved_shape) - 1) else np.moveaxis(y, -1, axis)
 
 
 @dataclass
@@ -201,8 +206,9 @@ class ReferenceBatchNorm:
             self.hidden_mean = self._ema(self.hidden_mean, mean, m)
             self.hidden_variance = self._ema(self.hidden_variance, var, m)
         debias = self.ft(1 - m**self.num_batches if self.sem.ema == "debiased" else 1.0)
-        self.moving_mean = (self.hidden_mean / debias).astype(self.ft)
-        self.moving_variance = (self.hidden_variance / debias).astype(self.ft)
+        with np.errstate(divide="ignore", invalid="ignore"):  # momentum 1: nothing to debias
+            self.moving_mean = (self.hidden_mean / debias).astype(self.ft)
+            self.moving_variance = (self.hidden_variance / debias).astype(self.ft)
 
     def forward(self, x: np.ndarray, training: bool, update: bool = True) -> tuple[np.ndarray, dict]:
         """Normalize x; return output and the cache the backward pass needs."""
@@ -302,14 +308,20 @@ class ReferenceBatchNorm:
             for start in range(0, n, size):
                 xb, tb = x[start:start + size], target[start:start + size]
                 y, cache = self.forward(xb, training)
-                diff = y - tb
-                total += float(np.mean(diff**2)) * xb.shape[0]
+                if self.sem.frozen_fit == "error" and not self._has_trainable():
+                    raise RuntimeError("element 0 of tensors does not require grad and does not "
+                                       "have a grad_fn")
+                diff = (y - tb).astype(self.ft)
+                total += float(np.mean(diff * diff, dtype=self.ft)) * xb.shape[0]
                 count += xb.shape[0]
-                grads = self.backward(2.0 * diff / diff.size, cache)
+                grads = self.backward(2.0 * diff.astype(np.float64) / diff.size, cache)
                 if self.trainable:
                     self._apply(grads)
             epoch_loss = total / count
         return epoch_loss
+
+    def _has_trainable(self) -> bool:
+        return self.trainable and (self.gamma is not None or self.beta is not None)
 
     def _apply(self, grads: dict) -> None:
         opt = self.optimizer
@@ -319,23 +331,26 @@ class ReferenceBatchNorm:
         if not live:
             return
         opt.t += 1
+        ft = self.ft
+        lr, b1, b2, eps = (ft(v) for v in (cfg.lr, cfg.beta1, cfg.beta2, cfg.eps))
+        one = ft(1)
         for p, gname in live.items():
-            g = grads[gname]
+            g = np.asarray(grads[gname]).astype(ft)
             value = getattr(self, p)
             if cfg.name == "sgd":
-                value = value - cfg.lr * g
+                value = value - lr * g
             else:
                 m = opt.m.get(p, np.zeros_like(g))
                 v = opt.v.get(p, np.zeros_like(g))
-                m = m + (g - m) * (1 - cfg.beta1)
-                v = v + (g * g - v) * (1 - cfg.beta2)
+                m = m + (g - m) * ft(1.0 - cfg.beta1)  # 1 - beta rounded from float64
+                v = v + (g * g - v) * ft(1.0 - cfg.beta2)
                 opt.m[p], opt.v[p] = m, v
-                c1 = 1 - cfg.beta1**opt.t
-                c2 = 1 - cfg.beta2**opt.t
+                c1 = one - b1 ** ft(opt.t)
+                c2 = one - b2 ** ft(opt.t)
                 if self.sem.adam_form == "eps_hat":
-                    value = value - cfg.lr * math.sqrt(c2) / c1 * m / (np.sqrt(v) + cfg.eps)
+                    value = value - lr * np.sqrt(c2) / c1 * m / (np.sqrt(v) + eps)
                 else:
-                    value = value - cfg.lr / c1 * m / (np.sqrt(v) / math.sqrt(c2) + cfg.eps)
+                    value = value - lr / c1 * m / (np.sqrt(v) / np.sqrt(c2) + eps)
             setattr(self, p, np.asarray(value).astype(self.ft))
 
     def set_weights(self, values: dict[str, np.ndarray]) -> None:

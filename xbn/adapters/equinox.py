@@ -40,6 +40,12 @@ def _batched(model: eqx.nn.BatchNorm, inference: bool | None):
     return jax.vmap(one, axis_name=AXIS, in_axes=(0, None), out_axes=(0, None))
 
 
+@eqx.filter_jit
+def _forward(model: eqx.nn.BatchNorm, state, x, inference: bool | None):
+    """Jitted as Equinox users do (eager mode recompiles small ops at every step)."""
+    return _batched(model, inference)(x, state)
+
+
 class EquinoxAdapter(Adapter):
     def build(self, layer: Layer) -> None:
         jc.enable_x64_if_needed(layer.dtype, self.notes)
@@ -87,12 +93,12 @@ class EquinoxAdapter(Adapter):
     # -- ops -------------------------------------------------------------------------
     def call(self, x, training):
         inference = None if training is None else not training
-        y, self.bn_state = _batched(self.model, inference)(self._x(x), self.bn_state)
+        y, self.bn_state = _forward(self.model, self.bn_state, self._x(x), inference)
         return self._out(y)
 
     def predict(self, x):
         """Equinox's inference entry point: a copy of the model under eqx.nn.inference_mode."""
-        y, _ = _batched(eqx.nn.inference_mode(self.model), None)(self._x(x), self.bn_state)
+        y, _ = _forward(eqx.nn.inference_mode(self.model), self.bn_state, self._x(x), None)
         return self._out(y)
 
     def set_trainable(self, trainable: bool) -> None:
@@ -118,16 +124,20 @@ class EquinoxAdapter(Adapter):
             y, state = _batched(model, None)(xb, state)
             return jnp.mean(jnp.square(y - tb)), state
 
+        @eqx.filter_jit
+        def train_step(model, state, opt_state, xb, tb):
+            (loss, state), grads = loss_fn(model, state, xb, tb)
+            updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+            return eqx.apply_updates(model, updates), state, opt_state, loss
+
         xs, ts = self._x(x), self._x(target)
         state, opt_state = self.bn_state, self.opt_state
         epoch_loss = None
         for _ in range(step.epochs):
             total, count, dtype = 0.0, 0, None
             for sl in batches(x.shape[0], step.batch_size):
-                (loss, state), grads = loss_fn(model, state, xs[sl], ts[sl])
-                updates, opt_state = tx.update(grads, opt_state,
-                                               eqx.filter(model, eqx.is_inexact_array))
-                model = eqx.apply_updates(model, updates)
+                model, state, opt_state, loss = train_step(model, state, opt_state,
+                                                           xs[sl], ts[sl])
                 n = xs[sl].shape[0]
                 total, count, dtype = total + float(loss) * n, count + n, loss.dtype
             epoch_loss = jnp.asarray(total / count, dtype)

@@ -61,6 +61,8 @@ class HaikuAdapter(Adapter):
             return hk.BatchNorm(**kwargs)(x, **call_kwargs)
 
         self.fn = hk.transform_with_state(forward)
+        # jitted as Haiku users do; eager mode would compile decay**t anew at every step t
+        self.jit_apply = jax.jit(self.fn.apply, static_argnames=("is_training",))
         shape = [1] * layer.rank
         shape[channel_axis(layer.layout)] = layer.features
         zeros = jnp.zeros(shape, jc.jax_dtype(layer.dtype))
@@ -73,8 +75,9 @@ class HaikuAdapter(Adapter):
         return jc.to_jax(x, self.layer.dtype)
 
     def _apply(self, params, state, x, training: bool | None):
-        kwargs = {} if training is None else {"is_training": training}
-        return self.fn.apply(params, state, None, x, **kwargs)
+        if training is None:  # reaches hk.BatchNorm without is_training, and fails there
+            return self.fn.apply(params, state, None, x)
+        return self.jit_apply(params, state, None, x, is_training=training)
 
     def _module(self) -> str | None:
         return next(iter(self.params), None)
@@ -109,15 +112,21 @@ class HaikuAdapter(Adapter):
             return jnp.mean(jnp.square(y - tb)), state
 
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+        @jax.jit
+        def train_step(params, state, opt_state, xb, tb):
+            (loss, state), grads = value_and_grad(params, state, xb, tb)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), state, opt_state, loss
+
         xs, ts = self._x(x), self._x(target)
         params, state, opt_state = self.params, self.bn_state, self.opt_state
         epoch_loss = None
         for _ in range(step.epochs):
             total, count, dtype = 0.0, 0, None
             for sl in batches(x.shape[0], step.batch_size):
-                (loss, state), grads = value_and_grad(params, state, xs[sl], ts[sl])
-                updates, opt_state = tx.update(grads, opt_state, params)
-                params = optax.apply_updates(params, updates)
+                params, state, opt_state, loss = train_step(params, state, opt_state,
+                                                            xs[sl], ts[sl])
                 n = xs[sl].shape[0]
                 total, count, dtype = total + float(loss) * n, count + n, loss.dtype
             epoch_loss = jnp.asarray(total / count, dtype)

@@ -109,4 +109,17 @@ def render_markdown(report, intro: str = "", profile: str = "") -> str:
     return "\n".join(out)
 
 
-__all__ = ["render_markdown", "render_table", "summarize"]
+def matrix_text(matrix: dict, markdown: bool = False) -> str:
+    """The profile matrix (switches x frameworks) as a terminal or Markdown table."""
+    def cell(v) -> str:
+        if v is None:
+            return "—"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    frame = pd.DataFrame({sw: {fid: cell(v) for fid, v in row.items()}
+                          for sw, row in matrix.items()}).T
+    frame.index.name = "switch"
+    return _md_table(frame) if markdown else frame.to_string()
+
+
+__all__ = ["matrix_text", "render_markdown", "render_table", "summarize"]
