@@ -223,3 +223,4 @@ def explain(framework, fmt) -> None:
 
 # Command groups that live in their own modules (imported lazily by their own commands).
 # register-commands: one line per module, e.g. `cli.add_command(some_module.command)`
+from . import cli_port; cli.add_command(cli_port.port); cli.add_command(cli_port.convert); cli.add_command(cli_port.audit); cli.add_command(cli_port.verify)  # noqa: E402, E702, I001

@@ -21,7 +21,7 @@ __all__ = ["PortError", "audit", "audit_file", "convert_file", "translate"]
 
 def translate(source: str, target: str, **source_args):
     """Translate a BN configuration given in ``source``'s convention (see ``translate.py``)."""
-    from .translate import translate as _translate
+    from .translation import translate as _translate
 
     return _translate(source, target, **source_args)
 
@@ -35,13 +35,13 @@ def convert_file(src, dst, **kwargs):
 
 def audit(obj, target: str | None = None, **kwargs):
     """Audit a live model: torch Module, Keras model, (linen module, variables), NNX module."""
-    from .audit import audit as _audit
+    from .auditing import audit as _audit
 
     return _audit(obj, target=target, **kwargs)
 
 
 def audit_file(path, target: str | None = None):
     """Audit a ``.keras`` file or a weights file without executing any of its code."""
-    from .audit import audit_file as _audit_file
+    from .auditing import audit_file as _audit_file
 
     return _audit_file(path, target=target)
