@@ -223,4 +223,5 @@ def explain(framework, fmt) -> None:
 
 # Command groups that live in their own modules (imported lazily by their own commands).
 # register-commands: one line per module, e.g. `cli.add_command(some_module.command)`
+from . import cli_guard; cli.add_command(cli_guard.snapshot); cli.add_command(cli_guard.check)  # noqa: E402, E702, I001
 from . import cli_port; cli.add_command(cli_port.port); cli.add_command(cli_port.convert); cli.add_command(cli_port.audit); cli.add_command(cli_port.verify)  # noqa: E402, E702, I001

@@ -12,14 +12,14 @@ the last bit. A row that nothing reproduces says so: that is a finding.
 from __future__ import annotations
 
 import itertools
-from functools import cache
+from functools import cache, partial
 
 import pandas as pd
 
 from .adapters.base import run_scenario
 from .adapters.numpy_ref import NumpyAdapter
 from .compare import _less_precise, measure
-from .profiles import PROFILES, differences
+from .profiles import PROFILES, differences, known_divergence
 from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from .scenario import Scenario
 
@@ -110,9 +110,17 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         mine = {i: values.get((name, r.step, r.quantity, framework))
                 for i, r in zip(rows.index, rows.itertuples(index=False), strict=True)}
         mine = {i: m for i, m in mine.items() if m is not None}
-        relevant = relevant_switches(by_name[name])
+        scenario = by_name[name]
+        for i in list(mine):
+            known = known_divergence(framework, name, scenario.layer.dtype, mine[i].quantity)
+            if known:
+                diffs.at[i, "explanation"] = f"known divergence: {known['reason']} ({known['link']})"
+                del mine[i]
+        if not mine:
+            continue
+        relevant = relevant_switches(scenario)
         explained = _cover(mine, candidates(framework, relevant),
-                           lambda change: observed(name, tuple(sorted(change.items()))), k)
+                           partial(_observe_sorted, observed, name), k)
         for i in mine:
             if i in explained:
                 change, exact = explained[i]
@@ -122,6 +130,10 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
             else:
                 diffs.at[i, "explanation"] = UNEXPLAINED
     return diffs
+
+
+def _observe_sorted(observed, name: str, change: dict) -> dict:
+    return observed(name, tuple(sorted(change.items())))
 
 
 def _cover(mine: dict, options: list[dict], observe, k: float) -> dict:

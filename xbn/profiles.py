@@ -12,6 +12,14 @@ the report but does not emulate them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatch
+from functools import cache
+from pathlib import Path
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from .reference import Semantics
 
@@ -53,7 +61,7 @@ _flax_common = {
     "ema": Fact("plain", f"{FLAX}:402-404 ra = m*ra + (1-m)*batch"),
     "initial_variance": Fact(1.0, f"{FLAX}: var initialized with ones"),
     "training_normalization": Fact("batch", f"{FLAX}:205-223 _normalize with batch stats"),
-    "adam_form": Fact("paper", OPTAX),
+    "adam_form": Fact("optax", OPTAX),
     "momentum_convention": Fact("keras", f"{FLAX}:402-404"),
     "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
     "default_momentum": Fact(0.99, f"{FLAX}:310"),
@@ -103,7 +111,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "ema": Fact("debiased", "haiku/_src/moving_averages.py:123-132 average = hidden/(1-decay^t)"),
         "initial_variance": Fact(0.0, "haiku/_src/moving_averages.py: hidden and average start at zeros (init with a zero batch)"),
         "training_normalization": Fact("batch", f"{HK}:181-205"),
-        "adam_form": Fact("paper", OPTAX),
+        "adam_form": Fact("optax", OPTAX),
         "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", "haiku/_src/moving_averages.py: hidden*decay + value*(1-decay)"),
         "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
@@ -117,7 +125,7 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "ema": Fact("seeded", f"{EQX}:226-239 mode='ema' (the default via 'legacy'): first batch seeds the running statistics"),
         "initial_variance": Fact(0.0, f"{EQX}: EMA buffers start as jnp.empty (zeros)"),
         "training_normalization": Fact("running", f"{EQX}:232-239 training outputs use the just-updated running statistics"),
-        "adam_form": Fact("paper", OPTAX),
+        "adam_form": Fact("optax", OPTAX),
         "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", f"{EQX}:235-236 (1-m)*batch + m*running"),
         "default_momentum": Fact(0.99, f"{EQX}:101"),
@@ -134,8 +142,8 @@ def _numeric(variance: str, update: str, form: str, source: str) -> dict[str, Fa
 
 
 NUMERICS: dict[str, dict[str, Fact]] = {
-    "torch": _numeric("two_pass", "weighted_sum", "folded_fma",
-                      "experiment: running_mean 300/300 and outputs bit-exact; stored aten cpu/batch_norm_kernel.cpp"),
+    "torch": _numeric("two_pass", "fma", "folded_fma",
+                      "experiment: 1000 updates of running_mean/var bit-exact with fma(m, batch, (1-m)*old); outputs 300/300 bit-exact; stored aten cpu/batch_norm_kernel.cpp"),
     "keras": _numeric("two_pass", "weighted_sum", "folded",
                       f"{KERAS3} call(); keras/src/backend/tensorflow/nn.py moments, batch_normalization -> tf.nn.batch_normalization"),
     "keras-jax": _numeric("two_pass", "weighted_sum", "folded",
@@ -172,3 +180,23 @@ def profile_matrix() -> dict[str, dict[str, object]]:
     """switch -> framework -> value, in the reference's switch order."""
     switches = list(Semantics().switches())
     return {sw: {fid: PROFILES[fid][sw].value for fid in PROFILES} for sw in switches}
+
+
+@cache
+def known_divergences() -> tuple[dict, ...]:
+    """Entries of xbn/divergences.toml (package data)."""
+    text = (Path(__file__).parent / "divergences.toml").read_text(encoding="utf-8")
+    return tuple(tomllib.loads(text).get("divergence", []))
+
+
+def known_divergence(framework: str, scenario: str, dtype: str, quantity: str) -> dict | None:
+    """The known divergence that covers this row, if any."""
+    for d in known_divergences():
+        if d["framework"] != framework or not fnmatch(scenario, d.get("scenario", "*")):
+            continue
+        if "dtype" in d and dtype not in d["dtype"]:
+            continue
+        if d.get("quantity", quantity) != quantity:
+            continue
+        return d
+    return None

@@ -45,7 +45,9 @@ class Semantics:
     # raises after the forward pass has moved the running statistics (a torch loop's backward())
     frozen_fit: str = "runs"  # runs | error
     # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
-    adam_form: str = "eps_hat"  # eps_hat | paper
+    # ("optax": the paper's form with optax's float32 operation order; differs from "paper" only
+    # in rounding)
+    adam_form: str = "eps_hat"  # eps_hat | paper | optax
     # how a momentum value is read: Keras/Flax convention (weight of the old value) or torch's
     # (weight of the batch value): "torch" reproduces a Keras momentum copied verbatim into torch
     momentum_convention: str = "keras"  # keras | torch
@@ -55,8 +57,8 @@ class Semantics:
     # batch variance: mean of squared deviations, or E[x^2] - E[x]^2 (clamped at 0 or not)
     variance_algorithm: str = "two_pass"  # two_pass | fast | fast_clamped
     # running-statistic update: old*m + batch*(1-m) (Keras 3, torch, flax) or
-    # old - (old - batch)*(1-m) (tf-keras' non-fused path)
-    update_form: str = "weighted_sum"  # weighted_sum | decrement
+    # old - (old - batch)*(1-m) (tf-keras' non-fused path), or fma(1-m, batch, old*m) (torch CPU)
+    update_form: str = "weighted_sum"  # weighted_sum | decrement | fma
     # normalization: x*inv + (beta - mean*inv) (TensorFlow, JAX backends of Keras),
     # (x - mean)*inv + beta (flax, Keras' torch backend), or torch's fused multiply-adds;
     # inv = rsqrt(var + eps) * gamma
@@ -80,7 +82,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "ema": ("plain", "debiased", "seeded"),
     "initial_variance": (1.0, 0.0),
     "training_normalization": ("batch", "running"),
-    "adam_form": ("eps_hat", "paper"),
+    "adam_form": ("eps_hat", "paper", "optax"),
     "frozen_fit": ("runs", "error"),
     "momentum_convention": ("keras", "torch"),
     "default_momentum": (0.99, 0.9),
@@ -90,7 +92,7 @@ SWITCH_VALUES: dict[str, tuple] = {
 # Switches that only change rounding: tried together with precision="native".
 NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
     "variance_algorithm": ("two_pass", "fast", "fast_clamped"),
-    "update_form": ("weighted_sum", "decrement"),
+    "update_form": ("weighted_sum", "decrement", "fma"),
     "inference_form": ("folded", "centered", "folded_fma"),
 }
 
@@ -180,6 +182,9 @@ class ReferenceBatchNorm:
         keep, take = ft(m), ft(1.0 - m)  # both rounded from float64, as Python floats are
         if self.sem.update_form == "decrement":
             return (old - ((old - new).astype(ft) * take).astype(ft)).astype(ft)
+        if self.sem.update_form == "fma":  # a float32 product is exact in float64
+            kept = (old * keep).astype(ft).astype(np.float64)
+            return (np.float64(take) * new.astype(np.float64) + kept).astype(ft)
         return ((old * keep).astype(ft) + (new * take).astype(ft)).astype(ft)
 
     def _bessel(self) -> bool:
@@ -342,15 +347,25 @@ class ReferenceBatchNorm:
             else:
                 m = opt.m.get(p, np.zeros_like(g))
                 v = opt.v.get(p, np.zeros_like(g))
-                m = m + (g - m) * ft(1.0 - cfg.beta1)  # 1 - beta rounded from float64
-                v = v + (g * g - v) * ft(1.0 - cfg.beta2)
-                opt.m[p], opt.v[p] = m, v
-                c1 = one - b1 ** ft(opt.t)
-                c2 = one - b2 ** ft(opt.t)
-                if self.sem.adam_form == "eps_hat":
-                    value = value - lr * np.sqrt(c2) / c1 * m / (np.sqrt(v) + eps)
+                if self.sem.adam_form == "optax":  # optax.scale_by_adam, float32 throughout
+                    m = ft(1.0 - cfg.beta1) * g + b1 * m
+                    v = ft(1.0 - cfg.beta2) * (g * g) + b2 * v
                 else:
-                    value = value - lr / c1 * m / (np.sqrt(v) / np.sqrt(c2) + eps)
+                    m = m + (g - m) * ft(1.0 - cfg.beta1)  # 1 - beta rounded from float64
+                    v = v + (g * g - v) * ft(1.0 - cfg.beta2)
+                opt.m[p], opt.v[p] = m, v
+                if self.sem.adam_form == "eps_hat":  # Keras: powers in the variables' dtype
+                    c1 = one - b1 ** ft(opt.t)
+                    c2 = one - b2 ** ft(opt.t)
+                    value = value - lr * np.sqrt(c2) / c1 * m / (np.sqrt(v) + eps)
+                elif self.sem.adam_form == "optax":
+                    m_hat = m / (one - b1 ** ft(opt.t))
+                    v_hat = v / (one - b2 ** ft(opt.t))
+                    value = value + -lr * (m_hat / (np.sqrt(v_hat) + eps))
+                else:  # torch: bias corrections as Python floats, applied in float32
+                    step_size = ft(cfg.lr / (1 - cfg.beta1**opt.t))
+                    root = ft(math.sqrt(1 - cfg.beta2**opt.t))
+                    value = value - step_size * (m / (np.sqrt(v) / root + eps))
             setattr(self, p, np.asarray(value).astype(self.ft))
 
     def set_weights(self, values: dict[str, np.ndarray]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import equinox as eqx
 import haiku as hk
@@ -37,6 +38,13 @@ def close(a, b, tol=1e-6):
                                rtol=tol, atol=tol)
 
 
+def assert_close(actual, desired, **kw):
+    """The adapters jit their steps as Haiku and Equinox users do; XLA's fused kernels may
+    round an ulp differently from the eager reference run here, never more."""
+    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(desired, np.float64),
+                               rtol=4e-7, atol=4e-7, **kw)
+
+
 # ------------------------------------------------------------------------------------- haiku
 
 
@@ -46,7 +54,9 @@ def haiku_by_hand(**kwargs):
 
     fn = hk.transform_with_state(forward)
     params, state = fn.init(None, jnp.zeros((1, 1, 1, 3), jnp.float32), True)
-    return fn, params, state
+    # jitted, as Haiku users (and the adapter) run it
+    jitted = SimpleNamespace(init=fn.init, apply=jax.jit(fn.apply, static_argnums=(4,)))
+    return jitted, params, state
 
 
 HK_KW = dict(create_scale=True, create_offset=True, decay_rate=0.9, eps=1e-3)
@@ -66,13 +76,13 @@ def test_haiku_calls_and_state_match_by_hand():
     e1, state = fn.apply(params, state, None, f32(X), True)
     ad.call(X2, True)
     _, state = fn.apply(params, state, None, f32(X2), True)
-    np.testing.assert_array_equal(y1, e1)
-    np.testing.assert_array_equal(ad.predict(X), fn.apply(params, state, None, f32(X), False)[0])
+    assert_close(y1, e1)
+    assert_close(ad.predict(X), fn.apply(params, state, None, f32(X), False)[0])
     got = ad.state()
     # moving stats are the debiased EMA 'average', which the layer uses at inference
-    np.testing.assert_array_equal(got["moving_mean"],
+    assert_close(got["moving_mean"],
                                   state["batch_norm/~/mean_ema"]["average"].reshape(-1))
-    np.testing.assert_array_equal(got["moving_variance"],
+    assert_close(got["moving_variance"],
                                   state["batch_norm/~/var_ema"]["average"].reshape(-1))
     # after one step the debiased average equals the first batch's statistics (float32)
     ad2 = haiku_adapter()
@@ -92,7 +102,7 @@ def test_haiku_channels_first_uses_data_format():
 
     fn = hk.transform_with_state(forward)
     params, state = fn.init(None, jnp.zeros((1, 3, 1, 1), jnp.float32), True)
-    np.testing.assert_array_equal(ad.call(xc, True),
+    assert_close(ad.call(xc, True),
                                   fn.apply(params, state, None, f32(xc), True)[0])
 
 
@@ -117,8 +127,8 @@ def test_haiku_fit_and_grad_match_by_hand():
             params = optax.apply_updates(params, updates)
             losses.append(float(lv) * (sl.stop - sl.start))
     close(loss, sum(losses) / 4)
-    np.testing.assert_array_equal(ad.state()["gamma"], params["batch_norm"]["scale"].reshape(-1))
-    np.testing.assert_array_equal(ad.state()["moving_variance"],
+    assert_close(ad.state()["gamma"], params["batch_norm"]["scale"].reshape(-1))
+    assert_close(ad.state()["moving_variance"],
                                   state["batch_norm/~/var_ema"]["average"].reshape(-1))
 
     out = ad.grad(X, True, W)
@@ -128,9 +138,9 @@ def test_haiku_fit_and_grad_match_by_hand():
         return jnp.sum(y * f32(W))
 
     gp, gx = jax.grad(objective, argnums=(0, 1))(params, f32(X))
-    np.testing.assert_array_equal(out["grad_input"], gx)
-    np.testing.assert_array_equal(out["grad_gamma"], gp["batch_norm"]["scale"].reshape(-1))
-    np.testing.assert_array_equal(out["grad_beta"], gp["batch_norm"]["offset"].reshape(-1))
+    assert_close(out["grad_input"], gx)
+    assert_close(out["grad_gamma"], gp["batch_norm"]["scale"].reshape(-1))
+    assert_close(out["grad_beta"], gp["batch_norm"]["offset"].reshape(-1))
 
 
 def test_haiku_frozen_bare_defaults_and_set_weights():
@@ -139,7 +149,7 @@ def test_haiku_frozen_bare_defaults_and_set_weights():
     before = ad.state()
     ad.fit(X, W, fit_step(Optimizer("sgd", lr=0.1)), fresh_optimizer=True)
     after = ad.state()
-    np.testing.assert_array_equal(after["gamma"], before["gamma"])
+    assert_close(after["gamma"], before["gamma"])
     assert not np.array_equal(after["moving_mean"], before["moving_mean"])  # still training
     assert "grad_gamma_reason" in ad.grad(X, True, W)
     with pytest.raises(TypeError, match="is_training"):
@@ -213,15 +223,15 @@ def test_equinox_calls_and_state_match_by_hand(mode):
         want, state = run(model, state, xc, inference=False)
         outs.append((got, want))
     for got, want in outs:
-        np.testing.assert_array_equal(got, cl(want))
-    np.testing.assert_array_equal(ad.predict(X), cl(run(model, state, XC, inference=True)[0]))
+        assert_close(got, cl(want))
+    assert_close(ad.predict(X), cl(run(model, state, XC, inference=True)[0]))
     if mode is None:
         mean, var = state.get(model.ema_state_index)
     else:
         scale = 1 - 0.9 ** state.get(model.batch_counter)
         mean, var = (h / scale for h in state.get(model.batch_state_index))
-    np.testing.assert_array_equal(ad.state()["moving_mean"], mean)
-    np.testing.assert_array_equal(ad.state()["moving_variance"], var)
+    assert_close(ad.state()["moving_mean"], mean)
+    assert_close(ad.state()["moving_variance"], var)
 
 
 def test_equinox_mode_toggles_bare_calls():
@@ -231,10 +241,10 @@ def test_equinox_mode_toggles_bare_calls():
     _, state = run(model, state, XC)
     ad.set_mode("eval")
     assert ad.model.inference is True
-    np.testing.assert_array_equal(ad.call(X, None),
+    assert_close(ad.call(X, None),
                                   cl(run(eqx.nn.inference_mode(model), state, XC)[0]))
     ad.set_mode("train")
-    np.testing.assert_array_equal(ad.call(X2, None), cl(run(model, state, X2C)[0]))
+    assert_close(ad.call(X2, None), cl(run(model, state, X2C)[0]))
 
 
 def test_equinox_fit_and_grad_match_by_hand():
@@ -258,8 +268,8 @@ def test_equinox_fit_and_grad_match_by_hand():
             model = eqx.apply_updates(model, updates)
             losses.append(float(lv) * (sl.stop - sl.start))
     close(loss, sum(losses) / 4)
-    np.testing.assert_array_equal(ad.state()["gamma"], model.weight)
-    np.testing.assert_array_equal(ad.state()["beta"], model.bias)
+    assert_close(ad.state()["gamma"], model.weight)
+    assert_close(ad.state()["beta"], model.bias)
 
     out = ad.grad(X, True, W)
 
@@ -268,9 +278,9 @@ def test_equinox_fit_and_grad_match_by_hand():
         return jnp.sum(y * WC)
 
     gm, gx = eqx.filter_grad(lambda mx: objective(*mx))((model, XC))
-    np.testing.assert_array_equal(out["grad_input"], cl(gx))
-    np.testing.assert_array_equal(out["grad_gamma"], gm.weight)
-    np.testing.assert_array_equal(out["grad_beta"], gm.bias)
+    assert_close(out["grad_input"], cl(gx))
+    assert_close(out["grad_gamma"], gm.weight)
+    assert_close(out["grad_beta"], gm.bias)
 
 
 def test_equinox_not_applicable_frozen_and_set_weights():
@@ -282,7 +292,7 @@ def test_equinox_not_applicable_frozen_and_set_weights():
     ad.set_trainable(False)
     before = ad.state()["gamma"]
     ad.fit(X, W, fit_step(Optimizer("sgd", lr=0.1)), fresh_optimizer=True)
-    np.testing.assert_array_equal(ad.state()["gamma"], before)
+    assert_close(ad.state()["gamma"], before)
     assert "grad_gamma_reason" in ad.grad(X, True, W)
     ad.set_weights({"beta": np.full(3, 0.5), "moving_mean": np.ones(3),
                     "moving_variance": np.full(3, 4.0)})

@@ -106,7 +106,10 @@ class KerasAdapter(Adapter):
         # What a Keras user's script does first: global floatx (fit/predict cast every float
         # array to floatx) and dtype policy, then the seed.
         keras.config.set_floatx("float64" if layer.dtype == "float64" else "float32")
-        keras.config.set_dtype_policy(POLICIES[layer.dtype])
+        # keras.config.set_dtype_policy arrived in 3.1; 3.0.x has the mixed_precision alias
+        set_policy = getattr(keras.config, "set_dtype_policy", None) or \
+            keras.mixed_precision.set_dtype_policy
+        set_policy(POLICIES[layer.dtype])
         keras.utils.set_random_seed(0)
         shape = [None] * (layer.rank - 1)
         shape[axis - 1] = layer.features

@@ -1,0 +1,128 @@
+"""`xbn snapshot` and `xbn check`: the upgrade guard's commands (the logic is in xbn.guard).
+
+Registered by one line at the end of xbn/cli.py. Only click is imported at module level, so
+`xbn --help` stays fast; everything else is imported inside the commands (which also avoids
+a circular import, since xbn.cli imports this module).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+EXAMPLES_SNAPSHOT = """
+\b
+Examples:
+  xbn snapshot --output baseline.json                    every built-in scenario
+  xbn snapshot my.toml seed-keras -f numpy,torch -o baseline.json
+"""
+
+EXAMPLES_CHECK = """
+\b
+Exit status: 0 unchanged, 1 changed, 2 bad input (a malformed or edited snapshot).
+\b
+Examples:
+  xbn check baseline.json
+  xbn check baseline.json --format markdown --output xbn.md --junit xbn.xml
+  xbn check baseline.json --tolerance 16      accept float32 rounding drift
+"""
+
+
+def _ids(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from .adapters import FRAMEWORK_IDS
+    from .cli import _fail
+
+    ids = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [i for i in ids if i not in FRAMEWORK_IDS]
+    if unknown:
+        _fail(f"unknown framework id(s) {', '.join(unknown)}; known: {', '.join(FRAMEWORK_IDS)}")
+    return ids
+
+
+@click.command(epilog=EXAMPLES_SNAPSHOT)
+@click.argument("scenarios", nargs=-1)
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the snapshot here (default: stdout).")
+@click.option("--frameworks", "-f",
+              help="Comma-separated framework ids (default: all installed; numpy always runs).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
+              help="Seconds a framework's worker may run before its rows become errors.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Workers at once (default: one per framework).")
+def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
+    """Record the observations of SCENARIOS (default: built-ins) as a baseline.
+
+    The snapshot holds every observation, each framework's versions, and each scenario's
+    full definition with its sha256, so `xbn check` can re-run it later.
+    """
+    from .cli import _emit, _load_all, _parse_frameworks, _progress_printer
+    from .guard import dumps, snapshot_document
+    from .runner import run
+    from .scenario import builtin_paths
+
+    ids = _parse_frameworks(frameworks, "numpy")
+    loaded = _load_all(list(scenarios) or [str(p) for p in builtin_paths()])
+    result = run(loaded, ids, timeout=timeout, jobs=jobs,
+                 progress=_progress_printer(sys.stderr.isatty()))
+    for fid, meta in result.frameworks.items():
+        if not meta.get("available"):
+            click.echo(f"xbn: warning: {fid} is not installed: the snapshot records it as "
+                       "unavailable and `xbn check` will skip it", err=True)
+        elif meta.get("error"):
+            click.echo(f"xbn: warning: {fid}: {meta['error']} (recorded as error rows)",
+                       err=True)
+    _emit(dumps(snapshot_document(result)), output)
+
+
+@click.command(epilog=EXAMPLES_CHECK)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--frameworks", "-f",
+              help="Check only these of the snapshot's frameworks (comma-separated ids).")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]),
+              default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the report here instead of stdout.")
+@click.option("--junit", type=click.Path(dir_okay=False),
+              help="Also write JUnit XML here (a test case per scenario x framework).")
+@click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=0.0,
+              show_default="0: exact",
+              help="Accept differences within K eps(dtype) x the old array's largest magnitude.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
+              help="Seconds a framework's worker may run before its rows become errors.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Workers at once (default: one per framework).")
+def check(file, frameworks, fmt, output, junit, tolerance, timeout, jobs) -> None:
+    """Re-run a snapshot and report what changed (exit 1 if anything did).
+
+    Compares every observation with the snapshot's (same scenario, step, framework and
+    quantity) and explains each change with the reference's semantic switches.
+    """
+    from .cli import _emit, _fail, _progress_printer
+    from .guard import CheckError, SnapshotError, load_snapshot
+    from .guard import check as run_check
+    from .report import write_atomic
+    from .report.check_out import render, render_junit
+
+    try:
+        snap = load_snapshot(file)
+    except SnapshotError as exc:
+        _fail(str(exc))
+    try:
+        result = run_check(snap, _ids(frameworks), tolerance, timeout=timeout, jobs=jobs,
+                           progress=_progress_printer(sys.stderr.isatty()))
+    except CheckError as exc:
+        _fail(f"{file}: {exc}")
+    for warning in result.warnings:
+        click.echo(f"xbn: warning: {warning}", err=True)
+    text = render(result, fmt)
+    if junit:
+        write_atomic(junit, render_junit(result))
+        click.echo(f"wrote {junit}", err=True)
+    _emit(text, output)
+    if output:
+        verdict = f"{len(result.changes)} changed" if result.changed else "unchanged"
+        click.echo(f"xbn check: {verdict} ({result.compared} observations)", err=True)
+    sys.exit(1 if result.changed else 0)
