@@ -104,7 +104,8 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         return {(o["step"], o["quantity"]): o for o in run_scenario(adapter, by_name[name])}
 
     diffs = diffs.copy()
-    todo = diffs[diffs["verdict"].isin(["differs", "error"]) & (diffs["framework"] != "expected")
+    # published values (the pseudo-framework "expected") are explained like any framework
+    todo = diffs[diffs["verdict"].isin(["differs", "error"])
                  & diffs["explanation"].isna() & diffs["scenario"].isin(list(by_name))]
     for (name, framework), rows in todo.groupby(["scenario", "framework"], sort=False):
         mine = {i: values.get((name, r.step, r.quantity, framework))

@@ -16,10 +16,11 @@ def _fmt_num(v) -> str:
 
 
 def _noteworthy(diffs: pd.DataFrame) -> pd.DataFrame:
-    rows = diffs[diffs["verdict"].isin(["differs", "error", "n/a"]) & (diffs["framework"] != "expected")]
+    rows = diffs[diffs["verdict"].isin(["differs", "error", "n/a"])]
     rows = rows.copy()
     rows["detail"] = [
-        (r.explanation or r.message or "") for r in rows.itertuples(index=False)]
+        f"published ({r.message}); {r.explanation}" if r.framework == "expected"
+        else (r.explanation or r.message or "") for r in rows.itertuples(index=False)]
     rows["max_abs"] = rows["max_abs"].map(_fmt_num)
     rows["max_ulp"] = rows["max_ulp"].map(_fmt_num)
     return rows[["step", "quantity", "framework", "verdict", "max_abs", "max_ulp", "detail"]]
