@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_common import emit as _emit
+from .cli_common import fail as _fail
 
 EXAMPLES_RUN = """
 \b
@@ -20,11 +22,6 @@ Examples:
   xbn run my.toml --frameworks numpy,torch,keras --format markdown --output diff.md
   xbn run seed-keras --reference torch --format json > out.json
 """
-
-
-def _fail(message: str) -> None:
-    click.echo(f"xbn: error: {message}", err=True)
-    sys.exit(2)
 
 
 def _progress_printer(enabled: bool):
@@ -74,16 +71,6 @@ def _check_reference(reference: str) -> None:
 
     if reference not in FRAMEWORK_IDS:
         _fail(f"unknown reference {reference!r}; known: {', '.join(FRAMEWORK_IDS)}")
-
-
-def _emit(text: str, output: str | None) -> None:
-    from .report import write_atomic
-
-    if output:
-        write_atomic(output, text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import click
 
+from .cli_common import emit as _emit
+from .cli_common import fail as _fail
 from .port.errors import PortError
 from .port.frameworks import PORT_IDS
 
@@ -20,21 +22,6 @@ FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), de
                       show_default=True)
 OUTPUT = click.option("--output", "-o", type=click.Path(dir_okay=False),
                       help="Write the report here instead of stdout.")
-
-
-def _fail(message: str) -> None:
-    click.echo(f"xbn: error: {message}", err=True)
-    sys.exit(2)
-
-
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        from .report import write_atomic
-
-        write_atomic(output, text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
 
 
 def _guarded(fn: Callable):

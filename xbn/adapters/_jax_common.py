@@ -74,3 +74,26 @@ def versions() -> dict[str, str]:
     import jaxlib
 
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__}
+
+
+def flax_batchnorm_kwargs(layer, framework_id: str, api: str) -> dict:
+    """Constructor keywords shared by flax.linen.BatchNorm and flax.nnx.BatchNorm (same
+    arguments, same limits): raises NotApplicable for what neither can express."""
+    from ..scenario import channel_axis
+    from .base import NotApplicable
+
+    if layer.cumulative:
+        raise NotApplicable(f"{api} has only an exponential moving average (momentum); "
+                            "no cumulative average")
+    if not layer.track_running_stats:
+        raise NotApplicable(
+            f"{api} always keeps mean/var batch statistics and updates them whenever it "
+            "normalizes with batch statistics; there is no option to keep none")
+    kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,
+                    "use_scale": layer.scale}
+    if not layer.defaults:
+        kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
+    if layer.dtype == "float64":  # a float64 model: float64 parameters too
+        kwargs["param_dtype"] = jnp.float64
+    kwargs.update(layer.native.get(framework_id, {}))
+    return kwargs

@@ -35,22 +35,9 @@ FROZEN_REASON = ("frozen in the optimizer (optax.set_to_zero): linen has no trai
 
 class FlaxLinenAdapter(Adapter):
     def build(self, layer: Layer) -> None:
-        if layer.cumulative:
-            raise NotApplicable("flax.linen.BatchNorm has only an exponential moving average "
-                                "(momentum); no cumulative average")
-        if not layer.track_running_stats:
-            raise NotApplicable(
-                "flax.linen.BatchNorm always creates batch_stats (mean, var) and updates them "
-                "whenever it normalizes with batch statistics; there is no option to keep none")
+        kwargs = jc.flax_batchnorm_kwargs(layer, self.framework_id, "flax.linen.BatchNorm")
         jc.enable_x64_if_needed(layer.dtype, self.notes)
         self.layer = layer
-        kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,
-                        "use_scale": layer.scale}
-        if not layer.defaults:
-            kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
-        if layer.dtype == "float64":  # a float64 model: float64 parameters too
-            kwargs["param_dtype"] = jnp.float64
-        kwargs.update(layer.native.get(self.framework_id, {}))
         self.module = nn.BatchNorm(**kwargs)
         shape = [1] * layer.rank
         shape[channel_axis(layer.layout)] = layer.features

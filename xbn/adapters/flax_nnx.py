@@ -15,7 +15,7 @@ import flax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..scenario import Layer, Step, channel_axis
+from ..scenario import Layer, Step
 from . import _jax_common as jc
 from .base import Adapter, NotApplicable, batches
 from .flax_linen import epoch_loss
@@ -31,24 +31,11 @@ F64_NOTE = ("flax-nnx float64: BatchNorm creates mean/var as float32 BatchStats 
 
 class FlaxNnxAdapter(Adapter):
     def build(self, layer: Layer) -> None:
-        if layer.cumulative:
-            raise NotApplicable("flax.nnx.BatchNorm has only an exponential moving average "
-                                "(momentum); no cumulative average")
-        if not layer.track_running_stats:
-            raise NotApplicable(
-                "flax.nnx.BatchNorm always holds mean/var BatchStats and updates them whenever it "
-                "normalizes with batch statistics; there is no option to keep none")
+        kwargs = jc.flax_batchnorm_kwargs(layer, self.framework_id, "flax.nnx.BatchNorm")
         jc.enable_x64_if_needed(layer.dtype, self.notes)
         self.layer = layer
-        kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,
-                        "use_scale": layer.scale}
-        if not layer.defaults:
-            kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
-        if layer.dtype == "float64":  # a float64 model: float64 parameters too
-            kwargs["param_dtype"] = jnp.float64
-            if F64_NOTE not in self.notes:
-                self.notes.append(F64_NOTE)
-        kwargs.update(layer.native.get(self.framework_id, {}))
+        if layer.dtype == "float64" and F64_NOTE not in self.notes:
+            self.notes.append(F64_NOTE)
         self.bn = nnx.BatchNorm(layer.features, rngs=nnx.Rngs(0), **kwargs)
         self.trainable = True
         self._opt = None  # (trainable when built, nnx.Optimizer)
