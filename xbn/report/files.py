@@ -16,10 +16,14 @@ def write_report(scenarios, frameworks, reference: str, out_dir: Path, *, timeou
                  jobs: int | None = None, progress=None) -> list[Path]:
     result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=progress)
     report = Report.build(result, reference)
-    from .text import render_markdown
+    from ..profiles import profile_matrix
+    from .text import matrix_text, render_markdown
 
+    matrix = ("## The semantics matrix\n\nEach framework's value for every switch of the "
+              "reference (`xbn explain`; `xbn explain ID` gives the source of each value).\n\n"
+              + matrix_text(profile_matrix(), markdown=True))
     texts = {
-        "index.md": render_markdown(report, INTRO),
+        "index.md": render_markdown(report, INTRO, profile=matrix),
         "diffs.csv": render(report, "csv"),
         "results.json": render(report, "json"),
     }
