@@ -69,7 +69,44 @@ def test_framework_matches_its_profile(observed, framework):
                 if not m["within"]:
                     problems.append(f"{key}: max_abs {m['max_abs']:.3g} ({m['max_ulp']:.0f} ulp) "
                                     f"from the profile's value")
+    if problems:
+        problems.append(_which_switch(framework, scenarios, mine))
     assert not problems, f"{framework} departs from its declared profile:\n" + "\n".join(problems)
+
+
+def _which_switch(framework: str, scenarios, mine: dict) -> str:
+    """Name the single switch change to the profile that reproduces the framework again."""
+    from xbn.reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES
+
+    profile = semantics_of(framework)
+    options = {**SWITCH_VALUES, **NUMERIC_SWITCH_VALUES}
+    for name, values in options.items():
+        for value in values:
+            if getattr(profile, name) == value:
+                continue
+            trial = profile.with_(**{name: value})
+            if all(_reproduces(trial, s, framework, mine) for s in scenarios):
+                return f"=> the framework now behaves as {name}={value} (update xbn/profiles.py)"
+    return "=> no single switch change to the profile reproduces it (a new switch or a bug)"
+
+
+def _reproduces(semantics, scenario, framework: str, mine: dict) -> bool:
+    if framework in scenario.layer.native:
+        return True
+    want = {(scenario.name, o["step"], o["quantity"]): o
+            for o in run_scenario(NumpyAdapter("numpy", semantics), scenario)}
+    for key, got in mine.items():
+        if key[0] != scenario.name or got["status"] == "n/a" or key[2] == "step":
+            continue
+        if known_divergence(framework, key[0], scenario.layer.dtype, key[2]):
+            continue
+        w = want.get(key)
+        if w is None or w["status"] != got["status"]:
+            return False
+        if got["status"] == "ok" and not measure(
+                got["value"], w["value"], _less_precise(got["dtype"], w["dtype"]), K)["within"]:
+            return False
+    return True
 
 
 def test_known_divergences_are_still_real(observed):
