@@ -97,3 +97,22 @@ def flax_batchnorm_kwargs(layer, framework_id: str, api: str) -> dict:
         kwargs["param_dtype"] = jnp.float64
     kwargs.update(layer.native.get(framework_id, {}))
     return kwargs
+
+
+def train_epochs(step, xs, ts, carry: tuple, train_step) -> tuple[tuple, object]:
+    """The unshuffled mini-batch loop every JAX adapter's fit runs.
+
+    ``train_step(*carry, xb, tb)`` returns ``(*carry, loss)``; the result is the final carry
+    and the last epoch's mean of batch losses weighted by batch size, in the loss's dtype.
+    """
+    from .base import batches
+
+    loss_value = None
+    for _ in range(step.epochs):
+        total, count, dtype = 0.0, 0, None
+        for sl in batches(xs.shape[0], step.batch_size):
+            *carry, loss = train_step(*carry, xs[sl], ts[sl])
+            n = sl.stop - sl.start
+            total, count, dtype = total + float(loss) * n, count + n, loss.dtype
+        loss_value = to_numpy(jnp.asarray(total / count, dtype))
+    return tuple(carry), loss_value

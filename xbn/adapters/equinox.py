@@ -25,7 +25,7 @@ import optax
 
 from ..scenario import Layer, Step
 from . import _jax_common as jc
-from .base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
+from .base import Adapter, NotApplicable, from_channels_first, to_channels_first
 
 AXIS = "batch"
 
@@ -132,17 +132,10 @@ class EquinoxAdapter(Adapter):
 
         xs, ts = self._x(x), self._x(target)
         state, opt_state = self.bn_state, self.opt_state
-        epoch_loss = None
-        for _ in range(step.epochs):
-            total, count, dtype = 0.0, 0, None
-            for sl in batches(x.shape[0], step.batch_size):
-                model, state, opt_state, loss = train_step(model, state, opt_state,
-                                                           xs[sl], ts[sl])
-                n = xs[sl].shape[0]
-                total, count, dtype = total + float(loss) * n, count + n, loss.dtype
-            epoch_loss = jnp.asarray(total / count, dtype)
+        (model, state, opt_state), loss = jc.train_epochs(
+            step, xs, ts, (model, state, opt_state), train_step)
         self.model, self.bn_state, self.opt_state = model, state, opt_state
-        return jc.to_numpy(epoch_loss)
+        return loss
 
     def grad(self, x, training, weights) -> dict:
         inference = None if training is None else not training

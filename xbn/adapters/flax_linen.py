@@ -15,12 +15,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ..scenario import Layer, Step, channel_axis
 from . import _jax_common as jc
-from .base import Adapter, NotApplicable, batches
+from .base import Adapter, NotApplicable
 
 # xbn name -> (collection, linen variable name)
 VARIABLES = {
@@ -113,16 +112,11 @@ class FlaxLinenAdapter(Adapter):
         _, _, opt_state = self._optimizer(step.optimizer, fresh_optimizer)
         xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
         params, stats = self.variables["params"], self.variables["batch_stats"]
-        for _ in range(step.epochs):
-            losses, sizes = [], []
-            for sl in batches(len(x), step.batch_size):
-                params, stats, opt_state, loss = self._step_fn(params, stats, opt_state,
-                                                               xj[sl], tj[sl])
-                losses.append(loss)
-                sizes.append(sl.stop - sl.start)
+        (params, stats, opt_state), loss = jc.train_epochs(
+            step, xj, tj, (params, stats, opt_state), self._step_fn)
         self.variables["params"], self.variables["batch_stats"] = params, stats
         self._opt = (self._opt[0], self._opt[1], opt_state)
-        return epoch_loss(losses, sizes)
+        return loss
 
     def grad(self, x, training, weights) -> dict:
         xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
@@ -167,14 +161,6 @@ class FlaxLinenAdapter(Adapter):
 
     def versions(self) -> dict[str, str]:
         return {"flax": flax.__version__, **jc.versions()}
-
-
-def epoch_loss(losses: list, sizes: list[int]):
-    """Mean of the batch losses weighted by batch size, in the loss's own dtype."""
-    dtype = losses[0].dtype
-    values = np.asarray([np.float64(jax.device_get(v).astype(np.float64)) for v in losses])
-    mean = float(np.sum(values * np.asarray(sizes)) / np.sum(sizes))
-    return jc.to_numpy(jnp.asarray(mean, dtype))
 
 
 def make_adapter(framework_id: str) -> Adapter:

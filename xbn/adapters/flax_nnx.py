@@ -17,8 +17,7 @@ from flax import nnx
 
 from ..scenario import Layer, Step
 from . import _jax_common as jc
-from .base import Adapter, NotApplicable, batches
-from .flax_linen import epoch_loss
+from .base import Adapter, NotApplicable
 
 # xbn name -> attribute of nnx.BatchNorm
 VARIABLES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
@@ -80,12 +79,9 @@ class FlaxNnxAdapter(Adapter):
             return loss
 
         xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
-        for _ in range(step.epochs):
-            losses, sizes = [], []
-            for sl in batches(len(x), step.batch_size):
-                losses.append(train_step(self.bn, optimizer, xj[sl], tj[sl]))
-                sizes.append(sl.stop - sl.start)
-        return epoch_loss(losses, sizes)
+        _, loss = jc.train_epochs(step, xj, tj, (),
+                                  lambda xb, tb: (train_step(self.bn, optimizer, xb, tb),))
+        return loss
 
     def grad(self, x, training, weights) -> dict:
         xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)

@@ -23,7 +23,7 @@ import optax
 
 from ..scenario import Layer, Step, channel_axis, channels_last
 from . import _jax_common as jc
-from .base import Adapter, NotApplicable, batches
+from .base import Adapter, NotApplicable
 
 INIT_NOTE = ("haiku: initialised with init(rng, zeros, is_training=True); Haiku's init copies the "
              "init batch's statistics into the EMA 'average', so zeros give moving mean 0 and "
@@ -121,17 +121,10 @@ class HaikuAdapter(Adapter):
 
         xs, ts = self._x(x), self._x(target)
         params, state, opt_state = self.params, self.bn_state, self.opt_state
-        epoch_loss = None
-        for _ in range(step.epochs):
-            total, count, dtype = 0.0, 0, None
-            for sl in batches(x.shape[0], step.batch_size):
-                params, state, opt_state, loss = train_step(params, state, opt_state,
-                                                            xs[sl], ts[sl])
-                n = xs[sl].shape[0]
-                total, count, dtype = total + float(loss) * n, count + n, loss.dtype
-            epoch_loss = jnp.asarray(total / count, dtype)
+        (params, state, opt_state), loss = jc.train_epochs(
+            step, xs, ts, (params, state, opt_state), train_step)
         self.params, self.bn_state, self.opt_state = params, state, opt_state
-        return jc.to_numpy(epoch_loss)
+        return loss
 
     def grad(self, x, training, weights) -> dict:
         w = self._x(weights)
