@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .cli_common import emit as _emit
 from .cli_common import fail as _fail
+from .cli_common import jobs_option, timeout_option
 
 EXAMPLES_RUN = """
 \b
@@ -97,10 +98,8 @@ def cli() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=None,
               help="Tolerance in eps(dtype) units at the reference's scale (default 16).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
-              help="Seconds a framework's worker may run before its rows become errors.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Workers at once (default: one per framework).")
+@timeout_option
+@jobs_option
 def run(files, frameworks, reference, fmt, output, tolerance, timeout, jobs) -> None:
     """Run scenario FILES (paths or built-in names) and print the diff."""
     from .compare import DEFAULT_K
@@ -154,8 +153,8 @@ def frameworks(fmt) -> None:
               show_default=True)
 @click.option("--frameworks", "-f", help="Comma-separated framework ids (default: all installed).")
 @click.option("--reference", "-r", default="numpy", show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None)
+@timeout_option
+@jobs_option
 def report(output_dir, frameworks, reference, timeout, jobs) -> None:
     """Every built-in scenario through every installed framework: index.md, CSV, JSON."""
     from .report.files import write_report

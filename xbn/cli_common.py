@@ -22,3 +22,11 @@ def emit(text: str, output: str | None) -> None:
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+# Options every command that runs workers takes.
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
+    help="Seconds a framework's worker may run before its rows become errors.")
+jobs_option = click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+                           help="Workers at once (default: one per framework).")

@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from .cli_common import jobs_option, timeout_option
+
 EXAMPLES_SNAPSHOT = """
 \b
 Examples:
@@ -48,10 +50,8 @@ def _ids(value: str | None) -> list[str] | None:
               help="Write the snapshot here (default: stdout).")
 @click.option("--frameworks", "-f",
               help="Comma-separated framework ids (default: all installed; numpy always runs).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
-              help="Seconds a framework's worker may run before its rows become errors.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Workers at once (default: one per framework).")
+@timeout_option
+@jobs_option
 def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
     """Record the observations of SCENARIOS (default: built-ins) as a baseline.
 
@@ -90,10 +90,8 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
 @click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=0.0,
               show_default="0: exact",
               help="Accept differences within K eps(dtype) x the old array's largest magnitude.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
-              help="Seconds a framework's worker may run before its rows become errors.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Workers at once (default: one per framework).")
+@timeout_option
+@jobs_option
 def check(file, frameworks, fmt, output, junit, tolerance, timeout, jobs) -> None:
     """Re-run a snapshot and report what changed (exit 1 if anything did).
 

@@ -15,8 +15,6 @@ import numpy as np
 
 from .scenario import Layer, Optimizer
 
-KERAS_DEFAULTS = {"momentum": 0.99, "epsilon": 1e-3}
-
 
 @dataclass(frozen=True)
 class Semantics:

@@ -21,10 +21,9 @@ class NotApplicable(Exception):
     """The framework cannot express this layer or step; the message says why."""
 
 
-Array = np.ndarray
 # An adapter returns either a numpy array (its dtype is reported) or (float64 array, dtype name),
 # for dtypes numpy cannot hold (bfloat16 from torch, for instance).
-Value = "np.ndarray | tuple[np.ndarray, str]"
+Array = np.ndarray
 
 
 class Adapter(ABC):
