@@ -99,3 +99,24 @@ def test_frameworks_lists_every_id():
     data = json.loads(r.stdout)
     assert list(data) == ["numpy", "torch", "keras", "keras-jax", "keras-torch", "tf-keras",
                           "flax", "flax-nnx", "haiku", "equinox"]
+
+
+def test_written_json_carries_no_timing(write_scenario):
+    """Timings differ on every run: a committed report must not change when nothing else did."""
+    r = CliRunner().invoke(cli, ["run", str(write_scenario(MINIMAL)), "-f", "numpy",
+                                 "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert all("seconds" not in meta for meta in json.loads(r.stdout)["frameworks"].values())
+
+
+@pytest.mark.parametrize("command", ["run", "snapshot", "check"])
+def test_every_command_parses_framework_ids_alike(write_scenario, tmp_path, command):
+    path = str(write_scenario(MINIMAL))
+    if command == "check":
+        snap = tmp_path / "snap.json"
+        made = CliRunner().invoke(cli, ["snapshot", path, "-f", "numpy", "-o", str(snap)])
+        assert made.exit_code == 0, made.output
+        path = str(snap)
+    r = CliRunner().invoke(cli, [command, path, "-f", "numpy, nosuch"])
+    assert r.exit_code == 2
+    assert "xbn: error: unknown framework id(s) nosuch; known: numpy, torch" in r.output

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xbn.compare import diff_table, measure, observations_frame
+from xbn.comparison import (
+    agreement,
+    diff_table,
+    exception_type,
+    less_precise,
+    measure,
+    observations_frame,
+)
 from xbn.dtypes import round_to, ulp_distance
 
 
@@ -69,3 +76,36 @@ def test_dtype_of_comparison_is_the_less_precise():
     d = diff_table(frame).iloc[0]
     assert d["dtype"] == "float16" and d["max_ulp"] == 2  # 2**-9 is two float16 steps above 1
     assert d["verdict"] == "same"
+
+
+def test_agreement_is_the_one_rule_for_two_observations():
+    ref = obs("numpy", "output", value=[1.0, 2.0], dtype="float64")
+    same = agreement(obs("torch", "output", value=[1.0, 2.0 + 5e-7]), ref)
+    assert same.agree and not same.exact and same.dtype == "float32" and same.max_ulp >= 1
+    assert agreement(obs("torch", "output", value=[1.0, 2.0], dtype="float64"), ref).exact
+    assert agreement(obs("torch", "output", value=[1.01, 2.0]), ref).kind == "value"
+    assert agreement(obs("torch", "output", value=[1.0]), ref).kind == "shape"
+    # exact (k=0) and dtypes that must match (the guard's rule)
+    assert agreement(obs("torch", "output", value=[1.0, 2.0 + 1e-7]), ref, 0).kind == "value"
+    assert agreement(obs("torch", "output", value=[1.0, 2.0]), ref, 0,
+                     same_dtype=True).kind == "dtype"
+    # NaN agrees with NaN at the same place
+    nan = obs("torch", "output", value=[np.nan, np.inf], dtype="float64")
+    assert agreement(nan, nan, 0).exact
+    # statuses and errors
+    err = obs("torch", "output", status="error", message="ValueError: x")
+    assert agreement(err, ref).kind == "status"
+    assert agreement(err, {**err, "message": "ValueError: y"}).agree
+    assert agreement(err, {**err, "message": "TypeError: x"}).kind == "status"
+    assert agreement(err, {**err, "message": "TypeError: x"}, same_exception=False).agree
+    assert agreement(None, ref).kind == "missing"
+    # a set step records no value: both accepted it
+    step = obs("torch", "step", value=None, dtype=None)
+    assert agreement(step, step).agree and not agreement(step, step).compared
+
+
+def test_less_precise_and_exception_type():
+    assert less_precise("float64", "bfloat16") == "bfloat16"
+    assert less_precise(None, None) == "float64"
+    assert exception_type("ValueError: Expected more than 1 value") == "ValueError"
+    assert exception_type(None) == ""

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from xbn.adapters import FRAMEWORK_IDS
 from xbn.adapters.base import run_scenario
-from xbn.adapters.numpy_ref import NumpyAdapter
-from xbn.compare import _less_precise, measure
+from xbn.adapters.numpy.adapter import NumpyAdapter
+from xbn.comparison import less_precise as _less_precise
+from xbn.comparison import measure
 from xbn.profiles import known_divergence, known_divergences, semantics_of
+from xbn.registry import FRAMEWORK_IDS
 from xbn.runner import run
 from xbn.scenario import builtin_paths, load
 

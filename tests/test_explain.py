@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from xbn.adapters.base import run_scenario
-from xbn.adapters.numpy_ref import NumpyAdapter
-from xbn.compare import DEFAULT_K, diff_table, observations_frame
+from xbn.adapters.numpy.adapter import NumpyAdapter
+from xbn.comparison import DEFAULT_K, diff_table, observations_frame
 from xbn.explain import UNEXPLAINED, explain_diffs
 from xbn.reference import Semantics
 from xbn.scenario import load

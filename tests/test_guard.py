@@ -12,21 +12,20 @@ import xml.etree.ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
-from xbn.adapters import FRAMEWORKS, FrameworkInfo
 from xbn.adapters.base import run_scenario
-from xbn.adapters.numpy_ref import NumpyAdapter
+from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.cli import cli
-from xbn.guard import (
+from xbn.guard import classify, compare_run
+from xbn.reference import Semantics
+from xbn.registry import FRAMEWORKS, FrameworkInfo
+from xbn.scenario import load
+from xbn.snapshot import (
     SnapshotError,
-    classify,
-    compare_run,
     definition_digest,
     dumps,
     load_snapshot,
     parse_snapshot,
 )
-from xbn.reference import Semantics
-from xbn.scenario import load
 
 # Two features, a batch of three: the biased and unbiased variances differ, and the inference
 # call afterwards shows the moving statistics in its output.
@@ -310,3 +309,21 @@ def test_the_explanation_search_has_a_time_budget(snapshot, monkeypatch):
              else o for o in snap.observations]
     (change,) = compare_run(snap, moved, {"numpy": {"available": True}}, {}).changes
     assert change.explanation == ge.OUT_OF_TIME
+
+
+def test_snapshot_holds_no_timing_and_no_absolute_path(snapshot, tmp_path):
+    text = snapshot.read_text()
+    doc = json.loads(text)
+    (entry,) = doc["scenarios"]
+    assert not entry["definition"]["path"].startswith("/") and '"/' not in text
+    assert all("seconds" not in meta for meta in doc["frameworks"].values())
+    path = tmp_path / "builtin.json"
+    assert invoke("snapshot", "bare-call", "-f", "numpy", "-o", str(path)).exit_code == 0
+    (entry,) = json.loads(path.read_text())["scenarios"]
+    assert entry["definition"]["path"] == "builtin:bare-call"
+    r = invoke("check", str(path))
+    assert r.exit_code == 0 and "has changed" not in r.stderr
+    snap = load_snapshot(path)
+    snap.scenarios[0].inputs["x"] = snap.scenarios[0].inputs["x"] + 1.0  # as if edited since
+    assert any("builtin:bare-call has changed" in w for w in
+               compare_run(snap, snap.observations, {"numpy": {"available": True}}, {}).warnings)

@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from xbn.cli import cli  # noqa: E402
 from xbn.port import PortError, audit, audit_file, convert_file, translate  # noqa: E402
 from xbn.port.formats import read  # noqa: E402
-from xbn.port.frameworks import PORT_IDS, decay_from_native  # noqa: E402
 from xbn.profiles import PROFILES  # noqa: E402
+from xbn.registry import PORT_IDS, decay_from_native  # noqa: E402
 from xbn.testing import assert_bn_equivalent, compare_bn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -155,3 +155,24 @@ def test_backward_through_running_statistics(steps_before):
         e[idx] = h
         numeric[idx] = (loss(x + e) - loss(x - e)) / (2 * h)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["biased", "unbiased"])
+def test_running_variance_is_the_layers_own_update(rule):
+    from xbn.reference import running_variance
+
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(n, 3)) for n in (5, 2, 9)]
+    bn = ReferenceBatchNorm(layer(features=3, momentum=0.9, dtype="float64"),
+                            Semantics(variance_update=rule))
+    for x in xs:
+        bn.call(x, True)
+    got = running_variance([x.var(axis=0) for x in xs], [len(x) for x in xs], 0.9, rule)
+    np.testing.assert_array_equal(got, bn.moving_variance)
+    if rule == "unbiased":  # the Bessel factor's whole contribution, from a zero start
+        excess = (running_variance([x.var(axis=0) for x in xs], [5, 2, 9], 0.9, rule, 0.0)
+                  - running_variance([x.var(axis=0) for x in xs], [5, 2, 9], 0.9, "biased", 0.0))
+        expected = np.zeros(3)
+        for x in xs:
+            expected = 0.9 * expected + 0.1 * x.var(axis=0) / (len(x) - 1)
+        np.testing.assert_allclose(excess, expected, rtol=1e-12)

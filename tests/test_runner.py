@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xbn.adapters import FRAMEWORKS, FrameworkInfo
+from xbn.registry import FRAMEWORKS, FrameworkInfo
 from xbn.runner import run
 from xbn.scenario import load
 
@@ -46,3 +46,9 @@ def test_unavailable_framework_is_reported_not_run(write_scenario):
     assert result.frameworks["ghost"] == {"available": False, "version": None, "extra": "ghost",
                                           "missing": ["no-such-dist-xbn"]}
     assert {o["framework"] for o in result.observations} == {"numpy"}
+
+
+def test_timings_are_kept_apart_from_the_metadata(write_scenario):
+    result = run([load(write_scenario(MINIMAL))], ["numpy"])
+    assert set(result.seconds) == {"numpy"} and result.seconds["numpy"] >= 0
+    assert "seconds" not in result.frameworks["numpy"]

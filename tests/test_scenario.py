@@ -104,3 +104,25 @@ def test_json_has_the_same_structure(tmp_path):
                                 "inputs": {"a": [[1.0], [2.0]]},
                                 "steps": [{"op": "predict", "input": "a"}]}))
     assert load(path).steps[0].op == "predict"
+
+
+def test_paths_are_recorded_without_the_machine(write_scenario, tmp_path, monkeypatch):
+    """Reports and snapshots record builtin:NAME or a path relative to the working directory."""
+    from xbn.scenario import builtin_dir, recorded_path, resolve
+
+    s = load(builtin_dir() / "bare-call.toml")
+    assert s.path == "builtin:bare-call" and "path" in s.to_dict()
+    assert resolve(s.path) == builtin_dir() / "bare-call.toml"
+    assert load("builtin:bare-call").digest == s.digest
+    monkeypatch.chdir(tmp_path)
+    path = write_scenario(MINIMAL, "mine.toml")
+    assert load(path).path == "mine.toml" == load("mine.toml").path
+    assert recorded_path(tmp_path.parent / "elsewhere.toml") == "../elsewhere.toml"
+
+
+def test_scenario_and_snapshot_errors_share_one_shape():
+    from xbn.snapshot import SnapshotError
+    from xbn.strict import StrictError
+
+    assert issubclass(ScenarioError, StrictError) and issubclass(SnapshotError, StrictError)
+    assert str(ScenarioError("f.toml", "bad", "steps[0].op")) == "f.toml: steps[0].op: bad"

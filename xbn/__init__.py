@@ -5,7 +5,7 @@ The public API imports no framework: frameworks are imported only inside worker 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "compare", "load_scenario", "run"]
 
@@ -26,8 +26,20 @@ def run(scenarios, frameworks=None, **kwargs):
     return _run(loaded, frameworks, **kwargs)
 
 
-def compare(result, reference: str = "numpy", **kwargs):
-    """Diff table (pandas DataFrame) of a ``RunResult`` against a reference framework."""
-    from .compare import diff_table, observations_frame
+def compare(result, reference: str = "numpy", k: float | None = None, *, explain: bool = True):
+    """Diff table (pandas DataFrame) of a ``RunResult`` against a reference framework, with
+    verdicts and (``explain=True``, the numpy reference only) the explanation column.
 
-    return diff_table(observations_frame(result.observations), reference, **kwargs)
+    The machinery lives in ``xbn.comparison`` (tolerances, agreement) and ``xbn.explain``;
+    this is their public face, as ``pandas.testing`` is over ``pandas._testing``.
+    """
+    from .comparison import DEFAULT_K, diff_table, observations_frame
+
+    k = DEFAULT_K if k is None else k
+    obs = observations_frame(result.observations)
+    diffs = diff_table(obs, reference, k)
+    if not explain:
+        return diffs
+    from .explain import explain_diffs
+
+    return explain_diffs(diffs, obs, result.scenarios, reference, k)

@@ -17,8 +17,8 @@ from functools import cache, partial
 import pandas as pd
 
 from .adapters.base import run_scenario
-from .adapters.numpy_ref import NumpyAdapter
-from .compare import _less_precise, measure
+from .adapters.numpy.adapter import NumpyAdapter
+from .comparison import agreement
 from .profiles import PROFILES, differences, known_divergence
 from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from .scenario import Scenario
@@ -173,14 +173,8 @@ def _minimize(change: dict, mine: dict, observe, k: float) -> tuple[dict, dict]:
 
 
 def _match(mine, cand: dict | None, k: float) -> bool | None:
-    """None: not reproduced; False: reproduced within tolerance; True: bit for bit."""
-    if cand is None:
-        return None
-    if mine.status == "error":
-        return False if cand["status"] == "error" else None
-    if mine.status != "ok" or cand["status"] != "ok":
-        return None
-    m = measure(mine.value, cand["value"], _less_precise(mine.dtype, cand["dtype"]), k)
-    if not m["within"]:
-        return None
-    return m["max_abs"] == 0.0
+    """None: not reproduced; False: reproduced within tolerance; True: bit for bit
+    (``compare.agreement``). An error is reproduced by any error of the reference: it models
+    that a framework refuses, not which exception class the framework raises."""
+    a = agreement(mine, cand, k, same_exception=False)
+    return a.exact if a.agree else None

@@ -18,8 +18,8 @@ import warnings
 import numpy as np
 
 from .adapters.base import run_scenario
-from .adapters.numpy_ref import NumpyAdapter
-from .compare import DEFAULT_K, _less_precise, measure
+from .adapters.numpy.adapter import NumpyAdapter
+from .comparison import DEFAULT_K, agreement
 from .explain import candidates, relevant_switches
 from .profiles import PROFILES, semantics_of
 from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
@@ -79,10 +79,6 @@ def bases(framework: str, only: set[str] | None = None) -> list[Semantics]:
     return list(dict.fromkeys(found))
 
 
-def _exception_type(message: str | None) -> str:
-    return (message or "").split(":")[0].strip()
-
-
 class _OutOfTime(Exception):
     """The search's time budget is spent; the remaining changes stay unsearched."""
 
@@ -92,16 +88,9 @@ def _is_error_pair(old: dict, new: dict) -> bool:
 
 
 def reproduces(obs: dict | None, cand: dict | None) -> bool:
-    """Whether a reference observation matches an observed one (within 16 eps)."""
-    if obs is None or cand is None or obs["status"] != cand["status"]:
-        return False
-    if obs["status"] == "error":
-        return _exception_type(obs["message"]) == _exception_type(cand["message"])
-    if obs["status"] != "ok" or obs["value"] is None or cand["value"] is None:
-        return True
-    dtype = _less_precise(obs["dtype"], cand["dtype"])
-    with np.errstate(all="ignore"):
-        return measure(obs["value"], cand["value"], dtype, ROUNDING_K)["within"]
+    """Whether a reference observation matches an observed one (within 16 eps; an error by
+    an error of the same exception type): ``compare.agreement``."""
+    return agreement(obs, cand, ROUNDING_K).agree
 
 
 class Explainer:
@@ -166,15 +155,10 @@ class Explainer:
 
     @staticmethod
     def _rounding(old: dict, new: dict) -> str | None:
-        if old["status"] != "ok" or new["status"] != "ok" or old["value"] is None or \
-                new["value"] is None:
+        a = agreement(new, old, ROUNDING_K)
+        if not a.agree or not a.compared:
             return None
-        dtype = _less_precise(old["dtype"], new["dtype"])
-        with np.errstate(all="ignore"):
-            m = measure(new["value"], old["value"], dtype, ROUNDING_K)
-        if m["note"] or not m["within"]:
-            return None
-        return f"{dtype} rounding only (max {m['max_ulp']:g} ulp, within {ROUNDING_K:g} eps)"
+        return f"{a.dtype} rounding only (max {a.max_ulp:g} ulp, within {ROUNDING_K:g} eps)"
 
     def _switches(self, change, partial: bool = True) -> str | None:
         """Which switch setting reproduces the old value and which the new one (``partial``:

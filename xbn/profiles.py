@@ -1,5 +1,9 @@
 """Each framework's value for every semantic switch, with the source it was verified against.
 
+The tables here are named after the implementation they describe (``keras3``, ``flax_linen``);
+each framework's entry in ``xbn.registry`` names its tables (``Profile``), so the registry is
+the one place that ties a framework id to its facts and ``PROFILES`` is derived from it.
+
 Profiles are data: the reference run with a framework's profile must reproduce that
 framework on the conformance suite (tests/test_conformance.py), so a release that changes
 behaviour fails that test naming the switch. Sources are paths in the installed packages
@@ -21,6 +25,7 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from . import registry
 from .reference import Semantics
 
 
@@ -68,9 +73,10 @@ _flax_common = {
     "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
 }
 
-PROFILES: dict[str, dict[str, Fact]] = {
-    "numpy": {k: Fact(v, "xbn/reference.py Semantics defaults (Keras 3)")
-              for k, v in Semantics().switches().items()},
+# Behaviour, per implementation (several framework ids may share one).
+SEMANTICS: dict[str, dict[str, Fact]] = {
+    "reference": {k: Fact(v, "xbn/reference.py Semantics defaults (Keras 3)")
+                  for k, v in Semantics().switches().items()},
     "torch": {
         "variance_update": Fact("unbiased", f"{TORCH}:321-324 docstring; torch/_decomp/decompositions.py:2109-2115 (n = numel/C); ratio n/(n-1) measured for NC..NCDHW"),
         "frozen_means_inference": Fact(False, f"{TORCH}:187-203: only self.training selects batch statistics (pytorch/pytorch#86590)"),
@@ -85,10 +91,8 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
         "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
     },
-    "keras": dict(_keras3),
-    "keras-jax": dict(_keras3),
-    "keras-torch": dict(_keras3),
-    "tf-keras": {
+    "keras3": _keras3,
+    "tf_keras": {
         **_keras3,
         "variance_update": Fact("fused", f"{TFK}:243,948 _bessels_correction_test_only keeps the fused kernel's n/(n-1) variance; fused only for 4-D/5-D float16/bfloat16/float32 inputs ({TFK}:296,357-392)"),
         "frozen_means_inference": Fact(True, f"{TFK}:1316-1319 _get_training_value"),
@@ -97,9 +101,9 @@ PROFILES: dict[str, dict[str, Fact]] = {
         "default_momentum": Fact(0.99, f"{TFK}:1462"),
         "default_epsilon": Fact(1e-3, f"{TFK}:1463"),
     },
-    "flax": {**_flax_common,
-             "bare_call": Fact("error", "flax/linen/module.py:2952 merge_param: use_running_average must be passed")},
-    "flax-nnx": {**_flax_common,
+    "flax_linen": {**_flax_common,
+                   "bare_call": Fact("error", "flax/linen/module.py:2952 merge_param: use_running_average must be passed")},
+    "flax_nnx": {**_flax_common,
                  "variance_update": Fact("biased", f"{NNX}:99-125"),
                  "bare_call": Fact("module_attribute", f"{NNX}:293,364 use_running_average=False by default, changed only by .train()/.eval()"),
                  "default_epsilon": Fact(1e-5, f"{NNX}:296")},
@@ -141,24 +145,33 @@ def _numeric(variance: str, update: str, form: str, source: str) -> dict[str, Fa
             "inference_form": Fact(form, source)}
 
 
+# Float32 rounding, per implementation and backend.
 NUMERICS: dict[str, dict[str, Fact]] = {
     "torch": _numeric("two_pass", "fma", "folded_fma",
                       "experiment: 1000 updates of running_mean/var bit-exact with fma(m, batch, (1-m)*old); outputs 300/300 bit-exact; stored aten cpu/batch_norm_kernel.cpp"),
-    "keras": _numeric("two_pass", "weighted_sum", "folded",
-                      f"{KERAS3} call(); keras/src/backend/tensorflow/nn.py moments, batch_normalization -> tf.nn.batch_normalization"),
-    "keras-jax": _numeric("two_pass", "weighted_sum", "folded",
-                          f"{KERAS3} call(); keras/src/backend/jax/nn.py moments (jnp.var), batch_normalization (x*inv + (-mean*inv + offset))"),
-    "keras-torch": _numeric("fast", "weighted_sum", "centered",
-                            f"{KERAS3} call(); keras/src/backend/torch/nn.py moments (E[x^2]-E[x]^2, no clamp), batch_normalization ((x-mean)*inv + offset)"),
-    "tf-keras": _numeric("two_pass", "decrement", "folded",
+    "keras3-tensorflow": _numeric("two_pass", "weighted_sum", "folded",
+                                  f"{KERAS3} call(); keras/src/backend/tensorflow/nn.py moments, batch_normalization -> tf.nn.batch_normalization"),
+    "keras3-jax": _numeric("two_pass", "weighted_sum", "folded",
+                           f"{KERAS3} call(); keras/src/backend/jax/nn.py moments (jnp.var), batch_normalization (x*inv + (-mean*inv + offset))"),
+    "keras3-torch": _numeric("fast", "weighted_sum", "centered",
+                             f"{KERAS3} call(); keras/src/backend/torch/nn.py moments (E[x^2]-E[x]^2, no clamp), batch_normalization ((x-mean)*inv + offset)"),
+    "tf_keras": _numeric("two_pass", "decrement", "folded",
                          f"{TFK}:868-881 var -= (var - value)*(1-m) and tensorflow nn_impl.py batch_normalization (non-fused path; the fused 4-D/5-D kernel uses a weighted sum and (x-mean)*inv + beta)"),
-    "flax": _numeric("fast_clamped", "weighted_sum", "centered", f"{FLAX}:142 (use_fast_variance=True), :205-223"),
-    "flax-nnx": _numeric("fast_clamped", "weighted_sum", "centered", f"{NNX}:122, :170-180"),
+    "flax_linen": _numeric("fast_clamped", "weighted_sum", "centered", f"{FLAX}:142 (use_fast_variance=True), :205-223"),
+    "flax_nnx": _numeric("fast_clamped", "weighted_sum", "centered", f"{NNX}:122, :170-180"),
     "haiku": _numeric("fast", "weighted_sum", "centered", f"{HK}:170-181 (no clamp), :203-205"),
     "equinox": _numeric("two_pass", "weighted_sum", "centered", f"{EQX}:210-222 (clamped >= 0; divides by sqrt(v+eps))"),
 }
-for _fid, _facts in NUMERICS.items():
-    PROFILES[_fid].update(_facts)
+
+
+def _profile(p: registry.Profile) -> dict[str, Fact]:
+    return {**SEMANTICS[p.semantics], **(NUMERICS[p.numerics] if p.numerics else {})}
+
+
+# framework id -> switch -> Fact, for every registered framework (all have a profile).
+PROFILES: dict[str, dict[str, Fact]] = {fid: _profile(info.profile)
+                                        for fid, info in registry.FRAMEWORKS.items()
+                                        if info.profile is not None}
 
 
 def semantics_of(framework_id: str) -> Semantics:
@@ -180,6 +193,24 @@ def profile_matrix() -> dict[str, dict[str, object]]:
     """switch -> framework -> value, in the reference's switch order."""
     switches = list(Semantics().switches())
     return {sw: {fid: PROFILES[fid][sw].value for fid in PROFILES} for sw in switches}
+
+
+def profile_fact(framework_id: str, switch: str) -> Fact:
+    return PROFILES[framework_id][switch]
+
+
+def default_decay(framework_id: str) -> float | None:
+    """Default momentum in the Keras/Flax convention (weight of the old value)."""
+    return PROFILES[framework_id]["default_momentum"].value
+
+
+def default_epsilon(framework_id: str) -> float:
+    return PROFILES[framework_id]["default_epsilon"].value
+
+
+def default_native_momentum(framework_id: str) -> float | None:
+    """The default as the framework's own momentum keyword reads it (torch: 0.1)."""
+    return registry.native_momentum(framework_id, default_decay(framework_id))
 
 
 @cache

@@ -381,3 +381,31 @@ class ReferenceBatchNorm:
     def state(self) -> dict:
         return {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
                 "moving_variance": self.moving_variance}
+
+
+def running_variance(batch_variances, counts, momentum: float | str,
+                     variance_update: str = "biased", initial=1.0) -> np.ndarray:
+    """The running variance after one training step per batch, by ``ReferenceBatchNorm``'s own
+    update in float64 with a plain EMA: ``old * momentum + batch * (1 - momentum)`` (Keras
+    convention: ``momentum`` is the weight of the old value; "cumulative" averages).
+
+    ``batch_variances[i]``: step i's biased batch variance per channel (mean of squared
+    deviations); ``counts[i]``: how many values per channel it came from. ``variance_update``
+    is the switch of that name: "unbiased" feeds each batch variance x n/(n-1) into the
+    average (torch), "biased" feeds it as it is (Keras, flax). ``initial``: the running
+    variance before the first step (a scalar or one value per channel).
+    """
+    variances = [np.asarray(v, np.float64) for v in batch_variances]
+    counts = [int(n) for n in counts]
+    if len(variances) != len(counts):
+        raise ValueError(f"{len(variances)} batch variances but {len(counts)} counts")
+    start = np.asarray(initial, np.float64)
+    shape = variances[0].shape if variances else start.shape
+    layer = Layer(features=int(np.prod(shape)) if shape else 1, momentum=momentum,
+                  dtype="float64")
+    bn = ReferenceBatchNorm(layer, Semantics(variance_update=variance_update))
+    bn.moving_variance = bn.hidden_variance = np.broadcast_to(start, shape).astype(np.float64)
+    bn.moving_mean = bn.hidden_mean = np.zeros(shape)
+    for var, n in zip(variances, counts, strict=True):
+        bn._update(np.zeros(shape), var, n)
+    return bn.moving_variance

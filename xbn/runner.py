@@ -18,10 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import __version__
-from .adapters import FRAMEWORKS, availability, module_path
+from ._version import __version__
 from .adapters.base import primary_quantities
 from .dtypes import round_to
+from .registry import FRAMEWORKS, availability, module_path
 from .scenario import Scenario
 from .worker import DETERMINISM_ENV
 
@@ -40,9 +40,14 @@ class WorkerResult:
 
 @dataclass
 class RunResult:
+    """What a run produced. ``frameworks`` is each framework's metadata as reports record it;
+    ``seconds`` (each worker's wall time) is kept apart from it so that no written file
+    carries a timing, which would differ on every run."""
+
     observations: list[dict]
     frameworks: dict[str, dict]
     scenarios: list[Scenario]
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def meta(self) -> dict:
         return {"xbn_version": __version__, "frameworks": self.frameworks}
@@ -181,18 +186,19 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
                 progress(f"[{count[0]}/{total}] {fid}: {name}")
 
     observations: list[dict] = []
+    seconds: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=jobs or max(1, len(runnable))) as pool:
         futures = {fid: pool.submit(run_worker, fid, scenarios, timeout, on_scenario)
                    for fid in runnable}
         for fid, fut in futures.items():
             res = fut.result()
             observations.extend(res.observations)
-            meta[fid].update({"versions": res.versions, "notes": res.notes,
-                              "seconds": round(res.seconds, 2)})
+            meta[fid].update({"versions": res.versions, "notes": res.notes})
+            seconds[fid] = round(res.seconds, 2)
             if res.error:
                 meta[fid]["error"] = res.error
                 if progress:
                     progress(f"{fid}: {res.error}")
     for s in scenarios:
         observations.extend(expected_rows(s))
-    return RunResult(observations, meta, scenarios)
+    return RunResult(observations, meta, scenarios, seconds)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import DTYPES, round_to
+from .strict import TOML_NAMES, Fields, StrictError, read_text
 
 try:  # Python 3.11+
     import tomllib
@@ -33,6 +34,7 @@ OPS = ("call", "predict", "set", "fit", "grad", "set_weights")
 STATE_QUANTITIES = ("moving_mean", "moving_variance", "gamma", "beta")
 QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta")
 FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
+BUILTIN = "builtin:"  # how a built-in scenario's path is recorded: builtin:NAME
 
 
 def channels_last(layout: str) -> bool:
@@ -43,18 +45,17 @@ def channel_axis(layout: str) -> int:
     return LAYOUTS[layout] - 1 if channels_last(layout) else 1
 
 
-class ScenarioError(ValueError):
+class ScenarioError(StrictError):
     """A malformed scenario: one line naming file, step and key."""
 
-    def __init__(self, file: str, message: str, step: int | None = None, key: str | None = None):
-        self.file, self.step, self.key, self.message = file, step, key, message
-        where = []
-        if step is not None:
-            where.append(f"steps[{step}]")
-        if key:
-            where.append(key)
-        location = ".".join(where)
-        super().__init__(f"{file}: {location + ': ' if location else ''}{message}")
+
+class _Checker(Fields):
+    """``strict.Fields`` in a scenario file's words: TOML tables and keys."""
+
+    error = ScenarioError
+    names = TOML_NAMES
+    wanted = {**TOML_NAMES, bool: "true or false"}
+    missing = "required key is missing"
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Scenario:
     steps: list[Step]
     title: str = ""
     description: str = ""
-    path: str = "<memory>"
+    path: str = "<memory>"  # as recorded_path() writes it: builtin:NAME or relative
 
     def to_dict(self) -> dict:
         """JSON-able form (sent to workers, hashed into snapshots)."""
@@ -145,90 +146,6 @@ class Scenario:
 
 
 # ----------------------------------------------------------------------------------------
-# validation helpers
-
-
-class _Checker:
-    def __init__(self, file: str):
-        self.file = file
-
-    def fail(self, message: str, step: int | None = None, key: str | None = None):
-        raise ScenarioError(self.file, message, step, key)
-
-    def keys(self, table: Any, allowed: set[str], step=None, prefix="", required=()) -> dict:
-        if not isinstance(table, dict):
-            self.fail(f"expected a table, got {_kind(table)}", step, prefix.rstrip(".") or None)
-        for key in table:
-            if key not in allowed:
-                hint = _closest(key, allowed)
-                self.fail(f"unknown key{hint}", step, prefix + key)
-        for key in required:
-            if key not in table:
-                self.fail("required key is missing", step, prefix + key)
-        return table
-
-    def boolean(self, value, step, key) -> bool:
-        if not isinstance(value, bool):
-            self.fail(f"expected true or false, got {_kind(value)}", step, key)
-        return value
-
-    def integer(self, value, step, key, minimum=1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"expected an integer, got {_kind(value)}", step, key)
-        if value < minimum:
-            self.fail(f"must be >= {minimum}, got {value}", step, key)
-        return value
-
-    def number(self, value, step, key, positive=False, finite=True) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"expected a number, got {_kind(value)}", step, key)
-        value = float(value)
-        if finite and not math.isfinite(value):
-            self.fail(f"must be finite, got {value}", step, key)
-        if positive and not value > 0:
-            self.fail(f"must be > 0, got {value}", step, key)
-        return value
-
-    def string(self, value, step, key, choices=None) -> str:
-        if not isinstance(value, str):
-            self.fail(f"expected a string, got {_kind(value)}", step, key)
-        if choices is not None and value not in choices:
-            self.fail(f"must be one of {', '.join(choices)}; got {value!r}", step, key)
-        return value
-
-    def array(self, value, step, key, finite=True) -> np.ndarray:
-        """A literal number or (nested, rectangular) list of numbers."""
-        def walk(v, depth_key):
-            if isinstance(v, bool) or not isinstance(v, (int, float, list)):
-                self.fail(f"expected numbers, got {_kind(v)}", step, depth_key)
-            if isinstance(v, list):
-                if not v:
-                    self.fail("empty list", step, depth_key)
-                for item in v:
-                    walk(item, depth_key)
-        walk(value, key)
-        try:
-            arr = np.array(value, dtype=np.float64)
-        except ValueError:
-            self.fail("ragged list: every row must have the same length", step, key)
-        if finite and not np.all(np.isfinite(arr)):
-            self.fail("non-finite value (inf or nan) is not allowed here", step, key)
-        return arr
-
-
-def _kind(value) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _closest(key: str, allowed) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(key, sorted(allowed), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (allowed: {', '.join(sorted(allowed))})"
-
-
-# ----------------------------------------------------------------------------------------
 # the loader
 
 _LAYER_KEYS = {"features", "layout", "momentum", "epsilon", "center", "scale",
@@ -245,34 +162,34 @@ _OPTIMIZER_KEYS = {"name", "lr", "beta1", "beta2", "eps", "momentum"}
 
 
 def _parse_layer(c: _Checker, raw) -> Layer:
-    from .adapters import FRAMEWORK_IDS
+    from .registry import FRAMEWORK_IDS
 
-    t = c.keys(raw, _LAYER_KEYS, prefix="layer.", required=("features",))
-    layer = Layer(features=c.integer(t["features"], None, "layer.features"))
+    t = c.keys(raw, _LAYER_KEYS, "layer", required=("features",))
+    layer = Layer(features=c.integer(t["features"], "layer.features"))
     if "layout" in t:
-        layer.layout = c.string(t["layout"], None, "layer.layout", tuple(LAYOUTS))
+        layer.layout = c.string(t["layout"], "layer.layout", tuple(LAYOUTS))
     if "momentum" in t:
         m = t["momentum"]
         if isinstance(m, str):
-            layer.momentum = c.string(m, None, "layer.momentum", ("cumulative",))
+            layer.momentum = c.string(m, "layer.momentum", ("cumulative",))
         else:
-            m = c.number(m, None, "layer.momentum")
+            m = c.number(m, "layer.momentum")
             if not 0.0 <= m <= 1.0:
-                c.fail(f"must be in [0, 1] (Keras convention) or \"cumulative\", got {m}", None,
+                c.fail(f"must be in [0, 1] (Keras convention) or \"cumulative\", got {m}",
                        "layer.momentum")
             layer.momentum = m
     if "epsilon" in t:
-        layer.epsilon = c.number(t["epsilon"], None, "layer.epsilon", positive=True)
+        layer.epsilon = c.number(t["epsilon"], "layer.epsilon", positive=True)
     for key in ("center", "scale", "track_running_stats", "defaults"):
         if key in t:
-            setattr(layer, key, c.boolean(t[key], None, f"layer.{key}"))
+            setattr(layer, key, c.boolean(t[key], f"layer.{key}"))
     if "dtype" in t:
-        layer.dtype = c.string(t["dtype"], None, "layer.dtype", DTYPES)
+        layer.dtype = c.string(t["dtype"], "layer.dtype", DTYPES)
     if "native" in t:
-        native = c.keys(t["native"], set(FRAMEWORK_IDS), prefix="layer.native.")
+        native = c.keys(t["native"], set(FRAMEWORK_IDS), "layer.native")
         for fid, kwargs in native.items():
             c.keys(kwargs, set(kwargs) if isinstance(kwargs, dict) else set(),
-                   prefix=f"layer.native.{fid}.")
+                   f"layer.native.{fid}")
             layer.native[fid] = dict(kwargs)
     return layer
 
@@ -281,131 +198,130 @@ def _parse_input(c: _Checker, name: str, raw, layer: Layer) -> np.ndarray:
     key = f"inputs.{name}"
     if isinstance(raw, dict):
         kinds = [k for k in ("normal", "uniform", "constant") if k in raw]
-        c.keys(raw, {"normal", "uniform", "constant", "shape", "seed", "offset"}, prefix=key + ".",
+        c.keys(raw, {"normal", "uniform", "constant", "shape", "seed", "offset"}, key,
                required=("shape",))
         if len(kinds) != 1:
-            c.fail("give exactly one of normal, uniform, constant", None, key)
+            c.fail("give exactly one of normal, uniform, constant", key)
         shape = raw["shape"]
         if not (isinstance(shape, list) and shape and all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-            c.fail("expected a list of positive integers", None, key + ".shape")
-        seed = c.integer(raw.get("seed", 0), None, key + ".seed", minimum=0)
+            c.fail("expected a list of positive integers", key + ".shape")
+        seed = c.integer(raw.get("seed", 0), key + ".seed", minimum=0)
         rng = np.random.default_rng(seed)
         kind = kinds[0]
         if kind == "normal":
-            p = c.keys(raw["normal"], {"mean", "std"}, prefix=key + ".normal.")
-            mean = c.number(p.get("mean", 0.0), None, key + ".normal.mean")
-            std = c.number(p.get("std", 1.0), None, key + ".normal.std")
+            p = c.keys(raw["normal"], {"mean", "std"}, key + ".normal")
+            mean = c.number(p.get("mean", 0.0), key + ".normal.mean")
+            std = c.number(p.get("std", 1.0), key + ".normal.std")
             arr = rng.normal(mean, std, size=shape)
         elif kind == "uniform":
-            p = c.keys(raw["uniform"], {"low", "high"}, prefix=key + ".uniform.")
-            low = c.number(p.get("low", 0.0), None, key + ".uniform.low")
-            high = c.number(p.get("high", 1.0), None, key + ".uniform.high")
+            p = c.keys(raw["uniform"], {"low", "high"}, key + ".uniform")
+            low = c.number(p.get("low", 0.0), key + ".uniform.low")
+            high = c.number(p.get("high", 1.0), key + ".uniform.high")
             if not high > low:
-                c.fail("high must be greater than low", None, key + ".uniform")
+                c.fail("high must be greater than low", key + ".uniform")
             arr = rng.uniform(low, high, size=shape)
         else:
-            arr = np.full(shape, c.number(raw["constant"], None, key + ".constant"))
+            arr = np.full(shape, c.number(raw["constant"], key + ".constant"))
         if "offset" in raw:
-            arr = arr + c.number(raw["offset"], None, key + ".offset")
+            arr = arr + c.number(raw["offset"], key + ".offset")
     else:
-        arr = c.array(raw, None, key)
+        arr = c.array(raw, key)
     if arr.ndim != layer.rank:
         c.fail(f"layout {layer.layout} needs a rank-{layer.rank} array, got shape "
-               f"{list(arr.shape)}", None, key)
+               f"{list(arr.shape)}", key)
     if arr.shape[channel_axis(layer.layout)] != layer.features:
         c.fail(f"channel axis ({layer.layout}) has size {arr.shape[channel_axis(layer.layout)]}, "
-               f"but layer.features = {layer.features}", None, key)
+               f"but layer.features = {layer.features}", key)
     return round_to(arr, layer.dtype)
 
 
-def _input_ref(c, value, step, key, inputs, like: str | None = None) -> str:
-    name = c.string(value, step, key)
+def _input_ref(c: _Checker, value, key: str, inputs, like: str | None = None) -> str:
+    name = c.string(value, key)
     if name not in inputs:
-        c.fail(f"unknown input {name!r} (inputs: {', '.join(sorted(inputs)) or 'none'})", step, key)
+        c.fail(f"unknown input {name!r} (inputs: {', '.join(sorted(inputs)) or 'none'})", key)
     if like is not None and inputs[name].shape != inputs[like].shape:
         c.fail(f"shape {list(inputs[name].shape)} does not match input {like!r} "
-               f"{list(inputs[like].shape)}", step, key)
+               f"{list(inputs[like].shape)}", key)
     return name
 
 
 def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
-    if not isinstance(raw, dict):
-        c.fail(f"expected a table, got {_kind(raw)}", i)
+    c = c.within(f"steps[{i}]")  # every location below is inside this step
+    c.expect(raw, (dict,))
     if "op" not in raw:
-        c.fail("required key is missing", i, "op")
-    op = c.string(raw["op"], i, "op", OPS)
-    c.keys(raw, {"op", "expect"} | _STEP_KEYS[op], i)
+        c.fail(c.missing, "op")
+    op = c.string(raw["op"], "op", OPS)
+    c.keys(raw, {"op", "expect"} | _STEP_KEYS[op])
     step = Step(index=i, op=op)
     if op in ("call", "predict", "fit", "grad"):
         if "input" not in raw:
-            c.fail("required key is missing", i, "input")
-        step.input = _input_ref(c, raw["input"], i, "input", inputs)
+            c.fail(c.missing, "input")
+        step.input = _input_ref(c, raw["input"], "input", inputs)
     if "training" in raw:
-        step.training = c.boolean(raw["training"], i, "training")
+        step.training = c.boolean(raw["training"], "training")
     if "repeat" in raw:
-        step.repeat = c.integer(raw["repeat"], i, "repeat")
+        step.repeat = c.integer(raw["repeat"], "repeat")
     if op == "set":
         if "trainable" not in raw and "mode" not in raw:
-            c.fail("give trainable and/or mode", i)
+            c.fail("give trainable and/or mode")
         if "trainable" in raw:
-            step.trainable = c.boolean(raw["trainable"], i, "trainable")
+            step.trainable = c.boolean(raw["trainable"], "trainable")
         if "mode" in raw:
-            step.mode = c.string(raw["mode"], i, "mode", ("train", "eval"))
+            step.mode = c.string(raw["mode"], "mode", ("train", "eval"))
     if op == "fit":
         if "target" not in raw:
-            c.fail("required key is missing", i, "target")
-        step.target = _input_ref(c, raw["target"], i, "target", inputs, like=step.input)
-        step.loss = c.string(raw.get("loss", "mse"), i, "loss", ("mse",))
+            c.fail(c.missing, "target")
+        step.target = _input_ref(c, raw["target"], "target", inputs, like=step.input)
+        step.loss = c.string(raw.get("loss", "mse"), "loss", ("mse",))
         if "optimizer" not in raw:
-            c.fail("required key is missing (e.g. optimizer = { name = \"sgd\", lr = 0.1 })", i,
-                   "optimizer")
-        o = c.keys(raw["optimizer"], _OPTIMIZER_KEYS, i, "optimizer.", required=("name", "lr"))
-        opt = Optimizer(name=c.string(o["name"], i, "optimizer.name", ("sgd", "adam")),
-                        lr=c.number(o["lr"], i, "optimizer.lr", positive=True))
+            c.fail(f"{c.missing} (e.g. optimizer = {{ name = \"sgd\", lr = 0.1 }})", "optimizer")
+        o = c.keys(raw["optimizer"], _OPTIMIZER_KEYS, "optimizer", required=("name", "lr"))
+        opt = Optimizer(name=c.string(o["name"], "optimizer.name", ("sgd", "adam")),
+                        lr=c.number(o["lr"], "optimizer.lr", positive=True))
         for k in ("beta1", "beta2", "eps"):
             if k in o:
                 if opt.name != "adam":
-                    c.fail("only meaningful for adam", i, f"optimizer.{k}")
-                setattr(opt, k, c.number(o[k], i, f"optimizer.{k}", positive=True))
+                    c.fail("only meaningful for adam", f"optimizer.{k}")
+                setattr(opt, k, c.number(o[k], f"optimizer.{k}", positive=True))
         if "momentum" in o:
-            c.fail("SGD momentum is not supported yet (plain SGD only)", i, "optimizer.momentum")
+            c.fail("SGD momentum is not supported yet (plain SGD only)", "optimizer.momentum")
         step.optimizer = opt
-        step.epochs = c.integer(raw.get("epochs", 1), i, "epochs")
+        step.epochs = c.integer(raw.get("epochs", 1), "epochs")
         n = inputs[step.input].shape[0]
         if "batch_size" in raw:
-            step.batch_size = c.integer(raw["batch_size"], i, "batch_size")
+            step.batch_size = c.integer(raw["batch_size"], "batch_size")
             if step.batch_size > n:
-                c.fail(f"larger than the input's batch ({n})", i, "batch_size")
+                c.fail(f"larger than the input's batch ({n})", "batch_size")
     if op == "grad":
         if "weights" not in raw:
-            c.fail("required key is missing", i, "weights")
-        step.weights = _input_ref(c, raw["weights"], i, "weights", inputs, like=step.input)
+            c.fail(c.missing, "weights")
+        step.weights = _input_ref(c, raw["weights"], "weights", inputs, like=step.input)
     if op == "set_weights":
         if not any(k in raw for k in STATE_QUANTITIES):
-            c.fail("give at least one of gamma, beta, moving_mean, moving_variance", i)
+            c.fail("give at least one of gamma, beta, moving_mean, moving_variance")
         for k in STATE_QUANTITIES:
             if k in raw:
-                arr = c.array(raw[k], i, k)
+                arr = c.array(raw[k], k)
                 if arr.ndim == 0:
                     arr = np.full(layer.features, float(arr))
                 if arr.shape != (layer.features,):
-                    c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", i, k)
+                    c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", k)
                 if k == "moving_variance" and np.any(arr < 0):
-                    c.fail("a variance cannot be negative", i, k)
+                    c.fail("a variance cannot be negative", k)
                 step.values[k] = round_to(arr, layer.dtype).tolist()
     if "expect" in raw:
-        step.expect = _parse_expect(c, i, raw["expect"], layer, inputs, step)
+        step.expect = _parse_expect(c, raw["expect"], layer, inputs, step)
     return step
 
 
-def _parse_expect(c: _Checker, i: int, raw, layer: Layer, inputs, step: Step) -> dict:
-    t = c.keys(raw, {"source", *QUANTITIES}, i, "expect.", required=("source",))
-    out: dict[str, Any] = {"source": c.string(t["source"], i, "expect.source")}
+def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step) -> dict:
+    t = c.keys(raw, {"source", *QUANTITIES}, "expect", required=("source",))
+    out: dict[str, Any] = {"source": c.string(t["source"], "expect.source")}
     for q, v in t.items():
         if q == "source":
             continue
-        arr = c.array(v, i, f"expect.{q}", finite=False)
+        arr = c.array(v, f"expect.{q}", finite=False)
         if q in ("output", "grad_input") and step.input is not None:
             want = inputs[step.input].shape
         elif q == "loss":
@@ -415,7 +331,7 @@ def _parse_expect(c: _Checker, i: int, raw, layer: Layer, inputs, step: Step) ->
         if arr.ndim == 0 and want != ():
             arr = np.full(want, float(arr))
         if arr.shape != want:
-            c.fail(f"expected shape {list(want)}, got {list(arr.shape)}", i, f"expect.{q}")
+            c.fail(f"expected shape {list(want)}, got {list(arr.shape)}", f"expect.{q}")
         out[q] = arr.tolist()
     return out
 
@@ -425,34 +341,33 @@ def parse(data: dict, file: str = "<memory>") -> Scenario:
     c = _Checker(file)
     c.keys(data, {"schema", "name", "title", "description", "layer", "inputs", "steps"},
            required=("schema", "name", "layer", "steps"))
-    schema = c.integer(data["schema"], None, "schema")
+    schema = c.integer(data["schema"], "schema")
     if schema != SCHEMA:
-        c.fail(f"unsupported schema {schema}; this xbn reads schema {SCHEMA}", None, "schema")
-    name = c.string(data["name"], None, "name")
+        c.fail(f"unsupported schema {schema}; this xbn reads schema {SCHEMA}", "schema")
+    name = c.string(data["name"], "name")
     if not FRAMEWORK_NAME.match(name):
-        c.fail(f"must match [a-z0-9-]+, got {name!r}", None, "name")
-    title = c.string(data.get("title", ""), None, "title")
-    description = c.string(data.get("description", ""), None, "description")
+        c.fail(f"must match [a-z0-9-]+, got {name!r}", "name")
+    title = c.string(data.get("title", ""), "title")
+    description = c.string(data.get("description", ""), "description")
     layer = _parse_layer(c, data["layer"])
-    raw_inputs = c.keys(data.get("inputs", {}), set(data.get("inputs", {}) or {}), prefix="inputs.")
+    raw_inputs = c.keys(data.get("inputs", {}), set(data.get("inputs", {}) or {}), "inputs")
     inputs = {k: _parse_input(c, k, v, layer) for k, v in raw_inputs.items()}
     steps_raw = data["steps"]
     if not isinstance(steps_raw, list) or not steps_raw:
-        c.fail("expected a non-empty list of [[steps]]", None, "steps")
+        c.fail("expected a non-empty list of [[steps]]", "steps")
     steps = [_parse_step(c, i, s, layer, inputs) for i, s in enumerate(steps_raw)]
     return Scenario(name, layer, inputs, steps, title, description, file)
 
 
 def load(path: str | Path) -> Scenario:
-    """Load and validate one scenario file (.toml or .json)."""
+    """Load and validate one scenario file (.toml or .json, or ``builtin:NAME``).
+
+    Errors name the file as given; the scenario records it as ``recorded_path`` does."""
+    if str(path).startswith(BUILTIN):
+        path = resolve(str(path))
     path = Path(path)
     file = str(path)
-    if not path.is_file():
-        raise ScenarioError(file, "no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(file, f"cannot read: {exc}") from None
+    text = read_text(path, ScenarioError)
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -462,7 +377,9 @@ def load(path: str | Path) -> Scenario:
             raise ScenarioError(file, "expected a .toml or .json file")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ScenarioError(file, f"not valid {path.suffix[1:].upper()}: {exc}") from None
-    return parse(data, file)
+    scenario = parse(data, file)
+    scenario.path = recorded_path(path)
+    return scenario
 
 
 def builtin_dir() -> Path:
@@ -473,8 +390,23 @@ def builtin_paths() -> list[Path]:
     return sorted(builtin_dir().glob("*.toml"))
 
 
+def recorded_path(path: str | Path) -> str:
+    """How reports and snapshots record a scenario file: ``builtin:NAME`` for a built-in
+    scenario, else the path relative to the working directory (``..`` where needed), so that
+    what xbn writes is the same in every clone and on every machine."""
+    p = Path(path)
+    if p.suffix == ".toml" and p.resolve().parent == builtin_dir().resolve():
+        return BUILTIN + p.stem
+    try:
+        return Path(os.path.relpath(p)).as_posix()
+    except ValueError:  # on another drive (Windows): nothing relative to say
+        return p.as_posix()
+
+
 def resolve(name_or_path: str) -> Path:
-    """A path, or the name of a built-in scenario."""
+    """A path, the name of a built-in scenario, or ``builtin:NAME`` (as reports record it)."""
+    if name_or_path.startswith(BUILTIN):
+        return builtin_dir() / f"{name_or_path[len(BUILTIN):]}.toml"
     p = Path(name_or_path)
     if p.exists() or p.suffix in (".toml", ".json"):
         return p

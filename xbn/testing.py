@@ -16,7 +16,7 @@ back before comparing.
 
 Modes:
 
-- ``eval``: inference outputs for every input must agree within ``xbn.compare.measure``'s
+- ``eval``: inference outputs for every input must agree within ``xbn.comparison.measure``'s
   tolerance: ``k * eps(float32) * max|reference|``. ``k`` defaults to 16 for two single BN
   layers and to 64 for whole models (a few convolutions and a dense layer reorder float32
   sums differently per framework; 64 eps is still ~8e-6 relative to the output's scale).
@@ -97,7 +97,7 @@ def compare_bn(a, b, inputs, *, modes: Sequence[str] = ("eval", "train"), steps:
                transpose_b: Sequence[int] | None = None, k: float | None = None,
                dtype: str = "float32") -> EquivalenceReport:
     """Run both models and return the diff table (no assertion)."""
-    from .port.runners import runner_for
+    from .port.live import runner_for
 
     arrays = [np.asarray(x, dtype=dtype) for x in (inputs if isinstance(inputs, list | tuple)
                                                    else [inputs])]
@@ -156,15 +156,15 @@ def _from_b(y, back, ndim):
 
 
 def _dtype_name(*arrays) -> str:
-    from .compare import _less_precise
+    from .comparison import less_precise
 
     names = [str(np.asarray(x).dtype) for x in arrays]
-    return _less_precise(*(n if n in ("float16", "float32", "float64") else "float32"
-                           for n in names))
+    return less_precise(*(n if n in ("float16", "float32", "float64") else "float32"
+                          for n in names))
 
 
 def _row(mode, step, quantity, layer, ya, yb, k, explanation=None) -> dict:
-    from .compare import measure
+    from .comparison import measure
 
     row = {"mode": mode, "step": step, "quantity": quantity, "layer": layer, "max_abs": None,
            "tolerance": None, "verdict": "differs", "explanation": None}
@@ -229,8 +229,9 @@ def _stat_rows(report: EquivalenceReport, ra, rb, k: float, mismatch: dict, batc
 
 def _unbiased(ra, rb, idx, va, vb, k):
     """('expected', why) when the var difference is exactly torch's n/(n-1) update."""
-    from .compare import measure
-    from .port.frameworks import profile_fact
+    from .comparison import measure
+    from .profiles import profile_fact
+    from .reference import running_variance
 
     pairs = [(ra, rb, va, vb), (rb, ra, vb, va)]
     for torch_side, other, v_torch, v_other in pairs:
@@ -241,14 +242,14 @@ def _unbiased(ra, rb, idx, va, vb, k):
         info = torch_side.infos()[idx]
         if info.cumulative or info.momentum is None:
             return None
-        f = float(info.momentum)
-        d = np.zeros_like(np.asarray(v_torch, dtype=np.float64))
-        ns = set()
-        for step in torch_side.batch_stats:
-            var, n = step[idx]
-            ns.add(n)
-            d = (1 - f) * d + f * var * (1.0 / (n - 1))
-        predicted = np.asarray(v_torch, dtype=np.float64) - d
+        variances, counts = zip(*(step[idx] for step in torch_side.batch_stats), strict=True)
+        keep = 1.0 - float(info.momentum)  # torch's momentum is the batch's weight
+        # what the n/(n-1) factor added to torch's running_var (the EMA is linear, so the
+        # running variance it started from cancels out)
+        excess = (running_variance(variances, counts, keep, "unbiased", initial=0.0)
+                  - running_variance(variances, counts, keep, "biased", initial=0.0))
+        ns = set(counts)
+        predicted = np.asarray(v_torch, dtype=np.float64) - excess
         m = measure(v_other, predicted, "float32", k)
         if m["within"]:
             nn = ", ".join(str(n) for n in sorted(ns))
@@ -261,8 +262,8 @@ def _unbiased(ra, rb, idx, va, vb, k):
 def _unbiased_bound(ra, rb, va, vb, k, batch: int):
     """Without hooks (TorchScript): the torch side may exceed the biased side by at most
     1/(n-1) <= 1/(batch-1) relative (every step adds f*s^2/(n-1) to an EMA of f*s^2)."""
-    from .compare import measure
-    from .port.frameworks import profile_fact
+    from .comparison import measure
+    from .profiles import profile_fact
 
     for torch_side, other, v_torch, v_other in ((ra, rb, va, vb), (rb, ra, vb, va)):
         if torch_side.framework != "torch" or torch_side.batch_stats or batch < 2:

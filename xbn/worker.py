@@ -41,8 +41,8 @@ def main() -> int:
     framework = request["framework"]
     random.seed(0)
 
-    from .adapters import load_adapter
     from .adapters.base import run_scenario
+    from .registry import load_adapter
     from .scenario import Scenario
 
     adapter = load_adapter(framework, request.get("module"))

@@ -13,8 +13,8 @@ import optax
 import pytest
 from flax import nnx
 
-from xbn.adapters import load_adapter
 from xbn.adapters.base import NotApplicable, run_scenario
+from xbn.registry import load_adapter
 from xbn.scenario import Layer, Optimizer, Step, load
 
 RNG = np.random.default_rng(0)

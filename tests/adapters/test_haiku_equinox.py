@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from xbn.adapters import load_adapter
 from xbn.adapters.base import NotApplicable, run_scenario, to_channels_first
+from xbn.registry import load_adapter
 from xbn.scenario import Layer, Optimizer, Scenario, Step
 
 RNG = np.random.default_rng(0)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("framework_id", ["keras", "keras-jax", "keras-torch"])
 def test_keras_backend(framework_id: str) -> None:
-    from xbn.adapters import FRAMEWORKS
+    from xbn.registry import FRAMEWORKS
     from xbn.worker import DETERMINISM_ENV
 
     env = {**os.environ, **DETERMINISM_ENV, **FRAMEWORKS[framework_id].env,
@@ -73,8 +73,8 @@ def _same_state(adapter, bn) -> None:
 def _child(framework_id: str) -> None:
     import keras
 
-    from xbn.adapters import load_adapter
     from xbn.adapters.base import NotApplicable, run_scenario
+    from xbn.registry import load_adapter
     from xbn.scenario import Optimizer, Step
 
     adapter = load_adapter(framework_id)

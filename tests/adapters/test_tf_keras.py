@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from xbn.adapters import load_adapter
 from xbn.adapters.base import NotApplicable, run_scenario
 from xbn.dtypes import round_to
+from xbn.registry import load_adapter
 from xbn.scenario import Layer, Optimizer, Step, channel_axis, parse
 
 RNG = np.random.default_rng(0)

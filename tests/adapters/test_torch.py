@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xbn.adapters import load_adapter
 from xbn.adapters.base import NotApplicable, run_scenario
 from xbn.dtypes import round_to
+from xbn.registry import load_adapter
 from xbn.scenario import Layer, Optimizer, Step, parse
 
 RNG = np.random.default_rng(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from xbn.adapters.numpy_ref import NumpyAdapter
+from xbn.adapters.numpy.adapter import NumpyAdapter
 
 
 class Crashing(NumpyAdapter):

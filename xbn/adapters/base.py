@@ -14,11 +14,27 @@ from dataclasses import asdict
 
 import numpy as np
 
+from ..registry import capabilities
 from ..scenario import STATE_QUANTITIES, Layer, Scenario, Step, channel_axis
 
 
 class NotApplicable(Exception):
     """The framework cannot express this layer or step; the message says why."""
+
+
+# What a layer asks of its framework, per field of xbn.registry.Capabilities.
+NEEDS = {
+    "cumulative_momentum": lambda layer: layer.cumulative,
+    "track_running_stats": lambda layer: not layer.track_running_stats,
+    "split_affine": lambda layer: layer.center != layer.scale,
+}
+
+
+def require(framework_id: str, layer: Layer, capability: str, why: str) -> None:
+    """NotApplicable(why) when ``layer`` needs a capability that the registry says
+    ``framework_id`` lacks. The registry decides; the adapter only words the reason."""
+    if NEEDS[capability](layer) and not getattr(capabilities(framework_id), capability):
+        raise NotApplicable(why)
 
 
 # An adapter returns either a numpy array (its dtype is reported) or (float64 array, dtype name),
@@ -52,6 +68,10 @@ class Adapter(ABC):
     @abstractmethod
     def predict(self, x: Array):
         """The framework's inference entry point."""
+
+    def require(self, layer: Layer, capability: str, why: str) -> None:
+        """See :func:`require`: raise NotApplicable(why) if the framework lacks ``capability``."""
+        require(self.framework_id, layer, capability, why)
 
     def set_trainable(self, trainable: bool) -> None:
         raise NotApplicable(f"{self.framework_id} has no trainable flag")

@@ -20,7 +20,8 @@ __all__ = ["PortError", "audit", "audit_file", "convert_file", "translate"]
 
 
 def translate(source: str, target: str, **source_args):
-    """Translate a BN configuration given in ``source``'s convention (see ``translate.py``)."""
+    """Translate a BN configuration given in ``source``'s convention (see ``settings.py``,
+    ``translation.py``)."""
     from .translation import translate as _translate
 
     return _translate(source, target, **source_args)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import profiles, registry
 from . import formats as fm
-from . import frameworks as fw
 from . import notes as texts
 from .errors import PortError
 from .info import LayerInfo
-
-FAMILY_FRAMEWORK = {"torch": "torch", "keras": "keras", "flax": "flax"}
+from .settings import convention
 
 
 @dataclass
@@ -83,42 +82,17 @@ def audit_file(path: str | Path, target: str | None = None) -> Audit:
     """Audit a ``.keras`` archive, Keras weights, a torch state_dict or Flax variables."""
     path = Path(path)
     bundle = fm.read(path)
-    family = fm.FORMATS[bundle.format].family
-    framework = bundle.framework or FAMILY_FRAMEWORK[family]
+    fmt = fm.FORMATS[bundle.format]
+    state_io = fm.module(fmt)
+    framework = bundle.framework or registry.FAMILIES[fmt.family].file_framework
     layers = []
     for layer in bundle.layers:
-        if family == "keras" and layer.config is not None:
-            from .live import config_info
-
-            info = config_info(layer.name, framework, layer.config.get("class_name", "BatchNormalization"),
-                               layer.config, trainable=layer.config.get("trainable"),
-                               features=layer.features)
-        else:
-            info = LayerInfo(layer.name, framework, _kind(family), features=layer.features,
-                             center="beta" in layer.values, scale="gamma" in layer.values,
-                             track_running_stats=True)
-            if family == "torch":
-                info.center = info.scale = "gamma" in layer.values and "beta" in layer.values
-                info.axis = 1
-            if layer.num_batches_tracked is not None:
-                info.extras["num_batches_tracked"] = layer.num_batches_tracked
+        info = state_io.layer_info(layer, framework)
         if layer.extra:
             info.extras["not portable"] = sorted(layer.extra)
         layers.append(info)
-    notes = list(bundle.notes)
-    if family == "torch":
-        notes.append("a state_dict stores no momentum or epsilon: they are in the module code "
-                     f"(torch defaults momentum={fw.default_native_momentum('torch')!r}, "
-                     f"eps={fw.default_epsilon('torch')!r}); BN layers built with "
-                     "track_running_stats=False store only weight/bias and are not listed")
-    if family == "flax":
-        notes.append("Flax variables store no momentum or epsilon (flax defaults momentum="
-                     f"{fw.default_decay('flax')!r}, epsilon={fw.default_epsilon('flax')!r})")
+    notes = list(bundle.notes) + state_io.file_notes(framework)
     return finish(Audit(str(path), framework, target, layers, notes))
-
-
-def _kind(family: str) -> str:
-    return {"torch": "BatchNorm", "keras": "BatchNormalization", "flax": "BatchNorm"}[family]
 
 
 def audit(obj, target: str | None = None, inputs=None) -> Audit:
@@ -134,7 +108,7 @@ def audit(obj, target: str | None = None, inputs=None) -> Audit:
 
 def finish(a: Audit) -> Audit:
     if a.target is not None:
-        fw.convention(a.target)
+        convention(a.target)
     for layer in a.layers:
         _generic_flags(layer)
         if a.target is not None:
@@ -160,21 +134,14 @@ def _generic_flags(x: LayerInfo) -> None:
         native = x.momentum
         x.flag("warn", "momentum", f"momentum={native!r} keeps only {x.decay!r} of the old value "
                f"per step; if it came from a framework with the other convention the intended "
-               f"value is {fw.clean(1 - native)!r} (pytorch/examples#289)")
-    if x.framework in ("keras", "tf-keras") and x.trainable is False:
-        x.flag("info", "frozen", "trainable=False: frozen parameters AND inference mode (moving "
-               "statistics, no update) even in fit()")
-    if x.framework == "torch" and x.trainable is False:
-        if x.training:
-            x.flag("warn", "frozen", "parameters frozen (requires_grad=False) but the module is "
-                   "in training mode: its running statistics still update "
-                   "(pytorch/pytorch#86590); call .eval() on it")
-        else:
-            x.flag("info", "frozen", "frozen by .eval() + requires_grad=False: a later "
-                   "model.train() puts it back in training mode")
+               f"value is {registry.clean(1 - native)!r} (pytorch/examples#289)")
+    frozen = texts.FROZEN_LAYER.get(x.framework)
+    if frozen is not None and x.trainable is False:
+        x.flag(*(frozen["training"] if x.training else frozen["otherwise"]))
     if x.center is False or x.scale is False:
-        what = "affine=False" if x.framework == "torch" else \
-            f"center={_cell(x.center)}, scale={_cell(x.scale)}"
+        what = (f"{convention(x.framework).affine_kw}=False"
+                if not registry.capabilities(x.framework).split_affine
+                else f"center={_cell(x.center)}, scale={_cell(x.scale)}")
         x.flag("info", "affine", f"{what}: converters often assume both parameters exist "
                "(NVIDIA-AI-IOT/torch2trt#625)")
     for key, value in x.extras.items():
@@ -189,37 +156,40 @@ def _generic_flags(x: LayerInfo) -> None:
 
 
 def _target_flags(x: LayerInfo, target: str) -> None:
-    from .translation import Settings, render
+    from .settings import Settings
+    from .translation import render
 
-    conv = fw.convention(target)
+    conv = convention(target)
     if x.framework == target:
         return
+    default_eps = profiles.default_epsilon(target)
     if x.epsilon is None:
-        src_eps = fw.default_epsilon(x.framework) if x.framework in fw.CONVENTIONS else None
+        src_eps = (profiles.default_epsilon(x.framework) if x.framework in registry.CONVENTIONS
+                   else None)
         x.flag("warn", "epsilon", f"epsilon not stored here ({x.framework} default "
-               f"{src_eps!r}); {conv.label} defaults to {fw.default_epsilon(target)!r}: pass "
+               f"{src_eps!r}); {conv.label} defaults to {default_eps!r}: pass "
                "the real value explicitly")
-    elif x.epsilon != fw.default_epsilon(target):
+    elif x.epsilon != default_eps:
         x.flag("warn", "epsilon", f"epsilon={x.epsilon!r} differs from {conv.label}'s default "
-               f"{fw.default_epsilon(target)!r}: pass {conv.epsilon_kw}={x.epsilon!r}")
-    decay = x.decay if x.momentum is not None else fw.default_decay(x.framework)
+               f"{default_eps!r}: pass {conv.epsilon_kw}={x.epsilon!r}")
+    decay = x.decay if x.momentum is not None else profiles.default_decay(x.framework)
     if not x.cumulative and decay is not None:
-        value = fw.native_momentum(target, decay)
+        value = registry.native_momentum(target, decay)
         known = "" if x.momentum is not None else f" (not stored; {x.framework} default assumed)"
-        if fw.convention(x.framework).new_batch_weight != conv.new_batch_weight:
+        if convention(x.framework).new_batch_weight != conv.new_batch_weight:
             x.flag("warn", "momentum", f"momentum{known}: {x.framework} "
-                   f"{fw.native_momentum(x.framework, decay)!r} becomes {conv.label} "
+                   f"{registry.native_momentum(x.framework, decay)!r} becomes {conv.label} "
                    f"{conv.momentum_kw}={value!r} (1 - m: the conventions point opposite ways)")
-        elif value != fw.default_native_momentum(target):
+        elif value != profiles.default_native_momentum(target):
             x.flag("info", "momentum", f"momentum{known}: {conv.momentum_kw}={value!r} (same "
                    f"convention; {conv.label}'s default differs)")
-    if x.framework in ("keras", "tf-keras") and x.trainable is False:
+    if x.trainable is False and profiles.profile_fact(x.framework, "frozen_means_inference").value:
         x.flag("warn", "frozen", texts.FREEZE[target])
     settings = Settings(decay, x.cumulative, x.epsilon if x.epsilon is not None
-                        else fw.default_epsilon(x.framework),
+                        else profiles.default_epsilon(x.framework),
                         x.center is not False, x.scale is not False,
                         x.track_running_stats is not False,
-                        x.axis if x.axis is not None else fw.convention(x.framework).axis_default,
+                        x.axis if x.axis is not None else convention(x.framework).axis_default,
                         x.features, x.rank)
     try:
         t = render(settings, x.framework, target)
@@ -234,8 +204,8 @@ def _target_flags(x: LayerInfo, target: str) -> None:
 
 def _pair_notes(source: str, target: str, layers: list[LayerInfo]) -> list[str]:
     notes = []
-    a = fw.profile_fact(source, "variance_update").value
-    b = fw.profile_fact(target, "variance_update").value
+    a = profiles.profile_fact(source, "variance_update").value
+    b = profiles.profile_fact(target, "variance_update").value
     if a != b:
         notes.append(texts.drift_text(source, target, a, b))
     notes.append(texts.MODE[target])

@@ -116,8 +116,8 @@ def convert_file(src: str | Path, dst: str | Path, *, from_format: str | None = 
             if new_name:
                 layer.name = new_name
         result.notes += target.notes
-        if (fm.FORMATS[source.format].family == dst_fmt.family and dst_fmt.family != "keras"
-                and source.others):
+        if (fm.FORMATS[source.format].family == dst_fmt.family and source.others
+                and target.store.holds_other_tensors):
             _pass_through(source, target)
             result.passed_through = len(source.others)
         else:
@@ -182,7 +182,7 @@ def _pass_through(source: Bundle, target: Bundle) -> None:
             target.store.entries[key] = source.store.entries[key]
         return
     for location in source.others:
-        loc = tuple(location.split("/")) if source.format.startswith("flax") else location
+        loc = source.store.locate(location)
         value = source.store.get(loc)
         if value is not None:
             target.store.set(loc, value)
@@ -234,14 +234,12 @@ def _assign_nbt(s, t, target, result, keep_nbt, nbt) -> None:
             result.note(s.name, f"num_batches_tracked={s.num_batches_tracked} dropped (no counter "
                         "in the target; torch uses it only for momentum=None)")
         return
-    from .io_torch import set_nbt
-
     if nbt is not None:
         value, why = nbt, "from --num-batches-tracked"
     elif keep_nbt and s.num_batches_tracked is not None:
         value, why = s.num_batches_tracked, "kept from the source"
     else:
         value, why = 0, "the source has no counter; 0 is harmless unless momentum=None"
-    set_nbt(target.store, t.nbt_slot, value)
+    target.store.set_nbt(t.nbt_slot, value)  # only a store with counters has nbt slots
     if why != "kept from the source":
         result.note(t.name, f"num_batches_tracked={value} ({why})")

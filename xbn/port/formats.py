@@ -1,45 +1,22 @@
-"""Weights-file formats: names, the extensions they are inferred from, and their reader/writer.
+"""Weights-file formats: inferring one from a file name, and reading a file through its family.
 
-A format belongs to a *family* (torch, keras, flax): a template for a conversion must be of
-the target's family, because its layer layout is what the output will have.
+The formats themselves are declared by their family in ``xbn.registry`` (``Family.formats``).
+A format belongs to a *family* (torch, keras, flax) whose ``xbn/adapters/<family>/state_io.py``
+reads and writes it: ``read(path, fmt) -> Bundle``, ``fresh(layers, fmt, notes) -> Bundle``,
+``layer_info(layer, framework) -> LayerInfo`` and ``file_notes() -> list[str]``. A template for
+a conversion must be of the target's family, because its layer layout is what the output
+will have.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from .. import registry
+from ..registry import FORMATS, Format
 from .errors import PortError
 
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    family: str
-    module: str  # xbn.port.<module> with read(path, fmt) and fresh(layers, fmt, notes)
-    suffixes: tuple[str, ...]
-    description: str
-
-
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in [
-        Format("torch", "torch", "io_torch", (".pt", ".pth", ".bin"),
-               "PyTorch state_dict, torch.load(weights_only=True)"),
-        Format("safetensors", "torch", "io_torch", (".safetensors",),
-               "PyTorch state_dict as safetensors"),
-        Format("keras-weights", "keras", "io_keras", (".weights.h5", ".h5", ".hdf5"),
-               "Keras 3 .weights.h5 (or legacy tf-keras HDF5)"),
-        Format("keras", "keras", "io_keras", (".keras",),
-               "Keras 3 .keras archive (config.json + model.weights.h5)"),
-        Format("flax-msgpack", "flax", "io_flax", (".msgpack",),
-               "Flax variables, flax.serialization msgpack"),
-        Format("flax-npz", "flax", "io_flax", (".npz",), "Flax variables, '/'-joined keys"),
-    ]
-}
-
-FAMILY_OF_FRAMEWORK = {"torch": "torch", "keras": "keras", "tf-keras": "keras", "flax": "flax",
-                       "flax-nnx": "flax"}
+__all__ = ["FORMATS", "Format", "infer", "module", "read"]
 
 
 def infer(path: str | Path, given: str | None = None) -> Format:
@@ -58,9 +35,8 @@ def infer(path: str | Path, given: str | None = None) -> Format:
 
 
 def module(fmt: Format):
-    import importlib
-
-    return importlib.import_module(f"xbn.port.{fmt.module}")
+    """The family's ``state_io`` module, imported on first use."""
+    return registry.family_module(fmt.family, "state_io")
 
 
 def read(path: str | Path, given: str | None = None):

@@ -7,8 +7,12 @@ reports as such instead of guessing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from . import frameworks as fw
+from .. import registry
+
+if TYPE_CHECKING:
+    from .state import BNLayer
 
 
 @dataclass
@@ -41,9 +45,9 @@ class LayerInfo:
     @property
     def decay(self) -> float | None:
         """Momentum as the weight of the old value (Keras/Flax), or None when unknown."""
-        if self.momentum is None or self.framework not in fw.CONVENTIONS:
+        if self.momentum is None or self.framework not in registry.CONVENTIONS:
             return None
-        return fw.decay_from_native(self.framework, self.momentum)
+        return registry.decay_from_native(self.framework, self.momentum)
 
     def flag(self, level: str, topic: str, text: str) -> None:
         self.flags.append(Flag(level, topic, text))
@@ -53,3 +57,13 @@ class LayerInfo:
         d["axis"] = list(self.axis) if isinstance(self.axis, tuple) else self.axis
         d["decay"] = self.decay
         return d
+
+
+def file_layer_info(layer: BNLayer, framework: str, kind: str) -> LayerInfo:
+    """What a weights file says of a BN layer: its tensors, not its hyperparameters."""
+    info = LayerInfo(layer.name, framework, kind, features=layer.features,
+                     center="beta" in layer.values, scale="gamma" in layer.values,
+                     track_running_stats=True)
+    if layer.num_batches_tracked is not None:
+        info.extras["num_batches_tracked"] = layer.num_batches_tracked
+    return info

@@ -1,5 +1,8 @@
 """Models for ``xbn verify`` from files: what can be run without the user's model code.
 
+Which file suffixes run, and how, is the families' (``model_files`` in ``xbn.registry``,
+``load_model`` in ``xbn/adapters/<family>/live.py``):
+
 - ``.keras``: ``keras.models.load_model(path, safe_mode=True, compile=False)``. This builds
   the model from its config (standard layers; ``safe_mode`` refuses lambda layers), which is
   why ``xbn audit`` never does it and ``xbn verify`` does.
@@ -17,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from .. import registry
 from .errors import PortError
 
 
@@ -27,44 +31,11 @@ def load_model(spec: str):
     if not path.is_file():
         raise PortError(f"{spec}: no such file (or use py:module:attribute)")
     name = path.name.lower()
-    if name.endswith(".keras"):
-        return _keras(path)
-    if name.endswith((".pt", ".pth")):
-        return _torchscript(path)
-    raise PortError(f"{spec}: xbn verify runs .keras files, TorchScript .pt/.pth files and "
-                    "py:module:attribute objects")
-
-
-def _keras(path: Path):
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import zipfile
-
-    try:
-        import keras
-    except ImportError:
-        raise PortError("running a .keras file needs keras: pip install 'xbn[tensorflow]'") from None
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except zipfile.BadZipFile as exc:
-        raise PortError(f"{path}: not a valid .keras archive ({exc})") from None
-    except Exception as exc:  # Keras raises ValueError/TypeError for configs it cannot build
-        raise PortError(f"{path}: Keras could not load it ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
-
-
-def _torchscript(path: Path):
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13 but works
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # RuntimeError for a state_dict or a corrupted archive
-        raise PortError(f"{path}: not a TorchScript archive ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0][:160]}); a state_dict has no "
-                        "architecture: save torch.jit.script(model) or use py:module:attr") from None
+    for fam in registry.live_families():
+        if fam.model_files and name.endswith(fam.model_files):
+            return registry.family_module(fam.id, "live").load_model(path)
+    runs = ", ".join(sorted(f.model_files_label for f in registry.live_families() if f.model_files))
+    raise PortError(f"{spec}: xbn verify runs {runs} and py:module:attribute objects")
 
 
 def _from_python(target: str):

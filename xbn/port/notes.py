@@ -2,7 +2,9 @@
 
 Kept apart from the translation logic so the wording can be reviewed in one place. Each
 text states the behaviour and the source that shows it (paths in the installed packages,
-issue numbers where users were bitten).
+issue numbers where users were bitten). Tables are keyed by the framework ids of
+``xbn.registry.PORT_IDS`` (FREEZE and MODE: every one of them; FROZEN_LAYER: those whose
+layers carry a trainable flag).
 """
 
 from __future__ import annotations
@@ -85,6 +87,22 @@ MODE = {
         "an `eqx.nn.State` threaded through every call, and `inference=True` selects the "
         "running statistics."
     ),
+}
+
+# The flag ``xbn audit`` puts on a layer found with frozen parameters (trainable=False), by the
+# framework it comes from: (level, topic, text) while it is in training mode, and otherwise.
+_KERAS_FROZEN = ("info", "frozen", "trainable=False: frozen parameters AND inference mode "
+                 "(moving statistics, no update) even in fit()")
+FROZEN_LAYER: dict[str, dict[str, tuple[str, str, str]]] = {
+    "torch": {
+        "training": ("warn", "frozen", "parameters frozen (requires_grad=False) but the module "
+                     "is in training mode: its running statistics still update "
+                     "(pytorch/pytorch#86590); call .eval() on it"),
+        "otherwise": ("info", "frozen", "frozen by .eval() + requires_grad=False: a later "
+                      "model.train() puts it back in training mode"),
+    },
+    "keras": {"training": _KERAS_FROZEN, "otherwise": _KERAS_FROZEN},
+    "tf-keras": {"training": _KERAS_FROZEN, "otherwise": _KERAS_FROZEN},
 }
 
 # What a framework does for one profile switch (xbn/profiles.py), in words.

@@ -48,7 +48,16 @@ class BNLayer:
 
 
 class Store(Protocol):
-    """A file's tensors, writable: ``set`` a tensor at a location, ``save`` the whole file."""
+    """A file's tensors, writable: ``set`` a tensor at a location, ``save`` the whole file.
+
+    Stores of formats with a ``num_batches_tracked`` counter (torch) also have
+    ``set_nbt(location, value)``; only they give layers an ``nbt_slot``.
+    """
+
+    holds_other_tensors: bool  # a fresh store can take non-BN tensors passed through
+
+    def locate(self, key: str):
+        """The location of a tensor a Bundle lists in ``others`` under ``key``."""
 
     def get(self, location) -> np.ndarray | None: ...
 
@@ -59,7 +68,7 @@ class Store(Protocol):
 
 @dataclass
 class Bundle:
-    format: str  # a key of io.FORMATS
+    format: str  # a key of xbn.registry.FORMATS
     path: Path | None
     layers: list[BNLayer]
     others: dict[str, tuple] = field(default_factory=dict)  # non-BN tensor -> shape

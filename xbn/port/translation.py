@@ -1,10 +1,11 @@
 """``xbn port``: one BatchNorm constructor call from a source framework to a target.
 
-The arguments are in the *source* framework's convention (``--from torch --momentum 0.1`` is
-torch's momentum). They are read into framework-free :class:`Settings` (momentum as the Keras/
-Flax "weight of the old value", called *decay* here), then written in the target's spelling.
-Anything a user leaves out takes the source framework's real default (``xbn.profiles``), so
-the translation never silently adopts the target's different default.
+The arguments are read into framework-free :class:`~xbn.port.settings.Settings` (see
+``settings.py``), then written here in the target's spelling: its ``Convention`` and
+``Capabilities`` in ``xbn.registry``, its defaults and semantic switches in ``xbn.profiles``,
+the prose of the notes in ``notes.py``. A few spellings are not data (haiku's reduced-axes
+``axis``, flax's mode argument, equinox's ``mode``/``axis_name``): they are the ``conv.id``
+branches below.
 
 Why "same data": the channel axis is translated so that the target layer normalizes the same
 arrays the source layer sees. When the target cannot (torch only normalizes dim 1), the note
@@ -15,32 +16,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import frameworks as fw
+from .. import registry
+from ..profiles import default_epsilon, default_native_momentum, profile_fact
+from ..registry import Convention, clean, native_momentum
 from . import notes as texts
 from .errors import PortError
+from .settings import Note, Settings, convention, parse_axis, read_source
 
-Axis = int | tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """A BN configuration in no framework's spelling."""
-
-    decay: float | None  # Keras/Flax momentum: running = decay*running + (1-decay)*batch
-    cumulative: bool  # torch momentum=None
-    epsilon: float
-    center: bool
-    scale: bool
-    track_running_stats: bool
-    axis: Axis  # channel axis of the data the layer sees
-    features: int | None
-    rank: int | None  # rank of that data, batch included (selects torch's 1d/2d/3d)
-
-
-@dataclass
-class Note:
-    topic: str
-    text: str
+__all__ = ["Note", "Settings", "Translation", "parse_axis", "read_source", "render", "translate"]
 
 
 @dataclass
@@ -95,98 +78,6 @@ def _json_value(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def parse_axis(text: str | None) -> Axis | None:
-    """``"-1"`` -> -1, ``"1,2"`` -> (1, 2)."""
-    if text is None:
-        return None
-    try:
-        parts = tuple(int(p) for p in str(text).replace(" ", "").split(",") if p != "")
-    except ValueError:
-        raise PortError(f"--axis must be an integer or a comma-separated list, got {text!r}") from None
-    if not parts:
-        raise PortError("--axis is empty")
-    return parts[0] if len(parts) == 1 else parts
-
-
-def read_source(source: str, *, momentum: float | str | None = None, epsilon: float | None = None,
-                center: bool | None = None, scale: bool | None = None,
-                affine: bool | None = None, track_running_stats: bool | None = None,
-                features: int | None = None, axis: Axis | str | None = None,
-                rank: int | None = None) -> tuple[Settings, list[Note]]:
-    """Settings from arguments in ``source``'s convention; defaults are ``source``'s defaults."""
-    conv = fw.convention(source)
-    notes: list[Note] = []
-    cumulative = isinstance(momentum, str) and momentum.lower() == "none"
-    if cumulative and not conv.has_cumulative:
-        raise PortError(f"momentum=None (cumulative average) exists only in torch, not in {source}")
-    if isinstance(momentum, str) and not cumulative:
-        try:
-            momentum = float(momentum)
-        except ValueError:
-            raise PortError(f"--momentum must be a number (or 'none' for torch), got {momentum!r}") from None
-    if momentum is None and not cumulative:
-        if fw.default_decay(source) is None:
-            raise PortError(f"{source}'s {conv.momentum_kw} has no default: pass --momentum")
-        decay = fw.default_decay(source)
-        notes.append(Note("momentum-default", f"momentum not given: {source}'s default "
-                          f"{conv.momentum_kw}={fw.native_momentum(source, decay)!r} "
-                          f"({fw.profile_fact(source, 'default_momentum').source})"))
-    else:
-        decay = None if cumulative else fw.decay_from_native(source, float(momentum))
-        if decay is not None and not 0.0 <= decay <= 1.0:
-            raise PortError(f"{source} {conv.momentum_kw}={momentum!r} is outside [0, 1]")
-    if epsilon is None:
-        epsilon = fw.default_epsilon(source)
-    elif epsilon <= 0:
-        raise PortError(f"epsilon must be > 0, got {epsilon!r}")
-    center, scale = _read_affine(source, conv, center, scale, affine)
-    if track_running_stats is None:
-        track_running_stats = True
-    elif not track_running_stats and not conv.has_track_running_stats:
-        raise PortError(f"{source} has no track_running_stats option (only torch does)")
-    if cumulative and not track_running_stats:
-        raise PortError("momentum=None needs track_running_stats=True")
-    axis = _read_axis(source, conv, axis, rank)
-    if features is not None and features < 1:
-        raise PortError(f"--features must be >= 1, got {features}")
-    if rank is not None and not 2 <= rank <= 5:
-        raise PortError(f"--rank is the input rank with the batch axis (2..5), got {rank}")
-    return Settings(decay, cumulative, float(epsilon), center, scale, track_running_stats,
-                    axis, features, rank), notes
-
-
-def _read_affine(source, conv, center, scale, affine) -> tuple[bool, bool]:
-    if affine is not None:
-        if conv.affine != "single":
-            raise PortError(f"{source} has no single affine flag: use --center/--scale")
-        if (center is not None and center != affine) or (scale is not None and scale != affine):
-            raise PortError("--affine contradicts --center/--scale")
-        return affine, affine
-    center = True if center is None else center
-    scale = True if scale is None else scale
-    if conv.affine == "single" and center != scale:
-        raise PortError(f"{source} cannot split center and scale: its one flag "
-                        f"{conv.affine_kw} sets both (center={center}, scale={scale})")
-    return center, scale
-
-
-def _read_axis(source, conv, axis, rank) -> Axis:
-    if isinstance(axis, str):
-        axis = parse_axis(axis)
-    if axis is None:
-        return conv.axis_default
-    if conv.channel_axis is not None:
-        ok = axis == conv.channel_axis or (rank is not None and isinstance(axis, int)
-                                          and axis % rank == conv.channel_axis)
-        if not ok:
-            raise PortError(f"{source} has no axis argument: its channels are dim "
-                            f"{conv.channel_axis} of the batch (got --axis {axis})")
-        return conv.channel_axis
-    if isinstance(axis, tuple) and not conv.multi_axis:
-        raise PortError(f"{source} takes a single channel axis, got {axis}")
-    return axis
-
-
 def translate(source: str, target: str, **source_args) -> Translation:
     """The target constructor and the notes for this pair. Raises PortError when impossible."""
     settings, notes = read_source(source, **source_args)
@@ -195,8 +86,8 @@ def translate(source: str, target: str, **source_args) -> Translation:
 
 def render(settings: Settings, source: str, target: str,
            notes: list[Note] | None = None) -> Translation:
-    conv = fw.convention(target)
-    src = fw.convention(source)
+    conv = convention(target)
+    src = convention(source)
     t = Translation(source, target, settings, conv.call, {}, conv.imports, list(notes or []))
     _features(t, conv)
     _axis(t, conv, src)
@@ -207,7 +98,7 @@ def render(settings: Settings, source: str, target: str,
     _statistics(t, conv)
     _extras(t, conv)
     t.notes.append(Note("freeze", texts.FREEZE[target]))
-    if source in ("keras", "tf-keras") and target not in ("keras", "tf-keras"):
+    if _frozen_means_inference(source) and not _frozen_means_inference(target):
         t.notes.append(Note("freeze-source", f"{src.label}'s `trainable=False` on a BN layer "
                             "means inference mode as well as frozen parameters; reproduce both "
                             "halves as above."))
@@ -216,9 +107,14 @@ def render(settings: Settings, source: str, target: str,
     return t
 
 
-def _features(t: Translation, conv: fw.Convention) -> None:
+def _frozen_means_inference(framework: str) -> bool:
+    """Keras: ``trainable=False`` on a BN layer also selects inference mode."""
+    return bool(profile_fact(framework, "frozen_means_inference").value)
+
+
+def _features(t: Translation, conv: Convention) -> None:
     s = t.settings
-    if conv.id == "torch":
+    if "{d}" in conv.call:  # torch: BatchNorm1d/2d/3d by the input rank
         t.call = conv.call.format(d=_torch_dims(t))
     if conv.features_kw:
         if s.features is None:
@@ -242,7 +138,7 @@ def _torch_dims(t: Translation) -> int:
     return {2: 1, 3: 1, 4: 2, 5: 3}[rank]
 
 
-def _axis(t: Translation, conv: fw.Convention, src: fw.Convention) -> None:
+def _axis(t: Translation, conv: Convention, src: Convention) -> None:
     axis, rank = t.settings.axis, t.settings.rank
     norm = axis % rank if isinstance(axis, int) and rank else axis
     if conv.channel_axis is not None:  # torch, equinox: the channels must be dim 1
@@ -287,20 +183,20 @@ def _haiku_axis(t: Translation, axis, rank) -> None:
                         "argument lists the reduced axes)")
 
 
-def _momentum(t: Translation, conv: fw.Convention, src: fw.Convention) -> None:
+def _momentum(t: Translation, conv: Convention, src: Convention) -> None:
     s = t.settings
     if s.cumulative:
-        if not conv.has_cumulative:
+        if not registry.capabilities(conv.id).cumulative_momentum:
             raise PortError(f"torch momentum=None (cumulative average, factor 1/num_batches_tracked)"
                             f" has no equivalent in {conv.label}: choose a momentum")
         t.kwargs[conv.momentum_kw] = None
         t.notes.append(Note("momentum", "momentum=None: cumulative moving average (the "
                             "running statistics are the mean over all batches seen)."))
         return
-    value = fw.native_momentum(conv.id, s.decay)
+    value = native_momentum(conv.id, s.decay)
     t.kwargs[conv.momentum_kw] = value
-    src_value = fw.native_momentum(src.id, s.decay)
-    default = fw.default_native_momentum(conv.id)
+    src_value = native_momentum(src.id, s.decay)
+    default = default_native_momentum(conv.id)
     default_text = (f"{conv.label} has no default" if default is None
                     else f"{conv.label}'s default is {default!r}")
     if src.new_batch_weight == conv.new_batch_weight:
@@ -321,25 +217,25 @@ def _momentum(t: Translation, conv: fw.Convention, src: fw.Convention) -> None:
         t.notes.append(Note("momentum-suspicious", f"momentum: a decay of {s.decay!r} (old-value "
                             f"weight) forgets almost everything each step; if {src_value!r} was "
                             f"copied from a framework with the other convention, the intended "
-                            f"{src.momentum_kw} is {fw.clean(1 - src_value)!r} "
+                            f"{src.momentum_kw} is {clean(1 - src_value)!r} "
                             "(pytorch/examples#289, kazuto1011/deeplab-pytorch#79)."))
 
 
-def _epsilon_note(t: Translation, conv: fw.Convention) -> None:
+def _epsilon_note(t: Translation, conv: Convention) -> None:
     eps = t.settings.epsilon
-    default = fw.default_epsilon(conv.id)
+    default = default_epsilon(conv.id)
     if eps == default:
         text = f"epsilon: {eps!r}, also {conv.label}'s default (passed explicitly anyway)."
     else:
         text = (f"epsilon: {eps!r} must be passed explicitly: {conv.label} would otherwise use "
                 f"{conv.epsilon_kw}={default!r} "
-                f"({fw.profile_fact(conv.id, 'default_epsilon').source}).")
+                f"({profile_fact(conv.id, 'default_epsilon').source}).")
     t.notes.append(Note("epsilon", text))
 
 
-def _affine(t: Translation, conv: fw.Convention) -> None:
+def _affine(t: Translation, conv: Convention) -> None:
     s = t.settings
-    if conv.affine == "single":
+    if not registry.capabilities(conv.id).split_affine:
         if s.center != s.scale:
             raise PortError(
                 f"{conv.label} cannot split center and scale (one flag {conv.affine_kw}); "
@@ -360,32 +256,20 @@ def _affine(t: Translation, conv: fw.Convention) -> None:
         t.kwargs[conv.scale_kw] = False
 
 
-def _statistics(t: Translation, conv: fw.Convention) -> None:
+def _statistics(t: Translation, conv: Convention) -> None:
     if t.settings.track_running_stats:
         return
-    if conv.has_track_running_stats:
+    if registry.capabilities(conv.id).track_running_stats:
         t.kwargs["track_running_stats"] = False
         return
-    how = {
-        "keras": "call the layer with training=True at inference too (and never set "
-                 "trainable=False, which forces the moving statistics); the moving statistics "
-                 "are then updated but unused",
-        "tf-keras": "call the layer with training=True at inference too (and never set "
-                    "trainable=False); the moving statistics are updated but unused",
-        "flax": "set use_running_average=False in the constructor and apply with "
-                "mutable=['batch_stats'], discarding the updates",
-        "flax-nnx": "keep use_running_average=False and do not call .eval() on this layer "
-                    "(model.eval() sets it for every nested BatchNorm)",
-        "haiku": "call with is_training=False, test_local_stats=True at inference",
-        "equinox": "there is no switch: keep inference=False at inference too",
-    }[conv.id]
+    how = conv.without_running_stats
     if conv.id == "flax":
         t.kwargs["use_running_average"] = False
     t.notes.append(Note("statistics", "track_running_stats=False (batch statistics in every "
                         f"mode) has no constructor equivalent in {conv.label}: {how}."))
 
 
-def _extras(t: Translation, conv: fw.Convention) -> None:
+def _extras(t: Translation, conv: Convention) -> None:
     if conv.id == "flax" and "use_running_average" not in t.kwargs:
         t.kwargs = {"use_running_average": _Code("not train"), **t.kwargs}
     elif conv.id == "flax-nnx":
@@ -406,8 +290,8 @@ def _extras(t: Translation, conv: fw.Convention) -> None:
 
 def _profile_notes(t: Translation, source: str, target: str) -> None:
     """Notes for every semantic switch on which the two frameworks' profiles differ."""
-    var_src = fw.profile_fact(source, "variance_update").value
-    var_dst = fw.profile_fact(target, "variance_update").value
+    var_src = profile_fact(source, "variance_update").value
+    var_dst = profile_fact(target, "variance_update").value
     if var_src != var_dst:
         t.notes.append(Note("variance", texts.drift_text(source, target, var_src, var_dst)))
     else:
@@ -416,8 +300,8 @@ def _profile_notes(t: Translation, source: str, target: str) -> None:
     for switch in ("ema", "training_normalization"):
         if target == "equinox":  # mode='batch' is emitted; its note says what remains
             break
-        a = fw.profile_fact(source, switch).value
-        b = fw.profile_fact(target, switch).value
+        a = profile_fact(source, switch).value
+        b = profile_fact(target, switch).value
         if a != b:
             words = texts.SWITCH_TEXT[switch]
             t.notes.append(Note(switch, f"{switch}: {source} {words.get(a, a)}; {target} "

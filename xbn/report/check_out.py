@@ -6,9 +6,32 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from .. import __version__
-from ..compare import summarize
-from ..guard import Change, CheckResult, dumps, version_change, versions_text
+from .._version import __version__
+from ..guard import Change, CheckResult
+from ..jsonio import review_dumps
+from .views import summarize
+
+
+def versions_text(meta: dict | None) -> str:
+    """'keras 3.15.1, tensorflow 2.21.0' from a framework's metadata."""
+    if not meta:
+        return "-"
+    versions = meta.get("versions") or {}
+    if versions:
+        return ", ".join(f"{pkg} {v}" for pkg, v in versions.items())
+    return meta.get("version") or "-"
+
+
+def version_change(old: dict | None, new: dict | None) -> str:
+    """Only the packages whose versions differ ('keras 3.0.4 -> 3.15.1'), or 'same (...)'."""
+    o = (old or {}).get("versions") or {}
+    n = (new or {}).get("versions") or {}
+    if not o and not n:
+        o = {"version": (old or {}).get("version")}
+        n = {"version": (new or {}).get("version")}
+    moved = [f"{pkg} {o.get(pkg) or '-'} -> {n.get(pkg) or '-'}"
+             for pkg in dict.fromkeys([*o, *n]) if o.get(pkg) != n.get(pkg)]
+    return ", ".join(moved) if moved else f"same ({versions_text(old)})"
 
 
 def tolerance_text(k: float) -> str:
@@ -122,7 +145,7 @@ def document(result: CheckResult) -> dict:
 
 
 def render_json(result: CheckResult) -> str:
-    return dumps(document(result))
+    return review_dumps(document(result))
 
 
 def render(result: CheckResult, fmt: str) -> str:

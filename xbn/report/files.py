@@ -1,10 +1,9 @@
-"""`xbn report`: the whole built-in suite written as index.md, diffs.csv and results.json."""
+"""`xbn report`: a finished ``Report`` written as index.md, diffs.csv and results.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..runner import run
 from . import render, write_atomic
 from .model import Report
 
@@ -12,18 +11,15 @@ INTRO = ("Every built-in scenario run through every installed framework, compare
          "float64 reference. Regenerate with `xbn report`; the numbers below come from that run.")
 
 
-def write_report(scenarios, frameworks, reference: str, out_dir: Path, *, timeout: float,
-                 jobs: int | None = None, progress=None) -> list[Path]:
-    result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=progress)
-    report = Report.build(result, reference)
-    from ..profiles import profile_matrix
+def write_report(report: Report, out_dir: Path, matrix: dict) -> list[Path]:
+    """Write the report's files; ``matrix`` is the semantics matrix (``profile_matrix()``)."""
     from .text import matrix_text, render_markdown
 
-    matrix = ("## The semantics matrix\n\nEach framework's value for every switch of the "
-              "reference (`xbn explain`; `xbn explain ID` gives the source of each value).\n\n"
-              + matrix_text(profile_matrix(), markdown=True))
+    profile = ("## The semantics matrix\n\nEach framework's value for every switch of the "
+               "reference (`xbn explain`; `xbn explain ID` gives the source of each value).\n\n"
+               + matrix_text(matrix, markdown=True))
     texts = {
-        "index.md": render_markdown(report, INTRO, profile=matrix),
+        "index.md": render_markdown(report, INTRO, profile=profile),
         "diffs.csv": render(report, "csv"),
         "results.json": render(report, "json"),
     }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 
-from .text import _summary, side_by_side
+from .text import _summary
+from .views import side_by_side
 
 
 def render(report) -> str:
@@ -14,7 +15,7 @@ def render(report) -> str:
              "<h1>xbn report</h1>",
              f"<p>Reference: <code>{html.escape(report.reference)}</code>; ✗ marks differs.</p>",
              _summary(report).to_html()]
-    for s in report.result.scenarios:
+    for s in report.scenarios:
         parts.append(f"<h2>{html.escape(s.name)}</h2><p>{html.escape(s.title)}</p>")
         parts.append(side_by_side(report.obs, report.diffs, s.name).to_html())
         d = report.diffs[(report.diffs["scenario"] == s.name) & (report.diffs["verdict"] != "same")]

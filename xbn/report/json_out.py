@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 
-from .. import __version__
-
-
-def _clean(value):
-    """Non-finite floats become the strings "NaN", "Infinity", "-Infinity" (strict JSON)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if hasattr(value, "item"):  # numpy scalar
-        return _clean(value.item())
-    return value
+from .._version import __version__
+from ..jsonio import strict_dumps
 
 
 def _records(frame) -> list[dict]:
@@ -42,7 +25,7 @@ def _records(frame) -> list[dict]:
 
 
 def document(report) -> dict:
-    frameworks = {fid: dict(meta) for fid, meta in report.result.frameworks.items()}
+    frameworks = {fid: dict(meta) for fid, meta in report.frameworks.items()}
     return {
         "xbn_version": __version__,
         "schema": 1,
@@ -50,11 +33,11 @@ def document(report) -> dict:
         "tolerance_k": report.k,
         "frameworks": frameworks,
         "scenarios": [{"name": s.name, "title": s.title, "path": s.path, "sha256": s.digest}
-                      for s in report.result.scenarios],
+                      for s in report.scenarios],
         "observations": _records(report.obs),
         "diffs": _records(report.diffs),
     }
 
 
 def render(report) -> str:
-    return json.dumps(_clean(document(report)), indent=1, allow_nan=False) + "\n"
+    return strict_dumps(document(report), indent=1) + "\n"

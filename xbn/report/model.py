@@ -1,31 +1,27 @@
-"""The data every writer formats: observations, diffs and run metadata."""
+"""The data every writer formats: observations, diffs and run metadata, already computed.
+
+A ``Report`` is built by ``xbn.analysis.analyze``; the writers only format it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-from ..compare import DEFAULT_K, diff_table, observations_frame
-from ..explain import explain_diffs
-from ..runner import RunResult
+    from ..scenario import Scenario
 
 
 @dataclass
 class Report:
-    result: RunResult
     obs: pd.DataFrame
+    """Every observation (``xbn.comparison.COLUMNS``), in report order."""
     diffs: pd.DataFrame
+    """One row per observation other than the reference's, with verdict and explanation."""
     reference: str
     k: float
-
-    @classmethod
-    def build(cls, result: RunResult, reference: str = "numpy", k: float = DEFAULT_K) -> Report:
-        obs = observations_frame(result.observations)
-        diffs = diff_table(obs, reference, k)
-        diffs = explain_diffs(diffs, obs, result.scenarios, reference, k)
-        return cls(result, obs, diffs, reference, k)
-
-    @property
-    def frameworks(self) -> list[str]:
-        return list(self.result.frameworks)
+    frameworks: dict[str, dict] = field(default_factory=dict)
+    """Each framework's metadata (availability, versions, notes, error), in run order."""
+    scenarios: list[Scenario] = field(default_factory=list)

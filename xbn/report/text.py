@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..compare import side_by_side, summarize
+from .views import side_by_side, summarize
 
 
 def _fmt_num(v) -> str:
@@ -41,7 +41,7 @@ def _summary(report) -> pd.DataFrame:
 
 def _header_lines(report) -> list[str]:
     lines = []
-    for fid, meta in report.result.frameworks.items():
+    for fid, meta in report.frameworks.items():
         if meta.get("available"):
             extra = f" ({'; '.join(meta['notes'])})" if meta.get("notes") else ""
             err = f" — {meta['error']}" if meta.get("error") else ""
@@ -55,7 +55,7 @@ def render_table(report) -> str:
     out = [f"reference: {report.reference}; same = within {report.k:g} eps of the dtype "
            "at the reference array's scale"]
     out += ["frameworks: " + ", ".join(_header_lines(report))]
-    for s in report.result.scenarios:
+    for s in report.scenarios:
         out.append("")
         out.append(f"== {s.name}: {s.title}" if s.title else f"== {s.name}")
         table = side_by_side(report.obs, report.diffs, s.name,
@@ -94,7 +94,7 @@ def render_markdown(report, intro: str = "", profile: str = "") -> str:
     out += ["## Verdicts per framework", "", _md_table(_summary(report)), ""]
     if profile:
         out += [profile, ""]
-    for s in report.result.scenarios:
+    for s in report.scenarios:
         out += [f"## {s.name}", ""]
         if s.title:
             out += [f"**{s.title}**", ""]

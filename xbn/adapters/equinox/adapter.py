@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..scenario import Layer, Step
-from . import _jax_common as jc
-from .base import Adapter, NotApplicable, from_channels_first, to_channels_first
+from ...scenario import Layer, Step
+from .._jax import common as jc
+from ..base import Adapter, NotApplicable, from_channels_first, to_channels_first
 
 AXIS = "batch"
 
@@ -49,15 +49,15 @@ def _forward(model: eqx.nn.BatchNorm, state, x, inference: bool | None):
 class EquinoxAdapter(Adapter):
     def build(self, layer: Layer) -> None:
         jc.enable_x64_if_needed(layer.dtype, self.notes)
-        if layer.cumulative:
-            raise NotApplicable("eqx.nn.BatchNorm keeps an exponential moving average only "
-                                "(no cumulative average)")
-        if not layer.track_running_stats:
-            raise NotApplicable("eqx.nn.BatchNorm always keeps running statistics and uses "
-                                "them when inference=True")
-        if layer.center != layer.scale:
-            raise NotApplicable("eqx.nn.BatchNorm creates weight and bias together "
-                                "(channelwise_affine); center and scale cannot differ")
+        self.require(layer, "cumulative_momentum",
+                     "eqx.nn.BatchNorm keeps an exponential moving average only (no cumulative "
+                     "average)")
+        self.require(layer, "track_running_stats",
+                     "eqx.nn.BatchNorm always keeps running statistics and uses them when "
+                     "inference=True")
+        self.require(layer, "split_affine",
+                     "eqx.nn.BatchNorm creates weight and bias together (channelwise_affine); "
+                     "center and scale cannot differ")
         kwargs: dict = {"input_size": layer.features, "axis_name": AXIS,
                         "channelwise_affine": layer.scale}
         if not layer.defaults:

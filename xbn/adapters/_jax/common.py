@@ -79,14 +79,12 @@ def versions() -> dict[str, str]:
 def flax_batchnorm_kwargs(layer, framework_id: str, api: str) -> dict:
     """Constructor keywords shared by flax.linen.BatchNorm and flax.nnx.BatchNorm (same
     arguments, same limits): raises NotApplicable for what neither can express."""
-    from ..scenario import channel_axis
-    from .base import NotApplicable
+    from ...scenario import channel_axis
+    from ..base import require
 
-    if layer.cumulative:
-        raise NotApplicable(f"{api} has only an exponential moving average (momentum); "
-                            "no cumulative average")
-    if not layer.track_running_stats:
-        raise NotApplicable(
+    require(framework_id, layer, "cumulative_momentum",
+            f"{api} has only an exponential moving average (momentum); no cumulative average")
+    require(framework_id, layer, "track_running_stats",
             f"{api} always keeps mean/var batch statistics and updates them whenever it "
             "normalizes with batch statistics; there is no option to keep none")
     kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,
@@ -105,7 +103,7 @@ def train_epochs(step, xs, ts, carry: tuple, train_step) -> tuple[tuple, object]
     ``train_step(*carry, xb, tb)`` returns ``(*carry, loss)``; the result is the final carry
     and the last epoch's mean of batch losses weighted by batch size, in the loss's dtype.
     """
-    from .base import batches
+    from ..base import batches
 
     loss_value = None
     for _ in range(step.epochs):

@@ -1,5 +1,8 @@
 """PyTorch state_dicts: ``.pt``/``.pth`` through ``torch.load(weights_only=True)``, or safetensors.
 
+The ``state_io`` hooks of ``xbn.port.formats`` for the torch family (formats ``torch`` and
+``safetensors`` in ``xbn.registry``).
+
 Never an unrestricted unpickle: a pickle that is not weights-only is refused with one line.
 A BN layer is a key prefix with ``running_mean`` and ``running_var``; a BN built with
 ``track_running_stats=False`` stores only weight/bias and cannot be told from other layers
@@ -13,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PortError
-from .state import BNLayer, Bundle, natural_key
+from ...port.errors import PortError
+from ...port.info import LayerInfo, file_layer_info
+from ...port.state import BNLayer, Bundle, natural_key
+from ...profiles import default_epsilon, default_native_momentum
 
 LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -23,8 +28,13 @@ NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 class TorchStore:
     """Ordered name -> tensor (``.pt``) or numpy array (safetensors)."""
 
+    holds_other_tensors = True
+
     def __init__(self, entries: OrderedDict | None = None):
         self.entries: OrderedDict = entries if entries is not None else OrderedDict()
+
+    def locate(self, key: str) -> str:
+        return key
 
     def get(self, location):
         value = self.entries.get(location)
@@ -38,6 +48,16 @@ class TorchStore:
             self.entries[location] = torch.from_numpy(np.array(value)).to(old.dtype)
         else:
             self.entries[location] = np.array(value)
+
+    def set_nbt(self, location: str, value: int) -> None:
+        """Write ``num_batches_tracked`` as torch does: a 0-d int64 tensor (or array)."""
+        old = self.entries.get(location)
+        if _is_tensor(old) or old is None:
+            import torch
+
+            self.entries[location] = torch.tensor(int(value), dtype=torch.long)
+        else:
+            self.entries[location] = np.array(int(value), dtype=np.int64)
 
     def to_bytes(self, path: Path) -> bytes:
         if path.suffix == ".safetensors":
@@ -190,11 +210,16 @@ def fresh(layers: list[BNLayer], fmt: str, notes: list[str]) -> Bundle:
     return Bundle(fmt, None, out, {}, notes, TorchStore())
 
 
-def set_nbt(store: TorchStore, location: str, value: int) -> None:
-    old = store.entries.get(location)
-    if _is_tensor(old) or old is None:
-        import torch
+def layer_info(layer: BNLayer, framework: str) -> LayerInfo:
+    """A state_dict layer: torch's one affine flag, channels on dim 1."""
+    info = file_layer_info(layer, framework, "BatchNorm")
+    info.center = info.scale = "gamma" in layer.values and "beta" in layer.values
+    info.axis = 1
+    return info
 
-        store.entries[location] = torch.tensor(int(value), dtype=torch.long)
-    else:
-        store.entries[location] = np.array(int(value), dtype=np.int64)
+
+def file_notes(framework: str) -> list[str]:
+    return ["a state_dict stores no momentum or epsilon: they are in the module code "
+            f"(torch defaults momentum={default_native_momentum(framework)!r}, "
+            f"eps={default_epsilon(framework)!r}); BN layers built with "
+            "track_running_stats=False store only weight/bias and are not listed"]

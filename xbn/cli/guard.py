@@ -1,8 +1,8 @@
-"""`xbn snapshot` and `xbn check`: the upgrade guard's commands (the logic is in xbn.guard).
+"""`xbn snapshot` and `xbn check`: the upgrade guard's commands (the logic is in xbn.snapshot
+and xbn.guard).
 
-Registered by one line at the end of xbn/cli.py. Only click is imported at module level, so
-`xbn --help` stays fast; everything else is imported inside the commands (which also avoids
-a circular import, since xbn.cli imports this module).
+Only click is imported at module level, so `xbn --help` stays fast; everything else is
+imported inside the commands.
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ import sys
 
 import click
 
-from .cli_common import jobs_option, timeout_option
+from .common import (
+    builtin_scenarios,
+    emit,
+    fail,
+    framework_ids,
+    frameworks_to_run,
+    jobs_option,
+    load_scenarios,
+    progress_printer,
+    timeout_option,
+)
 
 EXAMPLES_SNAPSHOT = """
 \b
@@ -31,19 +41,6 @@ Examples:
 """
 
 
-def _ids(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    from .adapters import FRAMEWORK_IDS
-    from .cli import _fail
-
-    ids = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [i for i in ids if i not in FRAMEWORK_IDS]
-    if unknown:
-        _fail(f"unknown framework id(s) {', '.join(unknown)}; known: {', '.join(FRAMEWORK_IDS)}")
-    return ids
-
-
 @click.command(epilog=EXAMPLES_SNAPSHOT)
 @click.argument("scenarios", nargs=-1)
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
@@ -58,15 +55,12 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
     The snapshot holds every observation, each framework's versions, and each scenario's
     full definition with its sha256, so `xbn check` can re-run it later.
     """
-    from .cli import _emit, _load_all, _parse_frameworks, _progress_printer
-    from .guard import dumps, snapshot_document
-    from .runner import run
-    from .scenario import builtin_paths
+    from ..runner import run
+    from ..snapshot import dumps, snapshot_document
 
-    ids = _parse_frameworks(frameworks, "numpy")
-    loaded = _load_all(list(scenarios) or [str(p) for p in builtin_paths()])
-    result = run(loaded, ids, timeout=timeout, jobs=jobs,
-                 progress=_progress_printer(sys.stderr.isatty()))
+    ids = frameworks_to_run(frameworks, "numpy")
+    loaded = load_scenarios(scenarios) if scenarios else builtin_scenarios()
+    result = run(loaded, ids, timeout=timeout, jobs=jobs, progress=progress_printer())
     for fid, meta in result.frameworks.items():
         if not meta.get("available"):
             click.echo(f"xbn: warning: {fid} is not installed: the snapshot records it as "
@@ -74,7 +68,7 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
         elif meta.get("error"):
             click.echo(f"xbn: warning: {fid}: {meta['error']} (recorded as error rows)",
                        err=True)
-    _emit(dumps(snapshot_document(result)), output)
+    emit(dumps(snapshot_document(result)), output)
 
 
 @click.command(epilog=EXAMPLES_CHECK)
@@ -98,29 +92,30 @@ def check(file, frameworks, fmt, output, junit, tolerance, timeout, jobs) -> Non
     Compares every observation with the snapshot's (same scenario, step, framework and
     quantity) and explains each change with the reference's semantic switches.
     """
-    from .cli import _emit, _fail, _progress_printer
-    from .guard import CheckError, SnapshotError, load_snapshot
-    from .guard import check as run_check
-    from .report import write_atomic
-    from .report.check_out import render, render_junit
+    from ..guard import CheckError
+    from ..guard import check as run_check
+    from ..report.check_out import render, render_junit
+    from ..snapshot import SnapshotError, load_snapshot
 
     try:
         snap = load_snapshot(file)
     except SnapshotError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
-        result = run_check(snap, _ids(frameworks), tolerance, timeout=timeout, jobs=jobs,
-                           progress=_progress_printer(sys.stderr.isatty()))
+        result = run_check(snap, framework_ids(frameworks), tolerance, timeout=timeout,
+                           jobs=jobs, progress=progress_printer())
     except CheckError as exc:
-        _fail(f"{file}: {exc}")
+        fail(f"{file}: {exc}")
     for warning in result.warnings:
         click.echo(f"xbn: warning: {warning}", err=True)
     text = render(result, fmt)
     if junit:
-        write_atomic(junit, render_junit(result))
-        click.echo(f"wrote {junit}", err=True)
-    _emit(text, output)
+        emit(render_junit(result), junit)
+    emit(text, output)
     if output:
         verdict = f"{len(result.changes)} changed" if result.changed else "unchanged"
         click.echo(f"xbn check: {verdict} ({result.compared} observations)", err=True)
     sys.exit(1 if result.changed else 0)
+
+
+COMMANDS = (snapshot, check)

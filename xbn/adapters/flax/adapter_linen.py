@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..scenario import Layer, Step, channel_axis
-from . import _jax_common as jc
-from .base import Adapter, NotApplicable
+from ...scenario import Layer, Step, channel_axis
+from .._jax import common as jc
+from ..base import Adapter, NotApplicable
 
 # xbn name -> (collection, linen variable name)
 VARIABLES = {

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..scenario import Layer, Step
-from .base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
+from ...registry import native_momentum
+from ...scenario import Layer, Step
+from ..base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -39,11 +40,12 @@ def _deterministic() -> None:
 
 
 def torch_momentum(layer: Layer) -> float | None:
-    """Keras-convention momentum as torch's: ``1 - m`` (as a user would write it), or None."""
-    if layer.cumulative:
-        return None
-    # 1 - 0.99 is 0.010000000000000009 in binary; a user porting Keras code writes 0.01.
-    return float(f"{1.0 - float(layer.momentum):.12g}")
+    """The scenario's Keras-convention momentum as torch's ``1 - m``, or None (cumulative).
+
+    The conversion is the registry's, the one ``xbn port`` uses: 1 - 0.99 is
+    0.010000000000000009 in binary, and a user porting Keras code writes 0.01.
+    """
+    return native_momentum("torch", None if layer.cumulative else float(layer.momentum))
 
 
 def _out(t: torch.Tensor):
@@ -61,9 +63,9 @@ class TorchAdapter(Adapter):
 
     # -- construction ------------------------------------------------------------------
     def build(self, layer: Layer) -> None:
-        if layer.center != layer.scale:
-            raise NotApplicable("torch's affine=True/False creates weight and bias together; "
-                                f"center={layer.center} with scale={layer.scale} cannot be built")
+        self.require(layer, "split_affine",
+                     "torch's affine=True/False creates weight and bias together; "
+                     f"center={layer.center} with scale={layer.scale} cannot be built")
         kwargs: dict = {"affine": layer.center, "track_running_stats": layer.track_running_stats}
         if not layer.defaults:  # else torch's own momentum=0.1, eps=1e-5
             kwargs.update(momentum=torch_momentum(layer), eps=float(layer.epsilon))

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from ..scenario import Layer, Step, channel_axis
-from .base import Adapter, NotApplicable
+from ...scenario import Layer, Step, channel_axis
+from ..base import Adapter, NotApplicable
 
 # Keras has one global thread pool; one thread keeps reductions in the same order everywhere.
 try:
@@ -43,12 +43,12 @@ def _output(value) -> np.ndarray | tuple[np.ndarray, str]:
 class TfKerasAdapter(Adapter):
     def build(self, layer: Layer) -> None:
         self.notes = []
-        if layer.cumulative:
-            raise NotApplicable("tf_keras BatchNormalization has only an exponential moving "
-                                "average (momentum is a number); no cumulative average")
-        if not layer.track_running_stats:
-            raise NotApplicable("tf_keras BatchNormalization always creates and uses moving "
-                                "statistics; it has no track_running_stats=False")
+        self.require(layer, "cumulative_momentum",
+                     "tf_keras BatchNormalization has only an exponential moving average "
+                     "(momentum is a number); no cumulative average")
+        self.require(layer, "track_running_stats",
+                     "tf_keras BatchNormalization always creates and uses moving statistics; "
+                     "it has no track_running_stats=False")
         tf_keras.backend.clear_session()
         tf_keras.utils.set_random_seed(0)
         self.layer = layer

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..scenario import Layer, Step, channel_axis, channels_last
-from . import _jax_common as jc
-from .base import Adapter, NotApplicable
+from ...scenario import Layer, Step, channel_axis, channels_last
+from .._jax import common as jc
+from ..base import Adapter, NotApplicable
 
 INIT_NOTE = ("haiku: initialised with init(rng, zeros, is_training=True); Haiku's init copies the "
              "init batch's statistics into the EMA 'average', so zeros give moving mean 0 and "
@@ -33,13 +33,13 @@ INIT_NOTE = ("haiku: initialised with init(rng, zeros, is_training=True); Haiku'
 class HaikuAdapter(Adapter):
     def build(self, layer: Layer) -> None:
         jc.enable_x64_if_needed(layer.dtype, self.notes)
-        if layer.cumulative:
-            raise NotApplicable("hk.BatchNorm keeps an exponential moving average only "
-                                "(no cumulative average)")
-        if not layer.track_running_stats:
-            raise NotApplicable("hk.BatchNorm always keeps moving averages and uses them when "
-                                "is_training=False (test_local_stats only swaps the statistics "
-                                "used at test time; training still updates the averages)")
+        self.require(layer, "cumulative_momentum",
+                     "hk.BatchNorm keeps an exponential moving average only (no cumulative "
+                     "average)")
+        self.require(layer, "track_running_stats",
+                     "hk.BatchNorm always keeps moving averages and uses them when "
+                     "is_training=False (test_local_stats only swaps the statistics used at test "
+                     "time; training still updates the averages)")
         kwargs: dict = {"create_scale": layer.scale, "create_offset": layer.center}
         if not layer.defaults:
             kwargs.update(decay_rate=float(layer.momentum), eps=float(layer.epsilon))

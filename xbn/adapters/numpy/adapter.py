@@ -10,9 +10,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from ..reference import ReferenceBatchNorm, Semantics
-from ..scenario import Layer, Step, channel_axis
-from .base import Adapter, NotApplicable
+from ...reference import ReferenceBatchNorm, Semantics
+from ...scenario import Layer, Step, channel_axis
+from ..base import Adapter, NotApplicable
 
 
 class NumpyAdapter(Adapter):

@@ -1,5 +1,8 @@
 """Keras weights: ``.weights.h5`` (Keras 3), ``.keras`` archives, legacy tf-keras ``.h5``.
 
+The ``state_io`` hooks of ``xbn.port.formats`` for the keras family (formats ``keras-weights``
+and ``keras`` in ``xbn.registry``).
+
 Read with h5py and zipfile only: no Keras import and no code from the file is executed (a
 ``.keras`` archive's ``config.json`` is parsed as JSON). Layout facts, checked against
 keras/src/saving/saving_lib.py (3.15):
@@ -24,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PortError
-from .state import ROLES, BNLayer, Bundle, natural_key
+from ...port.errors import PortError
+from ...port.info import LayerInfo, file_layer_info
+from ...port.state import ROLES, BNLayer, Bundle, natural_key
+from .live import BN_CLASSES, config_info
 
-BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 AUTO_NAME = re.compile(r"^(sync_)?batch_normalization(_\d+)?$")
 LEGACY_ROLES = {"gamma": "gamma", "beta": "beta", "moving_mean": "mean",
                 "moving_variance": "var"}
@@ -284,7 +288,12 @@ def _read_legacy(f, path: Path, fmt: str) -> Bundle:
 
 
 class KerasStore:
-    """An HDF5 weights file (maybe inside a .keras zip) plus the datasets to overwrite."""
+    """An HDF5 weights file (maybe inside a .keras zip) plus the datasets to overwrite.
+
+    A fresh one writes only its BN layers' groups: other tensors need a ``--template``.
+    """
+
+    holds_other_tensors = False
 
     def __init__(self, data: bytes | None, archive: Path | None = None,
                  members: list[str] | None = None, fresh: list[BNLayer] | None = None):
@@ -294,6 +303,9 @@ class KerasStore:
         self.fresh = fresh
         self.updates: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, np.dtype] = {}
+
+    def locate(self, key: str) -> str:
+        return key
 
     def get(self, location):
         if location in self.updates:
@@ -361,3 +373,17 @@ def fresh(layers: list[BNLayer], fmt: str, notes: list[str]) -> Bundle:
         out.append(layer)
     store = KerasStore(None, fresh=out)
     return Bundle(fmt, None, out, {}, notes, store)
+
+
+def layer_info(layer: BNLayer, framework: str) -> LayerInfo:
+    """A layer with its config (``.keras``, legacy ``.h5`` models) says everything; a bare
+    ``.weights.h5`` only its tensors."""
+    if layer.config is None:
+        return file_layer_info(layer, framework, "BatchNormalization")
+    return config_info(layer.name, framework, layer.config.get("class_name", "BatchNormalization"),
+                       layer.config, trainable=layer.config.get("trainable"),
+                       features=layer.features)
+
+
+def file_notes(framework: str) -> list[str]:
+    return []

@@ -1,5 +1,8 @@
 """Flax variables: ``.msgpack`` (``flax.serialization``) or ``.npz`` with ``/``-joined keys.
 
+The ``state_io`` hooks of ``xbn.port.formats`` for the flax family (formats ``flax-msgpack``
+and ``flax-npz`` in ``xbn.registry``).
+
 Two layouts are recognised. Linen: ``{"params": {path: {scale, bias}}, "batch_stats":
 {path: {mean, var}}}`` (flax/linen/normalization.py). NNX pure state: ``{path: {scale, bias,
 mean, var}}`` (flax/nnx/nn/normalization.py), leaves possibly wrapped as ``{"value": array}``.
@@ -15,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PortError
-from .state import BNLayer, Bundle, natural_key
+from ...port.errors import PortError
+from ...port.info import LayerInfo, file_layer_info
+from ...port.state import BNLayer, Bundle, natural_key
+from ...profiles import default_decay, default_epsilon
 
 PARAM_LEAVES = {"scale": "gamma", "bias": "beta"}
 STAT_LEAVES = {"mean": "mean", "var": "var"}
@@ -146,8 +151,15 @@ def read(path: Path, fmt: str) -> Bundle:
 
 
 class FlaxStore:
+    """The variables tree; locations are key paths (tuples)."""
+
+    holds_other_tensors = True
+
     def __init__(self, tree: dict | None = None):
         self.tree = tree if tree is not None else {}
+
+    def locate(self, key: str) -> tuple:
+        return tuple(key.split("/"))
 
     def get(self, location):
         value = get_path(self.tree, location)
@@ -178,3 +190,12 @@ def fresh(layers: list[BNLayer], fmt: str, notes: list[str]) -> Bundle:
             layer.slots[role] = (collection, *path, leaf)
         out.append(layer)
     return Bundle(fmt, None, out, {}, notes, FlaxStore())
+
+
+def layer_info(layer: BNLayer, framework: str) -> LayerInfo:
+    return file_layer_info(layer, framework, "BatchNorm")
+
+
+def file_notes(framework: str) -> list[str]:
+    return ["Flax variables store no momentum or epsilon (flax defaults momentum="
+            f"{default_decay(framework)!r}, epsilon={default_epsilon(framework)!r})"]

@@ -15,9 +15,9 @@ import flax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..scenario import Layer, Step
-from . import _jax_common as jc
-from .base import Adapter, NotApplicable
+from ...scenario import Layer, Step
+from .._jax import common as jc
+from ..base import Adapter, NotApplicable
 
 # xbn name -> attribute of nnx.BatchNorm
 VARIABLES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}

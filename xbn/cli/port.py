@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import click
 
-from .cli_common import emit as _emit
-from .cli_common import fail as _fail
-from .port.errors import PortError
-from .port.frameworks import PORT_IDS
+from ..port.errors import PortError
+from ..registry import PORT_IDS
+from .common import emit, fail
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
                       show_default=True)
@@ -28,7 +27,7 @@ def _guarded(fn: Callable):
     try:
         return fn()
     except PortError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _render(obj, fmt: str) -> str:
@@ -61,7 +60,7 @@ Examples:
 def port(source, target, momentum, epsilon, center, scale, affine, track_running_stats,
          features, axis, rank, fmt) -> None:
     """Translate one BatchNorm configuration from --from's convention to --to's constructor."""
-    from .port.translation import translate
+    from ..port.translation import translate
 
     t = _guarded(lambda: translate(source, target, momentum=momentum, epsilon=epsilon,
                                    center=center, scale=scale, affine=affine,
@@ -101,7 +100,7 @@ Examples:
 def convert(src, dst, from_format, to_format, template, name_map, order, num_batches_tracked,
             fmt) -> None:
     """Convert BatchNorm parameters and running statistics from SRC into DST."""
-    from .port.convert import convert_file
+    from ..port.convert import convert_file
 
     result = _guarded(lambda: convert_file(src, dst, from_format=from_format, to_format=to_format,
                                            template=template, name_map=name_map, order=order,
@@ -120,10 +119,10 @@ def audit(model, target, fmt, output) -> None:
 
     Nothing from the file is executed: a .keras config is read as JSON from the archive.
     """
-    from .port.auditing import audit_file
+    from ..port.auditing import audit_file
 
     result = _guarded(lambda: audit_file(model, target))
-    _emit(_render(result, fmt), output)
+    emit(_render(result, fmt), output)
 
 
 VERIFY_EXAMPLES = """
@@ -155,8 +154,8 @@ Example:
 def verify(a, b, inputs, layout_a, layout_b, transpose_b, modes, steps, tolerance, fmt,
            output) -> None:
     """Run A and B on the same inputs; exit 1 unless they agree (expected differences pass)."""
-    from .port.loaders import load_model
-    from .testing import compare_bn
+    from ..port.loaders import load_model
+    from ..testing import compare_bn
 
     def run():
         arrays = _load_inputs(inputs)
@@ -181,7 +180,7 @@ def verify(a, b, inputs, layout_a, layout_b, transpose_b, modes, steps, toleranc
             raise PortError(f"running the models failed ({type(exc).__name__}: {msg})") from None
 
     report = _guarded(run)
-    _emit(_render(report, fmt), output)
+    emit(_render(report, fmt), output)
     sys.exit(0 if report.ok else 1)
 
 
@@ -199,3 +198,6 @@ def _load_inputs(path: str) -> list:
             raise PortError(f"--inputs {path}: empty archive")
         return arrays
     return [data]
+
+
+COMMANDS = (port, convert, audit, verify)

@@ -2,9 +2,9 @@
 
 The layer sits in a one-layer functional ``keras.Model`` (Input -> BN) so that ``fit`` and
 ``predict`` are Keras' own. Keras fixes its backend at import from ``KERAS_BACKEND``, which
-the runner sets in the worker (see ``FRAMEWORKS[...].env``); this module checks that the
-imported backend is the one its framework id promises, so a misconfigured worker fails
-loudly instead of reporting one backend's numbers under another's name.
+the runner sets in the worker (``env`` of its entry in ``xbn.registry``); this module checks
+that the imported backend is the one its framework id promises, so a misconfigured worker
+fails loudly instead of reporting one backend's numbers under another's name.
 
 Choices a Keras user would make, reported in ``notes``:
 
@@ -28,8 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..scenario import Layer, Step, channel_axis
-from .base import Adapter, NotApplicable
+from ...scenario import Layer, Step, channel_axis
+from ..base import Adapter, NotApplicable
 
 BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 POLICIES = {"float32": "float32", "float64": "float64",
@@ -84,16 +84,16 @@ class KerasAdapter(Adapter):
 
     # -- construction --------------------------------------------------------------------
     def build(self, layer: Layer) -> None:
-        if not layer.track_running_stats:
-            raise NotApplicable("keras BatchNormalization always keeps moving statistics and "
-                                "uses them in inference (no track_running_stats option)")
+        self.require(layer, "track_running_stats",
+                     "keras BatchNormalization always keeps moving statistics and uses them in "
+                     "inference (no track_running_stats option)")
         native = dict(layer.native.get(self.framework_id, {}))
         axis = channel_axis(layer.layout)
         kwargs: dict = {"axis": -1 if axis == layer.rank - 1 else axis}
         if not layer.defaults:
-            if layer.cumulative:
-                raise NotApplicable("keras BatchNormalization has no cumulative-average "
-                                    "momentum (only an exponential moving average)")
+            self.require(layer, "cumulative_momentum",
+                         "keras BatchNormalization has no cumulative-average momentum (only an "
+                         "exponential moving average)")
             kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
         kwargs.update(center=layer.center, scale=layer.scale)
         kwargs.update(native)

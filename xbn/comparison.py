@@ -1,0 +1,211 @@
+"""Observations as a tidy DataFrame, diffs against a reference, and verdicts.
+
+Tolerance rule (documented in the README): a value is ``same`` as the reference when every
+element is within ``k * eps(dtype) * scale``, where dtype is the less precise of the two
+observed dtypes, eps is that dtype's machine epsilon, scale is the largest magnitude in the
+reference array (1 when it is all zeros), and k defaults to 16. The tolerance never grows with
+the number of steps, so float32 rounding that accumulates over a long run is reported as
+``differs`` and left to the explanation to attribute.
+
+``agreement`` is the one rule for "do these two observations agree" (statuses, exception
+types, shapes, dtypes, values within the tolerance): the diff table, the explanation search
+(``xbn.explain``), the upgrade guard (``xbn.guard``) and its explanations use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .dtypes import EPS, ulp_distance
+from .scenario import STATE_QUANTITIES
+
+QUANTITY_ORDER = ("output", "loss", "grad_input", "grad_gamma", "grad_beta", *STATE_QUANTITIES)
+
+DEFAULT_K = 16.0
+COLUMNS = ["scenario", "step", "op", "framework", "quantity", "status", "value", "dtype", "message"]
+DIFF_COLUMNS = ["scenario", "step", "op", "quantity", "framework", "reference", "dtype",
+                "max_abs", "max_rel", "max_ulp", "tolerance", "verdict", "explanation", "message"]
+VERDICTS = ("same", "differs", "error", "n/a")
+
+
+def observations_frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    if frame.empty:
+        return frame
+    frame["step"] = frame["step"].astype(int)
+    order = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
+    frame["_q"] = frame["quantity"].map(lambda q: order.get(q, len(order)))
+    frame = frame.sort_values(["scenario", "step", "_q", "framework"], kind="stable",
+                              ignore_index=True)
+    return frame.drop(columns="_q")
+
+
+def less_precise(a: str | None, b: str | None) -> str:
+    """The dtype of two observed ones with the larger epsilon (float64 when neither is known):
+    values are compared at the precision of the coarser side."""
+    dtypes = [d for d in (a, b) if d in EPS]
+    if not dtypes:
+        return "float64"
+    return max(dtypes, key=lambda d: EPS[d])
+
+
+def exception_type(message: str | None) -> str:
+    """'ValueError' from an error row's message 'ValueError: ...'."""
+    return (message if isinstance(message, str) else "").split(":")[0].strip()
+
+
+def measure(value, ref, dtype: str, k: float = DEFAULT_K) -> dict:
+    """max_abs, max_rel, max_ulp, tolerance and whether all elements are within it."""
+    a = np.asarray(value, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    if a.shape != r.shape:
+        return {"max_abs": math.nan, "max_rel": math.nan, "max_ulp": math.nan,
+                "tolerance": math.nan, "within": False,
+                "note": f"shape {list(a.shape)} vs reference {list(r.shape)}"}
+    both_nan = np.isnan(a) & np.isnan(r)
+    same_inf = np.isinf(a) & (a == r)
+    exact = both_nan | same_inf
+    diff = np.where(exact, 0.0, np.abs(a - r))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    finite_r = np.abs(r[np.isfinite(r)])
+    scale = float(finite_r.max()) if finite_r.size and finite_r.max() > 0 else 1.0
+    tol = k * EPS[dtype] * scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.abs(r))
+    ulps = np.where(exact, 0.0, ulp_distance(np.nan_to_num(a), np.nan_to_num(r), dtype))
+    ulps = np.where(np.isnan(a) != np.isnan(r), np.inf, ulps)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    return {"max_abs": max_abs, "max_rel": float(rel.max()) if rel.size else 0.0,
+            "max_ulp": float(ulps.max()) if ulps.size else 0.0, "tolerance": tol,
+            "within": bool(np.all(diff <= tol)), "note": None}
+
+
+def _row_key(frame: pd.DataFrame) -> pd.Series:
+    return list(zip(frame["scenario"], frame["step"], frame["quantity"], strict=True))
+
+
+def diff_table(obs: pd.DataFrame, reference: str = "numpy", k: float = DEFAULT_K) -> pd.DataFrame:
+    """One row per (scenario, step, quantity, framework other than the reference)."""
+    rows = []
+    if obs.empty:
+        return pd.DataFrame(columns=DIFF_COLUMNS)
+    refs = {key: row for key, row in zip(_row_key(obs), obs.itertuples(index=False), strict=True)
+            if row.framework == reference}
+    for key, row in zip(_row_key(obs), obs.itertuples(index=False), strict=True):
+        if row.framework == reference:
+            continue
+        ref = refs.get(key)
+        rows.append(_diff_row(row, ref, reference, k))
+    return pd.DataFrame.from_records(rows, columns=DIFF_COLUMNS)
+
+
+def _diff_row(row, ref, reference: str, k: float) -> dict:
+    out = {"scenario": row.scenario, "step": int(row.step), "op": row.op, "quantity": row.quantity,
+           "framework": row.framework, "reference": reference, "dtype": row.dtype,
+           "max_abs": None, "max_rel": None, "max_ulp": None, "tolerance": None,
+           "verdict": None, "explanation": None, "message": row.message}
+    if row.status in ("error", "n/a"):
+        out["verdict"] = row.status
+        return out
+    if ref is None or ref.status != "ok":
+        why = "no reference value" if ref is None else f"reference {ref.status}: {ref.message}"
+        if ref is not None and ref.status == "error" and row.status == "ok":
+            out["verdict"] = "differs"
+            out["explanation"] = f"{reference} raised, {row.framework} did not"
+        else:
+            out["verdict"] = "n/a"
+        out["message"] = why if row.message is None else f"{row.message}; {why}"
+        return out
+    a = agreement(row, ref, k)
+    out["verdict"] = "same" if a.agree else "differs"
+    if a.compared:  # not a set/set_weights step, which has no value
+        out.update({"dtype": a.dtype, "max_abs": a.max_abs, "max_rel": a.max_rel,
+                    "max_ulp": a.max_ulp, "tolerance": a.tolerance})
+    if a.note:
+        out["message"] = a.note
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# agreement of two observations: the one rule behind verdicts, explanations and the guard
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Whether two observations agree, why not, and by how much when both hold values.
+
+    ``kind`` (None when they agree): "missing" (one side is absent), "status" (different
+    statuses, or two errors of different exception types), "shape", "dtype" (only asked for
+    with ``same_dtype``), "value" (some element beyond the tolerance). ``exact``: two values
+    equal to the last bit (NaN at the same places, the same infinities). The numbers come from
+    ``measure`` in ``dtype``, the less precise of the two dtypes; they are None when no values
+    were compared (errors, n/a, a step that records no value).
+    """
+
+    agree: bool
+    kind: str | None = None
+    exact: bool = False
+    dtype: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    max_ulp: float | None = None
+    tolerance: float | None = None
+    note: str | None = None
+
+    @property
+    def compared(self) -> bool:
+        """Whether two values were measured (the numbers are set)."""
+        return self.dtype is not None
+
+
+def _field(obs, name: str):
+    return obs[name] if isinstance(obs, Mapping) else getattr(obs, name)
+
+
+def agreement(obs, ref, k: float = DEFAULT_K, *, same_dtype: bool = False,
+              same_exception: bool = True) -> Agreement:
+    """Whether observation ``obs`` agrees with ``ref``.
+
+    Observations are dicts or rows (anything with ``status``, ``value``, ``dtype`` and
+    ``message``). They agree when their statuses are equal; two errors must also name the
+    same exception type (the message's text before the first colon), and two values must have
+    the same shape and every element within ``k * eps(dtype) * max|ref|`` (``measure``; NaN
+    agrees with NaN at the same place). ``ref``'s magnitude scales the tolerance: pass the
+    reference, or the older observation. ``k=0`` asks for bit-identical values;
+    ``same_dtype`` also asks for identical dtypes; ``same_exception=False`` lets any error
+    agree with any error (for the reference, which models that a framework refuses something
+    but not which exception class it picks: flax refuses a call without the training flag
+    with ValueError, haiku with TypeError, the reference's ``bare_call="error"`` with TypeError).
+    """
+    if obs is None or ref is None:
+        return Agreement(False, "missing")
+    status = _field(obs, "status")
+    if status != _field(ref, "status"):
+        return Agreement(False, "status")
+    if status == "error" and same_exception and \
+            exception_type(_field(obs, "message")) != exception_type(_field(ref, "message")):
+        return Agreement(False, "status")
+    value, ref_value = _field(obs, "value"), _field(ref, "value")
+    if status != "ok":
+        return Agreement(True)
+    if value is None or ref_value is None:  # a set/set_weights step records no value
+        if value is None and ref_value is None:
+            return Agreement(True, exact=True)
+        return Agreement(False, "shape", note="a value on one side only")
+    dtype = less_precise(_field(obs, "dtype"), _field(ref, "dtype"))
+    with np.errstate(all="ignore"):  # inf - inf and casts of inf are answers here, not news
+        m = measure(value, ref_value, dtype, k)
+    numbers = {"dtype": dtype, "max_abs": m["max_abs"], "max_rel": m["max_rel"],
+               "max_ulp": m["max_ulp"], "tolerance": m["tolerance"], "note": m["note"]}
+    if m["note"]:
+        return Agreement(False, "shape", **numbers)
+    if same_dtype and _field(obs, "dtype") != _field(ref, "dtype"):
+        return Agreement(False, "dtype", **numbers)
+    if not m["within"]:
+        return Agreement(False, "value", **numbers)
+    return Agreement(True, exact=m["max_abs"] == 0.0, **numbers)
