@@ -30,3 +30,13 @@ op = "call"
 input = "x"
 training = true
 """
+
+
+@pytest.fixture
+def drifting(monkeypatch):
+    """Three plugin frameworks made of the reference with other switches (tests/plugins):
+    float32 drift, Bessel-corrected variance, batch-of-one error; the command line accepts
+    their ids. Fast: no framework is imported."""
+    from .plugins.drifting import register
+
+    return register(monkeypatch)

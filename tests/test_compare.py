@@ -109,3 +109,42 @@ def test_less_precise_and_exception_type():
     assert less_precise(None, None) == "float64"
     assert exception_type("ValueError: Expected more than 1 value") == "ValueError"
     assert exception_type(None) == ""
+
+
+def test_terms_set_the_floor_of_the_tolerance():
+    """A value whose terms cancel (the float64 reference holds rounding noise ~1e-16) is
+    compared at the magnitude of its terms, not at the noise's."""
+    eps = np.finfo(np.float32).eps
+    noise = [8.9e-16, -4.4e-16]
+    assert not measure([2.4e-7, 0.0], noise, "float32")["within"]
+    floor = measure([2.4e-7, 0.0], noise, "float32", terms=2.0)
+    assert floor["within"] and floor["tolerance"] == 16 * eps * 2.0
+    assert not measure([16 * eps * 2.0 * 1.01, 0.0], noise, "float32", terms=2.0)["within"]
+    # the terms never lower the tolerance below the value's own magnitude
+    assert measure([100.0], [100.0], "float32", terms=1e-3)["tolerance"] == 16 * eps * 100.0
+
+
+def test_the_reference_rows_scale_is_used_and_another_reference_borrows_numpys():
+    ref = {**obs("numpy", "grad_input", value=[8.9e-16], dtype="float64"), "scale": 2.0}
+    framework = obs("torch", "grad_input", value=[2.4e-7])
+    assert agreement(framework, ref).agree  # the reference row carries its scale
+    assert not agreement(framework, {**ref, "scale": None}).agree
+    frame = observations_frame([ref, framework, obs("keras", "grad_input", value=[0.0])])
+    assert dict(zip(frame["framework"], frame["scale"], strict=True)) == {
+        "numpy": 2.0, "torch": None, "keras": None}
+    against_torch = diff_table(frame, reference="torch")
+    keras = against_torch[against_torch["framework"] == "keras"].iloc[0]
+    assert keras["verdict"] == "same" and keras["tolerance"] == 16 * np.finfo(np.float32).eps * 2.0
+
+
+def test_reference_rows_record_their_scale(write_scenario):
+    from xbn.adapters.base import run_scenario
+    from xbn.adapters.numpy.adapter import NumpyAdapter
+    from xbn.scenario import load
+
+    from .conftest import MINIMAL
+
+    rows = list(run_scenario(NumpyAdapter("numpy"), load(write_scenario(MINIMAL))))
+    scales = {o["quantity"]: o.get("scale") for o in rows}
+    assert scales["output"] > 0 and scales["moving_mean"] > 0
+    assert "moving_variance" not in scales or scales["moving_variance"] is None

@@ -242,6 +242,36 @@ def test_framework_no_longer_installed_is_skipped_with_a_warning(snapshot, tmp_p
     assert cases["ghost"].find("skipped") is not None and cases["numpy"].find("failure") is None
 
 
+def test_require_all_fails_when_a_recorded_framework_is_gone(snapshot, tmp_path, ghost):
+    """CI that lost a framework must not go green: --require-all lists its rows as missing."""
+    def add_ghosts(doc):
+        doc["frameworks"]["ghost"] = {"available": True, "version": "1.0",
+                                      "versions": {"ghost": "1.0"}}
+        doc["observations"] += [{**o, "framework": "ghost"}
+                                for o in doc["observations"] if o["framework"] == "numpy"]
+        doc["frameworks"]["torch"] = {"available": False}  # not installed then either
+
+    edit(snapshot, add_ghosts)
+    recorded = sum(o["framework"] == "ghost" for o in json.loads(snapshot.read_text())["observations"])
+    plain = invoke("check", str(snapshot))
+    assert plain.exit_code == 0 and "(--require-all makes this a failure)" in plain.stderr
+
+    xml_path = tmp_path / "j.xml"
+    r = invoke("check", str(snapshot), "--require-all", "--format", "json", "--junit",
+               str(xml_path))
+    assert r.exit_code == 1, r.output
+    assert "ghost: not installed now" in r.stderr and "--require-all requires it" in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["frameworks"]["ghost"]["status"] == "checked"
+    assert doc["frameworks"]["torch"]["status"] == "skipped"  # nothing recorded, nothing required
+    gone = [c for c in doc["changes"] if c["framework"] == "ghost"]
+    assert len(gone) == recorded and {c["kind"] for c in gone} == {"missing"}
+    assert all(c["explanation"].startswith("not measured: not installed now") for c in gone)
+    assert not [c for c in doc["changes"] if c["framework"] != "ghost"]
+    cases = {c.get("name"): c for c in ET.parse(xml_path).getroot().iter("testcase")}
+    assert cases["ghost"].find("failure") is not None and cases["numpy"].find("failure") is None
+
+
 def test_non_finite_values_round_trip_through_strict_json():
     doc = {"kind": "xbn-snapshot", "snapshot_schema": 1, "xbn_version": "0",
            "frameworks": {"numpy": {"available": True}}, "scenarios": [], "observations": []}

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "xbn"
 
 # The ground floor: plain data and the specification. They import only each other.
 GROUND = ("xbn._version", "xbn.dtypes", "xbn.scenario", "xbn.registry", "xbn.strict",
-          "xbn.jsonio", "xbn.reference")
+          "xbn.jsonio", "xbn.reference", "xbn.numerics")
 MAX_LINES = 420
 
 

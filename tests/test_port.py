@@ -122,6 +122,7 @@ def _build(t, keras):
     ("keras", "torch", dict(momentum=0.95, epsilon=1e-4, features=5, rank=2)),
     ("torch", "keras", dict(momentum=0.2, epsilon=1e-2, affine=False)),
     ("flax", "torch", dict(momentum=0.8, epsilon=1e-3, center=False, scale=False, rank=5)),
+    ("keras", "torch", dict(momentum=0.9, center=False, features=5, rank=2)),
     ("torch", "flax-nnx", dict(momentum=0.3, features=5)),
     ("torch", "flax", dict(momentum=0.05, epsilon=3e-3, axis="1")),
     ("keras", "equinox", dict(momentum=0.7, features=5)),
@@ -132,7 +133,8 @@ def test_printed_code_builds_the_equivalent_layer(source, target, args, keras):
     decay = 1 - args["momentum"] if source == "torch" else args["momentum"]
     if target == "torch":
         assert bn.momentum == pytest.approx(1 - decay) and bn.num_features == 5
-        assert bn.affine == (args.get("center", True) and args.get("scale", True))
+        assert (bn.weight is not None) == args.get("scale", True)
+        assert (bn.bias is not None) == args.get("center", True)
         assert type(bn).__name__ == {2: "BatchNorm1d", 5: "BatchNorm3d"}[args["rank"]]
     elif target in ("keras", "tf-keras"):
         assert bn.momentum == pytest.approx(decay)
@@ -146,9 +148,9 @@ def test_printed_code_builds_the_equivalent_layer(source, target, args, keras):
 
 
 @pytest.mark.parametrize("source,target,args,words", [
-    ("keras", "torch", dict(center=False), "cannot split"),
+    ("keras", "torch", dict(scale=False), "cannot split"),
     ("torch", "keras", dict(momentum="none"), "cumulative"),
-    ("torch", "flax", dict(center=False, scale=True), "cannot split"),
+    ("torch", "flax", dict(center=True, scale=False), "cannot split"),
     ("haiku", "torch", {}, "no default"),
     ("torch", "keras", dict(axis="-1"), "no axis"),
     ("flax", "keras", dict(axis="1,2"), "single int"),
@@ -167,8 +169,25 @@ def test_port_cli_text_json_and_exit_2():
     r = invoke("port", "--from", "keras", "--to", "flax-nnx", "--features", "8", "--format", "json")
     data = json.loads(r.output)
     assert data["target"]["kwargs"]["num_features"] == 8 and data["target"]["kwargs"]["epsilon"] == 1e-3
-    r = invoke("port", "--from", "keras", "--to", "torch", "--no-center")
+    r = invoke("port", "--from", "keras", "--to", "torch", "--no-scale")
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "xbn: error:" in r.output
+
+
+def test_scale_without_center_follows_the_installed_torch(monkeypatch, torch):
+    """torch >= 2.12 builds a weight without a bias (bias=False); port says so, and refuses
+    it for an older torch, naming the release that brought it."""
+    r = invoke("port", "--from", "keras", "--to", "torch", "--no-center", "--features", "3",
+               "--rank", "2")
+    assert r.exit_code == 0, r.output
+    code = next(line for line in r.output.splitlines() if line.startswith("bn = "))
+    assert "bias=False" in code and "affine" not in code
+    bn = eval(code[len("bn = "):], {"torch": torch})  # the line a user would paste
+    assert bn.weight is not None and bn.bias is None
+    assert f"torch >= 2.12; installed: torch {torch.__version__}" in r.output
+    monkeypatch.setattr("xbn.registry._installed",
+                        lambda dist: "2.11.0" if dist == "torch" else None)
+    with pytest.raises(PortError, match=r"cannot split .*torch >= 2\.12; installed: torch 2\.11"):
+        translate("keras", "torch", center=False)
 
 
 def test_help_imports_no_framework():
@@ -304,7 +323,8 @@ def test_audit_keras_file_flags_pitfalls_without_running_code(keras_file):
     a = audit_file(keras_file, target="torch")
     by = {x.name: x for x in a.layers}
     assert by["bn_c"].trainable is False and by["bn_b"].center is False
-    assert any(f.level == "error" and "split" in f.text for f in by["bn_b"].flags)
+    assert not any(f.level == "error" for f in by["bn_b"].flags)  # torch >= 2.12: bias=False
+    assert by["bn_b"].target_code.endswith("bias=False)")
     assert any("requires_grad_(False)" in f.text for f in by["bn_c"].flags)
     assert any(f.topic == "epsilon" for f in by["bn_a"].flags)
     assert not any(f.topic == "epsilon" for f in by["bn_c"].flags)  # 1e-5 is torch's default

@@ -176,3 +176,122 @@ def test_running_variance_is_the_layers_own_update(rule):
         for x in xs:
             expected = 0.9 * expected + 0.1 * x.var(axis=0) / (len(x) - 1)
         np.testing.assert_allclose(excess, expected, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# term magnitudes and rounding-error bounds (xbn.numerics)
+
+
+def test_magnitudes_of_a_gradient_that_cancels_to_zero():
+    """grad with all-ones output weights: the exact input and gamma gradients are 0, and the
+    magnitudes of the terms behind them are what the README derives."""
+    x = np.array([[0.3, 5.0], [0.9, 1.0], [0.1, 2.5], [0.6, 4.0]])
+    eps = 1e-3
+    bn = ReferenceBatchNorm(layer(epsilon=eps, dtype="float64"))
+    out = bn.grad(x, True, np.ones_like(x))
+    assert np.max(np.abs(out["grad_input"])) < 1e-14 and np.max(np.abs(out["grad_gamma"])) < 1e-14
+    inv = 1 / np.sqrt(x.var(axis=0) + eps)
+    xhat = (x - x.mean(axis=0)) * inv
+    got = bn.magnitudes()
+    np.testing.assert_allclose(got["output"], np.max(np.abs(xhat)), rtol=1e-12)
+    np.testing.assert_allclose(got["grad_input"],
+                               np.max(inv * (1 + 1 + np.abs(xhat) * np.abs(xhat).mean(axis=0))),
+                               rtol=1e-12)
+    np.testing.assert_allclose(got["grad_gamma"], np.max(np.abs(xhat).sum(axis=0)), rtol=1e-12)
+    assert got["grad_beta"] == 4.0
+
+
+def test_the_floor_keeps_float32_rounding_of_a_zero_gradient_same():
+    """The same gradient computed in float32 (the reference's native arithmetic) is off by
+    rounding noise: beyond 16 eps of the float64 noise's own scale, within 16 eps of the
+    terms' magnitude."""
+    from xbn.comparison import measure
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.uniform(0, 1, size=(3, 3)).astype(np.float32), 6).astype(np.float64)
+    ones = np.ones_like(x)
+    exact = ReferenceBatchNorm(layer(features=3, epsilon=1e-5))
+    ref = exact.grad(x, True, ones)["grad_input"]
+    terms = exact.magnitudes()["grad_input"]
+    native = ReferenceBatchNorm(layer(features=3, epsilon=1e-5), Semantics(precision="native"))
+    y, cache = native.forward(x, True)
+    dy = ones.astype(np.float32)  # a float32 backward in the reference's formula
+    inv, c = cache["inv"].astype(np.float32), cache["centered"].astype(np.float32)
+    f32 = (inv * dy - inv * dy.mean(axis=0) - inv**3 * c * (dy * c).mean(axis=0)).astype(np.float64)
+    assert np.max(np.abs(f32)) > 0  # float32 leaves noise
+    assert not measure(f32, ref, "float32")["within"]
+    assert measure(f32, ref, "float32", terms=terms)["within"]
+
+
+def test_running_mean_magnitude_follows_the_update():
+    x = np.array([[-1.0, 2.0], [1.0, -2.0]])  # batch means exactly 0
+    bn = ReferenceBatchNorm(layer(momentum=0.9, dtype="float64"))
+    bn.call(x, True)
+    np.testing.assert_array_equal(bn.moving_mean, [0.0, 0.0])
+    np.testing.assert_allclose(bn.magnitudes()["moving_mean"], 0.1 * 2.0)
+    debiased = ReferenceBatchNorm(layer(momentum=0.9, dtype="float64"), Semantics(ema="debiased"))
+    for _ in range(3):
+        debiased.call(x, True)
+    np.testing.assert_allclose(debiased.magnitudes()["moving_mean"], 2.0)  # hidden / (1 - m^t)
+    bn.set_weights({"moving_mean": np.array([3.0, -4.0])})
+    assert bn.magnitudes()["moving_mean"] == 4.0
+
+
+def _float32_moments(x: np.ndarray, order: np.ndarray) -> tuple:
+    """Mean and both variance formulas in float32, summing in ``order`` one term at a time."""
+    f = np.float32
+    n = f(len(x))
+
+    def total(terms):
+        s = np.zeros(terms.shape[1], f)
+        for i in order:
+            s = (s + terms[i]).astype(f)
+        return s
+
+    x = x.astype(f)
+    mean = (total(x) / n).astype(f)
+    dev = (x - mean).astype(f)
+    two_pass = (total((dev * dev).astype(f)) / n).astype(f)
+    fast = ((total((x * x).astype(f)) / n).astype(f) - (mean * mean).astype(f)).astype(f)
+    return mean, two_pass, fast
+
+
+def test_error_bounds_hold_in_every_summation_order():
+    """d and B (xbn.numerics) bound float32 moments of inputs with mean 1e4 in any order; the
+    one-pass error exceeds the two-pass bound, so the bounds tell the formulas apart."""
+    from xbn import numerics
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(1e4, 1.0, size=(64, 3)).astype(np.float32).astype(np.float64)
+    u = numerics.unit_roundoff("float32")
+    d = numerics.mean_error_bound(x, u)
+    bound = {a: numerics.variance_error_bound(x, a, u) for a in ("two_pass", "fast")}
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    orders = [np.arange(64), np.arange(64)[::-1], np.argsort(x[:, 0])] + \
+        [rng.permutation(64) for _ in range(20)]
+    worst_fast = np.zeros(3)
+    for order in orders:
+        m, two_pass, fast = _float32_moments(x, order)
+        assert np.all(np.abs(m - mean) <= d)
+        assert np.all(np.abs(two_pass - var) <= bound["two_pass"])
+        assert np.all(np.abs(fast - var) <= bound["fast"])
+        worst_fast = np.maximum(worst_fast, np.abs(fast - var))
+    assert np.all(bound["two_pass"] < 0.01 * var)  # the two-pass bound is tight here
+    assert np.any(worst_fast > bound["two_pass"])  # and the one-pass error is beyond it
+
+
+def test_error_fields_move_the_batch_statistics_and_are_not_switches():
+    from xbn import numerics
+
+    assert "variance_error" not in Semantics().switches()
+    x = np.array([[1.0, 10.0], [3.0, 14.0], [2.0, 9.0]])
+    u = numerics.unit_roundoff("float32")
+    for sign in (-1.0, 1.0):
+        bn = ReferenceBatchNorm(layer(momentum=0.5),
+                                Semantics(mean_error=sign, variance_error=sign))
+        bn.call(x, True)
+        np.testing.assert_allclose(
+            bn.moving_mean, 0.5 * (x.mean(axis=0) + sign * numerics.mean_error_bound(x, u)))
+        np.testing.assert_allclose(
+            bn.moving_variance,
+            0.5 + 0.5 * (x.var(axis=0) + sign * numerics.variance_error_bound(x, "two_pass", u)))

@@ -126,3 +126,172 @@ def test_scenario_and_snapshot_errors_share_one_shape():
 
     assert issubclass(ScenarioError, StrictError) and issubclass(SnapshotError, StrictError)
     assert str(ScenarioError("f.toml", "bad", "steps[0].op")) == "f.toml: steps[0].op: bad"
+
+
+# -- where values live: param_dtype, rounding, overflow ----------------------------------------
+
+SET_BIG = MINIMAL + """
+[[steps]]
+op = "set_weights"
+moving_variance = 70000
+"""
+
+
+def test_a_value_beyond_its_dtype_is_a_load_error_not_inf(write_scenario):
+    """70000 > 65504, the largest float16: a float16 layer cannot hold it (it would be inf)."""
+    f16 = SET_BIG.replace("features = 2", 'features = 2\ndtype = "float16"')
+    message = error_of(write_scenario, f16)
+    assert message.endswith(
+        "steps[1].moving_variance: 70000 is not representable in float16 (max 65504)")
+    # mixed precision: the statistics live in float32, where 70000 is exact
+    mixed = f16.replace('dtype = "float16"', 'dtype = "float16"\nparam_dtype = "float32"')
+    s = load(write_scenario(mixed))
+    assert s.layer.state_dtype == "float32" and s.steps[1].values["moving_variance"] == [70000.0] * 2
+    # values still round to where they live: 65519 -> 65504 in float16, 1 + 2^-12 -> 1
+    near = f16.replace("moving_variance = 70000", "moving_variance = [65519, 1.000244140625]")
+    assert load(write_scenario(near)).steps[1].values["moving_variance"] == [65504.0, 1.0]
+    bf16 = SET_BIG.replace("features = 2", 'features = 2\ndtype = "bfloat16"') \
+        .replace("70000", "3.4e38")
+    assert "3.4e+38 is not representable in bfloat16 (max 3.3895314e+38)" in \
+        error_of(write_scenario, bf16)
+
+
+def test_inputs_and_expected_values_round_to_where_each_quantity_lives(write_scenario):
+    f16 = MINIMAL.replace("features = 2", 'features = 2\ndtype = "float16"')
+    assert "inputs.x: 100000 is not representable in float16" in error_of(
+        write_scenario, f16.replace("[3.0, 5.0]", "[3.0, 1e5]"))
+    text = f16.replace('param', 'param') + """
+[steps.expect]
+source = "a test"
+output = [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]
+moving_variance = 70000
+"""
+    assert "steps[0].expect.moving_variance: 70000 is not representable in float16" in \
+        error_of(write_scenario, text)
+    mixed = text.replace('dtype = "float16"', 'dtype = "float16"\nparam_dtype = "float32"')
+    expect = load(write_scenario(mixed)).steps[0].expect
+    assert expect["moving_variance"] == [70000.0, 70000.0]  # float32: exact
+    assert expect["output"][0] == [float(np.float16(0.1)), float(np.float16(0.2))]  # float16
+    from xbn.scenario import quantity_dtype
+
+    layer = load(write_scenario(mixed)).layer
+    assert [quantity_dtype(layer, q) for q in ("output", "grad_input", "gamma", "grad_beta",
+                                               "moving_mean", "loss")] == \
+        ["float16", "float16", "float32", "float32", "float32", "float32"]
+    assert "a call step records no loss" in error_of(
+        write_scenario, mixed.replace("moving_variance = 70000", "loss = 1.0"))
+
+
+def test_param_dtype_defaults_to_dtype_and_keeps_old_digests(write_scenario):
+    plain = load(write_scenario(MINIMAL, "a.toml"))
+    same = load(write_scenario(MINIMAL.replace("features = 2",
+                                               'features = 2\nparam_dtype = "float32"'), "b.toml"))
+    assert plain.layer.param_dtype is None and plain.layer.state_dtype == "float32"
+    assert "param_dtype" not in plain.to_dict()["layer"]  # digests of existing files unchanged
+    assert same.digest == plain.digest  # the same as dtype means unset
+    mixed = load(write_scenario(MINIMAL.replace(
+        "features = 2", 'features = 2\ndtype = "bfloat16"\nparam_dtype = "float32"'), "c.toml"))
+    assert mixed.layer.mixed and mixed.to_dict()["layer"]["param_dtype"] == "float32"
+    from xbn.scenario import Scenario
+
+    assert Scenario.from_dict(mixed.to_dict()).layer == mixed.layer
+    assert "layer.param_dtype: must be one of" in error_of(
+        write_scenario, MINIMAL.replace("features = 2", 'features = 2\nparam_dtype = "half"'))
+
+
+@pytest.mark.parametrize(("old", "new", "fragment"), [
+    ("x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]",
+     "x = { normal = { mean = 0.0, std = -1.0 }, shape = [3, 2] }",
+     "inputs.x.normal.std: a standard deviation cannot be negative"),
+    ("x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]",
+     "x = { uniform = { low = -1e308, high = 1e308 }, shape = [3, 2] }",
+     "inputs.x.uniform: high - low is beyond float64's range"),
+    ("x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]", "x = [[1, 2], [3, 5], [0, 1" + "0" * 400 + "]]",
+     "inputs.x: non-finite value (an integer beyond float64's range)"),
+    ("features = 2", "features = 2\nepsilon = " + "9" * 400, "layer.epsilon: must be finite"),
+    ("x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]",
+     "x = { constant = 1.0, shape = [100000, 100000] }",
+     "inputs.x.shape: 10000000000 elements; at most"),
+    ("features = 2", "features = 100000000000", "layer.features: must be <= 65536"),
+    ("x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]",
+     "x = { normal = { std = 1e308 }, offset = 1e308, shape = [3, 2], seed = 1 }",
+     "inputs.x"),
+])
+def test_bad_input_is_one_line_not_a_raw_error(write_scenario, old, new, fragment):
+    assert old in MINIMAL
+    assert fragment in error_of(write_scenario, MINIMAL.replace(old, new))
+
+
+def test_inputs_that_are_not_a_table(write_scenario):
+    text = MINIMAL.replace("[inputs]\nx = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]\n", "") \
+        .replace("schema = 1\n", "schema = 1\ninputs = 1.5\n")
+    assert error_of(write_scenario, text).endswith("inputs: expected a table, got a number")
+
+
+def _mutations(value, rng):
+    """``value`` with one thing changed somewhere inside it: a key dropped or misspelt, or a
+    value replaced by one a careless or hostile file could hold; deeper places are as likely
+    as the top."""
+    pool = [None, True, -1, 0, 1.5, -1e308, 1e308, float("inf"), float("nan"), 10**400, "",
+            "x", "float16", "NHWC", [], [[]], [1, [2]], {}, {"a": 1}, [1.0] * 3, [[1.0] * 3],
+            70000.0, -0.0, 2**31, {"normal": {"std": -0.0}, "shape": [2, 2]}]
+    children = [k for k, v in (value.items() if isinstance(value, dict) else
+                               enumerate(value) if isinstance(value, list) else ())
+                if isinstance(v, (dict, list))]
+    if children and rng.random() < 0.75:  # go deeper
+        out = dict(value) if isinstance(value, dict) else list(value)
+        key = children[int(rng.integers(len(children)))]
+        out[key] = _mutations(out[key], rng)
+        return out
+    if isinstance(value, dict) and value:
+        out = dict(value)
+        key = sorted(out)[int(rng.integers(len(out)))]
+        choice = int(rng.integers(3))
+        if choice == 0:
+            del out[key]
+        elif choice == 1:
+            out[key + "x"] = out.pop(key)
+        else:
+            out[key] = pool[int(rng.integers(len(pool)))]
+        return out
+    if isinstance(value, list) and value:
+        out = list(value)
+        out[int(rng.integers(len(out)))] = pool[int(rng.integers(len(pool)))]
+        return out
+    return pool[int(rng.integers(len(pool)))]
+
+
+def test_fuzzed_documents_fail_with_one_line_or_load():
+    """Random mutations of valid scenarios (every built-in and a rich one): parse either
+    succeeds or raises ScenarioError naming the file, never another exception."""
+    import json
+
+    from xbn.scenario import parse
+
+    rich = {"schema": 1, "name": "r", "layer": {"features": 2, "dtype": "float16",
+                                                "param_dtype": "float32", "momentum": 0.9,
+                                                "native": {"torch": {"momentum": 0.1}}},
+            "inputs": {"x": {"normal": {"mean": 1.0, "std": 2.0}, "shape": [4, 2], "seed": 3},
+                       "t": {"uniform": {"low": 0.0, "high": 1.0}, "shape": [4, 2]},
+                       "c": {"constant": 2.0, "shape": [4, 2], "offset": 1.0}},
+            "steps": [{"op": "fit", "input": "x", "target": "t", "epochs": 2, "batch_size": 2,
+                       "optimizer": {"name": "adam", "lr": 0.1, "beta1": 0.9}},
+                      {"op": "grad", "input": "x", "weights": "t", "training": True},
+                      {"op": "set_weights", "gamma": [1.0, 2.0], "moving_variance": 3.0},
+                      {"op": "set", "trainable": False, "mode": "eval"},
+                      {"op": "call", "input": "c", "repeat": 2,
+                       "expect": {"source": "s", "output": 0.5, "moving_mean": [0.0, 1.0]}}]}
+    from xbn.scenario import tomllib
+
+    docs = [rich] + [tomllib.loads(p.read_text()) for p in builtin_paths()]
+    rng = np.random.default_rng(2024)
+    for doc in docs:
+        parse(json.loads(json.dumps(doc)), "f.toml")  # each one is valid as it stands
+    for i in range(3000):
+        doc = json.loads(json.dumps(docs[i % len(docs)]))
+        for _ in range(int(rng.integers(1, 4))):
+            doc = _mutations(doc, rng)
+        try:
+            parse(doc, "f.toml")
+        except ScenarioError as exc:
+            assert str(exc).startswith("f.toml: ") and "\n" not in str(exc), str(exc)

@@ -2,9 +2,11 @@
 
 Tolerance rule (documented in the README): a value is ``same`` as the reference when every
 element is within ``k * eps(dtype) * scale``, where dtype is the less precise of the two
-observed dtypes, eps is that dtype's machine epsilon, scale is the largest magnitude in the
-reference array (1 when it is all zeros), and k defaults to 16. The tolerance never grows with
-the number of steps, so float32 rounding that accumulates over a long run is reported as
+observed dtypes, eps is that dtype's machine epsilon, and k defaults to 16. ``scale`` is the
+larger of the reference array's largest magnitude and the magnitude of the terms that produced
+it (the reference observation's ``scale``, ``xbn.numerics``: a value whose terms cancel to
+zero keeps the rounding error of those terms), 1 when both are 0. The tolerance never grows
+with the number of steps, so float32 rounding that accumulates over a long run is reported as
 ``differs`` and left to the explanation to attribute.
 
 ``agreement`` is the one rule for "do these two observations agree" (statuses, exception
@@ -27,7 +29,9 @@ from .scenario import STATE_QUANTITIES
 QUANTITY_ORDER = ("output", "loss", "grad_input", "grad_gamma", "grad_beta", *STATE_QUANTITIES)
 
 DEFAULT_K = 16.0
-COLUMNS = ["scenario", "step", "op", "framework", "quantity", "status", "value", "dtype", "message"]
+# "scale": the magnitude of the terms behind the value (the reference records it; else None)
+COLUMNS = ["scenario", "step", "op", "framework", "quantity", "status", "value", "dtype", "message",
+           "origin", "scale"]
 DIFF_COLUMNS = ["scenario", "step", "op", "quantity", "framework", "reference", "dtype",
                 "max_abs", "max_rel", "max_ulp", "tolerance", "verdict", "explanation", "message"]
 VERDICTS = ("same", "differs", "error", "n/a")
@@ -38,6 +42,8 @@ def observations_frame(records: list[dict]) -> pd.DataFrame:
     if frame.empty:
         return frame
     frame["step"] = frame["step"].astype(int)
+    frame["scale"] = pd.Series([_scale(s) for s in frame["scale"]], index=frame.index,
+                               dtype=object)  # None where unknown, never NaN
     order = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
     frame["_q"] = frame["quantity"].map(lambda q: order.get(q, len(order)))
     frame = frame.sort_values(["scenario", "step", "_q", "framework"], kind="stable",
@@ -59,8 +65,27 @@ def exception_type(message: str | None) -> str:
     return (message if isinstance(message, str) else "").split(":")[0].strip()
 
 
-def measure(value, ref, dtype: str, k: float = DEFAULT_K) -> dict:
-    """max_abs, max_rel, max_ulp, tolerance and whether all elements are within it."""
+def _scale(value) -> float | None:
+    """A recorded term magnitude, or None when there is none (missing, NaN)."""
+    if value is None or isinstance(value, str):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def tolerance_scale(ref, terms: float | None = None) -> float:
+    """The magnitude the tolerance is relative to: the larger of the reference array's largest
+    finite magnitude and ``terms`` (the magnitude of the terms that produced it), 1 when both
+    are 0."""
+    finite = np.abs(np.asarray(ref, np.float64))
+    finite = finite[np.isfinite(finite)]
+    scale = max(float(finite.max()) if finite.size else 0.0, _scale(terms) or 0.0)
+    return scale if scale > 0 else 1.0
+
+
+def measure(value, ref, dtype: str, k: float = DEFAULT_K, terms: float | None = None) -> dict:
+    """max_abs, max_rel, max_ulp, tolerance and whether all elements are within it.
+    ``terms``: the magnitude of the terms behind ``ref`` (``tolerance_scale``)."""
     a = np.asarray(value, dtype=np.float64)
     r = np.asarray(ref, dtype=np.float64)
     if a.shape != r.shape:
@@ -72,9 +97,7 @@ def measure(value, ref, dtype: str, k: float = DEFAULT_K) -> dict:
     exact = both_nan | same_inf
     diff = np.where(exact, 0.0, np.abs(a - r))
     diff = np.where(np.isnan(diff), np.inf, diff)
-    finite_r = np.abs(r[np.isfinite(r)])
-    scale = float(finite_r.max()) if finite_r.size and finite_r.max() > 0 else 1.0
-    tol = k * EPS[dtype] * scale
+    tol = k * EPS[dtype] * tolerance_scale(r, terms)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(diff == 0, 0.0, diff / np.abs(r))
     ulps = np.where(exact, 0.0, ulp_distance(np.nan_to_num(a), np.nan_to_num(r), dtype))
@@ -94,17 +117,18 @@ def diff_table(obs: pd.DataFrame, reference: str = "numpy", k: float = DEFAULT_K
     rows = []
     if obs.empty:
         return pd.DataFrame(columns=DIFF_COLUMNS)
-    refs = {key: row for key, row in zip(_row_key(obs), obs.itertuples(index=False), strict=True)
-            if row.framework == reference}
-    for key, row in zip(_row_key(obs), obs.itertuples(index=False), strict=True):
+    keyed = list(zip(_row_key(obs), obs.itertuples(index=False), strict=True))
+    refs = {key: row for key, row in keyed if row.framework == reference}
+    # another reference is compared at the scale of the float64 reference's terms, if it ran
+    terms = {key: row.scale for key, row in keyed if row.framework == "numpy"}
+    for key, row in keyed:
         if row.framework == reference:
             continue
-        ref = refs.get(key)
-        rows.append(_diff_row(row, ref, reference, k))
+        rows.append(_diff_row(row, refs.get(key), reference, k, terms.get(key)))
     return pd.DataFrame.from_records(rows, columns=DIFF_COLUMNS)
 
 
-def _diff_row(row, ref, reference: str, k: float) -> dict:
+def _diff_row(row, ref, reference: str, k: float, terms: float | None = None) -> dict:
     out = {"scenario": row.scenario, "step": int(row.step), "op": row.op, "quantity": row.quantity,
            "framework": row.framework, "reference": reference, "dtype": row.dtype,
            "max_abs": None, "max_rel": None, "max_ulp": None, "tolerance": None,
@@ -121,7 +145,7 @@ def _diff_row(row, ref, reference: str, k: float) -> dict:
             out["verdict"] = "n/a"
         out["message"] = why if row.message is None else f"{row.message}; {why}"
         return out
-    a = agreement(row, ref, k)
+    a = agreement(row, ref, k, terms=terms)
     out["verdict"] = "same" if a.agree else "differs"
     if a.compared:  # not a set/set_weights step, which has no value
         out.update({"dtype": a.dtype, "max_abs": a.max_abs, "max_rel": a.max_rel,
@@ -163,20 +187,24 @@ class Agreement:
         return self.dtype is not None
 
 
-def _field(obs, name: str):
-    return obs[name] if isinstance(obs, Mapping) else getattr(obs, name)
+def _field(obs, name: str, default=None):
+    if isinstance(obs, Mapping):
+        return obs.get(name, default)
+    return getattr(obs, name, default)
 
 
 def agreement(obs, ref, k: float = DEFAULT_K, *, same_dtype: bool = False,
-              same_exception: bool = True) -> Agreement:
+              same_exception: bool = True, terms: float | None = None) -> Agreement:
     """Whether observation ``obs`` agrees with ``ref``.
 
     Observations are dicts or rows (anything with ``status``, ``value``, ``dtype`` and
     ``message``). They agree when their statuses are equal; two errors must also name the
     same exception type (the message's text before the first colon), and two values must have
-    the same shape and every element within ``k * eps(dtype) * max|ref|`` (``measure``; NaN
+    the same shape and every element within ``k * eps(dtype) * scale`` (``measure``; NaN
     agrees with NaN at the same place). ``ref``'s magnitude scales the tolerance: pass the
-    reference, or the older observation. ``k=0`` asks for bit-identical values;
+    reference, or the older observation; ``scale`` is the larger of max|ref| and the magnitude
+    of the terms behind it, ``terms`` or else ``ref``'s own ``scale`` field (the reference
+    records one; ``tolerance_scale``). ``k=0`` asks for bit-identical values;
     ``same_dtype`` also asks for identical dtypes; ``same_exception=False`` lets any error
     agree with any error (for the reference, which models that a framework refuses something
     but not which exception class it picks: flax refuses a call without the training flag
@@ -199,7 +227,8 @@ def agreement(obs, ref, k: float = DEFAULT_K, *, same_dtype: bool = False,
         return Agreement(False, "shape", note="a value on one side only")
     dtype = less_precise(_field(obs, "dtype"), _field(ref, "dtype"))
     with np.errstate(all="ignore"):  # inf - inf and casts of inf are answers here, not news
-        m = measure(value, ref_value, dtype, k)
+        m = measure(value, ref_value, dtype, k,
+                    terms if terms is not None else _field(ref, "scale"))
     numbers = {"dtype": dtype, "max_abs": m["max_abs"], "max_rel": m["max_rel"],
                "max_ulp": m["max_ulp"], "tolerance": m["tolerance"], "note": m["note"]}
     if m["note"]:

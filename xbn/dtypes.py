@@ -18,6 +18,22 @@ EPS = {
     "bfloat16": 2.0**-7,
 }
 
+# The largest finite value of each format (bfloat16: 0x7F7F, float32's exponent range with 8 bits).
+MAX = {
+    "float64": float(np.finfo(np.float64).max),
+    "float32": float(np.finfo(np.float32).max),
+    "float16": float(np.finfo(np.float16).max),
+    "bfloat16": float(np.uint32(0x7F7F0000).view(np.float32)),
+}
+
+# 64 bits wide, 32 bits wide, the two 16-bit formats last: ``wider`` picks by this order.
+_WIDTH = {"float64": 3, "float32": 2, "float16": 1, "bfloat16": 1}
+
+
+def wider(a: str, b: str) -> str:
+    """The wider of two dtypes (``a`` when both are 16-bit)."""
+    return b if _WIDTH[b] > _WIDTH[a] else a
+
 
 def _round_bfloat16(x: np.ndarray) -> np.ndarray:
     """Round float64 values to the nearest bfloat16 (ties to even), returned as float64."""
@@ -38,6 +54,28 @@ def round_to(x, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return _round_bfloat16(x)
     return x.astype(dtype).astype(np.float64)
+
+
+def overflowing(x, dtype: str) -> np.ndarray:
+    """The finite values of ``x`` that ``dtype`` cannot hold: they round to an infinity.
+
+    A value a little above ``MAX[dtype]`` still rounds down to it (round to nearest); only
+    what rounds past it is an overflow."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        rounded = round_to(x, dtype)
+    return x[np.isfinite(x) & ~np.isfinite(rounded)]
+
+
+def round_checked(x, dtype: str) -> np.ndarray:
+    """``round_to``, or OverflowError("70000 is not representable in float16 (max 65504)")
+    when a finite value would round to an infinity (infinities given as such stay)."""
+    over = overflowing(x, dtype)
+    if over.size:
+        raise OverflowError(f"{float(over[0]):.8g} is not representable in {dtype} "
+                            f"(max {MAX[dtype]:.8g})")
+    with np.errstate(over="ignore"):
+        return round_to(x, dtype)
 
 
 def _ordered_ints(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -96,17 +96,32 @@ def plan(snapshot: Snapshot, wanted: list[str] | None) -> tuple[list[str], dict[
 
 
 def check(snapshot: Snapshot, frameworks: list[str] | None = None, k: float = 0.0, *,
-          timeout: float = 1800.0, jobs: int | None = None,
+          require_all: bool = False, timeout: float = 1800.0, jobs: int | None = None,
           progress: Callable[[str], None] | None = None) -> CheckResult:
-    """Re-run the snapshot's scenarios through its installed frameworks and compare."""
+    """Re-run the snapshot's scenarios through its installed frameworks and compare.
+
+    A framework the snapshot recorded that cannot run here (not installed now, unknown to this
+    xbn) is skipped with a warning; with ``require_all`` it is checked with no observations
+    instead, so each of its recorded rows is a "missing" change and the check fails.
+    """
     from .runner import run
 
     runnable, skipped = plan(snapshot, frameworks)
-    if not runnable:
+    absent = {}
+    if require_all:
+        absent = {fid: why for fid, why in skipped.items()
+                  if snapshot.frameworks[fid].get("available")}
+        skipped = {fid: why for fid, why in skipped.items() if fid not in absent}
+    if not runnable and not absent:
         raise CheckError("nothing to check: none of the snapshot's frameworks "
                          f"({', '.join(snapshot.frameworks)}) can run here")
-    result = run(snapshot.scenarios, runnable, timeout=timeout, jobs=jobs, progress=progress)
-    return compare_run(snapshot, result.observations, result.frameworks, skipped, k)
+    observations, now = [], {}
+    if runnable:
+        result = run(snapshot.scenarios, runnable, timeout=timeout, jobs=jobs, progress=progress)
+        observations, now = result.observations, dict(result.frameworks)
+    now.update({fid: {"available": False, "error": f"{why}, and --require-all requires it"}
+                for fid, why in absent.items()})
+    return compare_run(snapshot, observations, now, skipped, k)
 
 
 def compare_run(snapshot: Snapshot, observations: list[dict], now: dict[str, dict],
@@ -124,11 +139,15 @@ def compare_run(snapshot: Snapshot, observations: list[dict], now: dict[str, dic
         if change is not None:
             changes.append(change)
     failed = {fid: now[fid]["error"] for fid in checked if now[fid].get("error")}
+    gone = {fid: why for fid, why in failed.items() if not now[fid].get("available", True)}
     failed_steps = {(o["scenario"], o["step"], o["framework"]): o
                     for o in reversed(observations) if o["status"] != "ok"}
-    explainer = Explainer(snapshot.scenarios, failed, failed_steps)
-    for change in changes:
-        change.explanation = explainer.explain(change)
+    explainer = Explainer(snapshot.scenarios,
+                          {fid: why for fid, why in failed.items() if fid not in gone},
+                          failed_steps)
+    for change in changes:  # a framework that could not run here (require_all) has no worker
+        change.explanation = (f"not measured: {gone[change.framework]}"
+                              if change.framework in gone else explainer.explain(change))
     fw = {fid: FrameworkCheck(fid, "checked", snapshot.frameworks[fid], now[fid])
           for fid in checked}
     fw.update({fid: FrameworkCheck(fid, "skipped", snapshot.frameworks[fid], reason=why)
@@ -136,7 +155,8 @@ def compare_run(snapshot: Snapshot, observations: list[dict], now: dict[str, dic
     fw = {fid: fw[fid] for fid in snapshot.frameworks if fid in fw}
     cases = [(s.name, fid, counts.get((s.name, fid), 0)) for s in snapshot.scenarios
              for fid in fw]
-    warnings = [f"{fid}: the worker failed ({why}); its missing rows are listed as changes"
+    warnings = [f"{fid}: {why}; its recorded rows are listed as missing" if fid in gone else
+                f"{fid}: the worker failed ({why}); its missing rows are listed as changes"
                 for fid, why in failed.items()]
     return CheckResult(snapshot, k, fw, len(old.keys() | new.keys()), changes, cases,
                        _warnings(snapshot, fw) + warnings)
@@ -174,7 +194,9 @@ def _side(o: dict | None) -> dict | None:
 
 
 def _warnings(snapshot: Snapshot, fw: dict[str, FrameworkCheck]) -> list[str]:
-    out = [f"{fid} skipped: {c.reason}" for fid, c in fw.items() if c.status == "skipped"]
+    out = [f"{fid} skipped: {c.reason}" + ("" if not c.old.get("available") else
+                                            " (--require-all makes this a failure)")
+           for fid, c in fw.items() if c.status == "skipped"]
     here = platform_info()
     there = snapshot.platform
     if there and (there.get("system"), there.get("machine")) != (here["system"],

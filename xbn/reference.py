@@ -13,6 +13,10 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from . import numerics
+from .dtypes import round_to
+from .numerics import channels_last_2d as _channels_last_2d
+from .numerics import restore as _restore
 from .scenario import Layer, Optimizer
 
 
@@ -64,13 +68,21 @@ class Semantics:
     # constructor defaults used when a scenario sets defaults = true
     default_momentum: float | None = 0.99
     default_epsilon: float = 1e-3
+    # not switches (never searched, in no profile): every batch mean and variance moved by
+    # this many times its rounding-error bound (xbn.numerics) in the framework's arithmetic,
+    # for the formula variance_algorithm names: the endpoints of an interval
+    mean_error: float = 0.0
+    variance_error: float = 0.0
 
     def switches(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in INTERVAL_FIELDS}
 
     def with_(self, **changes) -> Semantics:
         return replace(self, **changes)
 
+
+INTERVAL_FIELDS = ("mean_error", "variance_error")  # Semantics fields, not switches
 
 SWITCH_VALUES: dict[str, tuple] = {
     "variance_update": ("biased", "unbiased", "fused"),
@@ -95,16 +107,6 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
 }
 
 
-def _channels_last_2d(x: np.ndarray, axis: int) -> tuple[np.ndarray, tuple]:
-    moved = x if axis in (-1, x.ndim - 1) else np.moveaxis(x, axis, -1)
-    return moved.reshape(-1, moved.shape[-1]), moved.shape
-
-
-def _restore(y2: np.ndarray, moved_shape: tuple, axis: int) -> np.ndarray:
-    y = y2.reshape(moved_shape)
-    return y if axis in (-1, len(moved_shape) - 1) else np.moveaxis(y, -1, axis)
-
-
 @dataclass
 class _OptimizerState:
     config: Optimizer
@@ -120,7 +122,10 @@ class ReferenceBatchNorm:
         self.sem = semantics or Semantics()
         self.layer = layer
         self.axis = axis
-        native = self.sem.precision == "native" and layer.dtype != "float64"
+        # native: float32 arithmetic for 16-bit and float32 layers (frameworks reduce 16-bit
+        # inputs in float32), float64 where the inputs or the parameters are float64
+        native = self.sem.precision == "native" and "float64" not in (layer.dtype,
+                                                                      layer.state_dtype)
         self.ft = np.float32 if native else np.float64  # arithmetic type
         c = layer.features
         if layer.defaults:
@@ -140,6 +145,9 @@ class ReferenceBatchNorm:
         # the EMA's own accumulators: equal to the moving statistics unless debiased
         self.hidden_mean, self.hidden_variance = self.moving_mean, self.moving_variance
         self.num_batches = 0
+        # term magnitudes (xbn.numerics) of the last operation's values and the running mean
+        self._terms: dict = {}
+        self._mean_terms = (np.zeros(c), np.zeros(c))
         self.trainable = True
         self.module_training = True  # torch modules start in train mode
         self.optimizer: _OptimizerState | None = None
@@ -163,27 +171,19 @@ class ReferenceBatchNorm:
         if n == 1 and self.sem.batch_of_one == "error":
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {n}")
-        ft = self.ft
-        count = ft(n)
-        mean = (x2.sum(axis=0, dtype=ft) / count).astype(ft)
-        if self.sem.variance_algorithm == "two_pass":
-            dev = (x2 - mean).astype(ft)
-            var = ((dev * dev).sum(axis=0, dtype=ft) / count).astype(ft)
-        else:
-            var = ((x2 * x2).sum(axis=0, dtype=ft) / count - mean * mean).astype(ft)
-            if self.sem.variance_algorithm == "fast_clamped":
-                var = np.maximum(var, ft(0))
+        algorithm = self.sem.variance_algorithm
+        mean, var = numerics.moments(x2, self.ft, algorithm)
+        if self.sem.mean_error or self.sem.variance_error:  # an endpoint of the error bounds
+            wide = "float64" in (self.layer.dtype, self.layer.state_dtype)
+            u = numerics.unit_roundoff("float64" if wide else "float32")
+            mean = mean + self.sem.mean_error * numerics.mean_error_bound(x2, u)
+            var = var + self.sem.variance_error * numerics.variance_error_bound(x2, algorithm, u)
+        if algorithm == "fast_clamped":
+            var = np.maximum(var, self.ft(0))
         return mean, var
 
     def _ema(self, old: np.ndarray, new: np.ndarray, m: float) -> np.ndarray:
-        ft = self.ft
-        keep, take = ft(m), ft(1.0 - m)  # both rounded from float64, as Python floats are
-        if self.sem.update_form == "decrement":
-            return (old - ((old - new).astype(ft) * take).astype(ft)).astype(ft)
-        if self.sem.update_form == "fma":  # a float32 product is exact in float64
-            kept = (old * keep).astype(ft).astype(np.float64)
-            return (np.float64(take) * new.astype(np.float64) + kept).astype(ft)
-        return ((old * keep).astype(ft) + (new * take).astype(ft)).astype(ft)
+        return numerics.ema(old, new, m, self.ft, self.sem.update_form)
 
     def _bessel(self) -> bool:
         rule = self.sem.variance_update
@@ -202,13 +202,18 @@ class ReferenceBatchNorm:
             self.moving_mean = (1 - factor) * self.moving_mean + factor * mean
             self.moving_variance = (1 - factor) * self.moving_variance + factor * var
             return
-        m = self.momentum
-        if self.sem.ema == "seeded" and self.num_batches == 1:
+        m, t, debiased = self.momentum, self.num_batches, self.sem.ema == "debiased"
+        if self.sem.ema == "seeded" and t == 1:
             self.hidden_mean, self.hidden_variance = mean, var
+        elif debiased and ft is np.float32:  # haiku/_src/moving_averages.py:123-127 under XLA:
+            d = ft(m)  # d, 1 - d and d**t (powf) in float32; hidden*d + value*(1 - d) is one fma
+            self.hidden_mean, self.hidden_variance = (
+                (h.astype(np.float64) * d + (v * (ft(1) - d)).astype(ft)).astype(ft)
+                for h, v in ((self.hidden_mean, mean), (self.hidden_variance, var)))
         else:
             self.hidden_mean = self._ema(self.hidden_mean, mean, m)
             self.hidden_variance = self._ema(self.hidden_variance, var, m)
-        debias = self.ft(1 - m**self.num_batches if self.sem.ema == "debiased" else 1.0)
+        debias = (ft(1) - ft(m) ** ft(t) if ft is np.float32 else ft(1 - m**t)) if debiased else ft(1)
         with np.errstate(divide="ignore", invalid="ignore"):  # momentum 1: nothing to debias
             self.moving_mean = (self.hidden_mean / debias).astype(self.ft)
             self.moving_variance = (self.hidden_variance / debias).astype(self.ft)
@@ -225,41 +230,28 @@ class ReferenceBatchNorm:
             mean, var, weight = batch_mean, batch_var, 1.0
             if training and update and self.track:
                 self._update(batch_mean, batch_var, n)
+                self._mean_terms = numerics.average_magnitude(
+                    self._mean_terms, np.abs(x2.astype(np.float64)).mean(axis=0),
+                    self.momentum, self.sem.ema, self.num_batches)
                 if self.sem.training_normalization == "running":
                     mean, var = self.moving_mean, self.moving_variance
                     seeded_now = self.sem.ema == "seeded" and self.num_batches == 1
                     weight = 1.0 if seeded_now or self.momentum is None else 1 - self.momentum
         else:
             mean, var = self.moving_mean, self.moving_variance
-        y2 = self._normalize(x2, mean, var)
+        y2 = numerics.normalize(x2, mean, var, self.epsilon, self.gamma, self.beta, self.ft,
+                                self.sem.inference_form)
         f64 = np.float64
         inv = 1.0 / np.sqrt(var.astype(f64) + self.epsilon)
         cache = {"centered": x2.astype(f64) - mean.astype(f64), "inv": inv, "weight": weight,
                  "deviation": x2.astype(f64) - batch_mean.astype(f64), "shape": shape}
+        self._terms = {"forward": (cache, self.gamma, self.beta)}  # for magnitudes()
         return _restore(y2, shape, self.axis), cache
-
-    def _normalize(self, x2: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-        """(x - mean) / sqrt(var + eps) * gamma + beta, rounded in the configured order."""
-        ft = self.ft
-        one = ft(1)
-        inv = (one / np.sqrt((var + ft(self.epsilon)).astype(ft))).astype(ft)
-        if self.gamma is not None:
-            inv = (inv * self.gamma).astype(ft)
-        beta = self.beta if self.beta is not None else np.zeros_like(inv)
-        form = self.sem.inference_form if ft is np.float32 else "centered"
-        if form == "centered":
-            return ((x2 - mean).astype(ft) * inv + beta).astype(ft)
-        if form == "folded":
-            shift = (beta - (mean * inv).astype(ft)).astype(ft)
-            return ((x2 * inv).astype(ft) + shift).astype(ft)
-        # folded_fma: fma(x, inv, fma(-mean, inv, beta)); a float32 product is exact in float64
-        f64 = np.float64
-        shift = (-mean.astype(f64) * inv.astype(f64) + beta.astype(f64)).astype(ft)
-        return (x2.astype(f64) * inv.astype(f64) + shift.astype(f64)).astype(ft)
 
     def backward(self, dy: np.ndarray, cache: dict) -> dict:
         """Analytic gradients of sum(y * dy), through the statistics where they depend on x."""
         dy2, _ = _channels_last_2d(np.asarray(dy, np.float64), self.axis)
+        self._terms["backward"] = dy2
         centered, inv, a = cache["centered"], cache["inv"], cache["weight"]
         n = dy2.shape[0]
         gamma = self.gamma if self.gamma is not None else 1.0
@@ -371,12 +363,23 @@ class ReferenceBatchNorm:
         if missing:
             raise KeyError(missing[0])  # before anything is written
         for name, value in values.items():
-            setattr(self, name, np.asarray(value, np.float64).astype(self.ft))
+            # loaded into param_dtype, where the statistics and parameters live
+            setattr(self, name, round_to(value, self.layer.state_dtype).astype(self.ft))
         debias = 1 - self.momentum**self.num_batches if (
             self.sem.ema == "debiased" and self.momentum is not None) else 1.0
         if self.track:
             self.hidden_mean = self.moving_mean * debias
             self.hidden_variance = self.moving_variance * debias
+            moving = np.abs(self.moving_mean.astype(np.float64))
+            self._mean_terms = (moving * debias, moving)
+
+    def magnitudes(self) -> dict[str, float | None]:
+        """The largest term magnitude (``xbn.numerics``) of each value the last operation
+        produced, and of the running mean: the scale of their rounding errors."""
+        out = numerics.step_magnitudes(self._terms.get("forward"), self._terms.get("backward"))
+        if self.track:
+            out["moving_mean"] = numerics.largest(self._mean_terms[1])
+        return out
 
     def state(self) -> dict:
         return {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,

@@ -20,20 +20,62 @@ the families with port code (torch, keras, flax) have weights formats and live m
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
+
+
+@dataclass(frozen=True)
+class Since:
+    """A capability that arrived in a release of ``distribution``: what ``xbn port`` may assume
+    from the installed version (package metadata, nothing imported). Inside a worker the
+    adapter asks the imported framework itself (a signature), which decides."""
+
+    distribution: str
+    version: str
+    source: str  # where the version was read (changelog, pull request, docs)
+
+    def installed(self) -> bool:
+        """Whether the installed distribution is at least ``version`` (False when absent)."""
+        found = _installed(self.distribution)
+        return found is not None and _release(found) >= _release(self.version)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'2.13.0+cpu' -> (2, 13, 0): the leading numeric release segments."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What the framework's BatchNorm can express; an adapter raises NotApplicable for the rest.
 
-    The defaults (everything) apply to frameworks that declare nothing, such as plugins.
+    The defaults (everything) apply to frameworks that declare nothing, such as plugins. A
+    field may be a :class:`Since` (a release that brought it): :func:`capabilities` resolves
+    it against the installed version; an adapter may probe the framework instead
+    (``Adapter.capabilities``).
     """
 
-    cumulative_momentum: bool = True  # momentum=None: cumulative average (torch)
-    track_running_stats: bool = True  # can keep no running statistics at all
-    split_affine: bool = True  # center and scale are separate switches (else one affine flag)
+    cumulative_momentum: bool | Since = True  # momentum=None: cumulative average (torch)
+    track_running_stats: bool | Since = True  # can keep no running statistics at all
+    scale_without_center: bool | Since = True  # gamma without beta (torch: bias=False)
+    center_without_scale: bool | Since = True  # beta without gamma
+
+    @property
+    def split_affine(self) -> bool:
+        """center and scale are independent switches (not one affine flag)."""
+        return bool(self.scale_without_center) and bool(self.center_without_scale)
+
+    def resolved(self) -> Capabilities:
+        """Every :class:`Since` replaced by whether the installed version has it."""
+        return replace(self, **{f.name: getattr(self, f.name).installed()
+                                for f in fields(self) if isinstance(getattr(self, f.name), Since)})
 
 
 @dataclass(frozen=True)
@@ -55,6 +97,7 @@ class Convention:
     axis_default: int  # the channel axis a default layer normalizes
     multi_axis: bool  # the axis keyword accepts several axes
     without_running_stats: str = ""  # how to get track_running_stats=False without the option
+    offset_kw: str | None = None  # drops the offset alone, next to affine_kw (torch's bias)
 
 
 @dataclass(frozen=True)
@@ -144,9 +187,14 @@ _KERAS_NO_STATS = ("call the layer with training=True at inference too (and neve
                    "trainable=False, which forces the moving statistics); the moving statistics "
                    "are then updated but unused")
 # The common case: an exponential moving average only, running statistics always kept.
-EMA_ONLY = Capabilities(cumulative_momentum=False, track_running_stats=False, split_affine=True)
+EMA_ONLY = Capabilities(cumulative_momentum=False, track_running_stats=False)
 EMA_ONLY_ONE_AFFINE = Capabilities(cumulative_momentum=False, track_running_stats=False,
-                                   split_affine=False)
+                                   scale_without_center=False, center_without_scale=False)
+# torch/nn/modules/batchnorm.py:48 (2.13) `bias: bool = True` in _NormBase.__init__:
+# BatchNorm{1,2,3}d(C, affine=True, bias=False) has a weight and no bias.
+TORCH_BIAS = Since("torch", "2.12", "pytorch/pytorch#176573 (a bias argument for Batch/Instance/"
+                   "Group norm, opened 2026-03-05, after the 2.11 branch cut); the 2.12 docs "
+                   "(docs.pytorch.org/docs/2.12, LazyBatchNorm1d) show `*, bias=True`")
 
 # Conventions cite the constructor they were read from (paths in the installed packages).
 KERAS3 = Convention(  # keras/src/layers/normalization/batch_normalization.py: axis is one int
@@ -177,12 +225,13 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
             "torch", "xbn.adapters.torch.adapter", "torch", ("torch",), ("torch",),
             description="torch.nn.BatchNorm1d/2d/3d", family="torch",
             capabilities=Capabilities(cumulative_momentum=True, track_running_stats=True,
-                                      split_affine=False),
+                                      scale_without_center=TORCH_BIAS,
+                                      center_without_scale=False),
             # torch/nn/modules/batchnorm.py: _NormBase(num_features, eps, momentum, affine,
             # track_running_stats); momentum=None -> cumulative average; channels are dim 1.
             convention=Convention("torch", "PyTorch", "torch.nn.BatchNorm{d}d", "import torch",
                                   "momentum", True, "eps", None, None, "affine", "num_features",
-                                  1, 1, False),
+                                  1, 1, False, offset_kw="bias"),
             profile=Profile("torch", "torch")),
         _keras3("keras", "tensorflow", "tensorflow", ("keras", "tensorflow|tensorflow-cpu"),
                 "TensorFlow", "keras3-tensorflow"),
@@ -316,7 +365,14 @@ def live_families() -> list[Family]:
 # -- what a framework can express and how it spells it ---------------------------------------
 
 def capabilities(framework_id: str) -> Capabilities:
-    """Declared capabilities; an id the registry does not know (a plugin) declares none."""
+    """Declared capabilities, resolved against the installed versions (:class:`Since`); an id
+    the registry does not know (a plugin) declares none."""
+    info = FRAMEWORKS.get(framework_id)
+    return info.capabilities.resolved() if info is not None else Capabilities()
+
+
+def declared_capabilities(framework_id: str) -> Capabilities:
+    """The declaration itself, :class:`Since` fields unresolved."""
     info = FRAMEWORKS.get(framework_id)
     return info.capabilities if info is not None else Capabilities()
 

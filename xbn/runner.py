@@ -2,6 +2,10 @@
 
 Each framework runs in its own process so that TensorFlow and PyTorch never share one, the
 slowest import sets the pace, and a crash or a hang costs only that framework's rows.
+
+Progress is reported as ``Progress`` events (a framework started, is on a step, finished a
+scenario, finished or failed, is unavailable; the run finished) so that the command line can
+draw a live display on a terminal and print plain lines in a CI log from the same events.
 """
 
 from __future__ import annotations
@@ -20,12 +24,35 @@ from dataclasses import dataclass, field
 
 from ._version import __version__
 from .adapters.base import primary_quantities
-from .dtypes import round_to
 from .registry import FRAMEWORKS, availability, module_path
-from .scenario import Scenario
+from .scenario import Scenario, quantity_dtype
 from .worker import DETERMINISM_ENV
 
 DEFAULT_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event. ``kind``: "unavailable", "queued" (runs when a worker slot is free),
+    "start" (the worker has imported its framework), "step" (``step`` of ``scenario`` is
+    running), "scenario" (``scenario`` is done: ``done`` of ``count``), "done", "error"
+    (``message``), "finished" (the whole run; ``framework`` empty). ``elapsed``: seconds since
+    the framework's worker started."""
+
+    kind: str
+    framework: str = ""
+    scenario: str = ""
+    done: int = 0
+    count: int = 0
+    step: int | None = None
+    steps: int = 0
+    op: str = ""
+    repeat: int = 1
+    elapsed: float = 0.0
+    message: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -60,10 +87,57 @@ def _worker_env(framework: str) -> dict[str, str]:
     return env
 
 
+class _Tracker:
+    """Turns a worker's protocol messages into ``Progress`` events for one framework. The
+    worker reports a step's observations once the step is done, so the first observation of
+    step j means the step after j is now running."""
+
+    def __init__(self, framework: str, scenarios: list[Scenario], notify: ProgressCallback | None):
+        self.framework, self.notify = framework, notify
+        self.scenarios = {s.name: s for s in scenarios}
+        self.order = [s.name for s in scenarios]
+        self.start = time.monotonic()
+        self.done = 0
+        self.seen: set[tuple[str, int]] = set()
+
+    def emit(self, kind: str, **fields) -> None:
+        if self.notify:
+            self.notify(Progress(kind, self.framework, count=len(self.order), done=self.done,
+                                 elapsed=time.monotonic() - self.start, **fields))
+
+    def _running(self, name: str, position: int) -> None:
+        steps = self.scenarios[name].steps
+        if position < len(steps):
+            step = steps[position]
+            self.emit("step", scenario=name, step=step.index, steps=len(steps), op=step.op,
+                      repeat=step.repeat)
+
+    def hello(self) -> None:
+        self.emit("start")
+        if self.order:
+            self._running(self.order[0], 0)
+
+    def observation(self, msg: dict) -> None:
+        key = (msg.get("scenario"), msg.get("step"))
+        if key in self.seen or key[0] not in self.scenarios:
+            return
+        self.seen.add(key)
+        steps = [s.index for s in self.scenarios[key[0]].steps]
+        if key[1] in steps:
+            self._running(key[0], steps.index(key[1]) + 1)
+
+    def scenario_done(self, name: str) -> None:
+        self.done += 1
+        self.emit("scenario", scenario=name)
+        if self.done < len(self.order):
+            self._running(self.order[self.done], 0)
+
+
 def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
-               on_scenario: Callable[[str, str], None] | None = None) -> WorkerResult:
+               notify: ProgressCallback | None = None) -> WorkerResult:
     """Run all scenarios through one framework in a fresh process."""
     result = WorkerResult(framework)
+    tracker = _Tracker(framework, scenarios, notify)
     request = json.dumps({"framework": framework, "module": module_path(framework),
                           "scenarios": [s.to_dict() for s in scenarios]})
     start = time.monotonic()
@@ -84,14 +158,15 @@ def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
                 kind = msg.pop("type", None)
                 if kind == "obs":
                     result.observations.append(msg)
+                    tracker.observation(msg)
                 elif kind == "hello":
                     result.versions = msg.get("versions", {})
                     result.notes = list(msg.get("notes", []))
+                    tracker.hello()
                 elif kind == "scenario_done":
                     done.add(msg["scenario"])
                     result.notes = list(dict.fromkeys(result.notes + msg.get("notes", [])))
-                    if on_scenario:
-                        on_scenario(framework, msg["scenario"])
+                    tracker.scenario_done(msg["scenario"])
             finished.set()
 
         reader = threading.Thread(target=read, daemon=True)
@@ -119,6 +194,10 @@ def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
     if missing:
         reason = result.error or "WorkerCrashed: worker ended early"
         result.observations.extend(_error_rows(framework, missing, result.observations, reason))
+    if result.error:
+        tracker.emit("error", message=result.error)
+    else:
+        tracker.emit("done")
     return result
 
 
@@ -152,15 +231,19 @@ def expected_rows(scenario: Scenario) -> list[dict]:
                 continue
             rows.append({"scenario": scenario.name, "step": step.index, "op": step.op,
                          "framework": "expected", "quantity": q, "status": "ok",
-                         "value": round_to(value, scenario.layer.dtype).tolist(),
-                         "dtype": scenario.layer.dtype, "message": step.expect["source"]})
+                         "value": value,  # rounded by the loader to where q lives
+                         "dtype": quantity_dtype(scenario.layer, q),
+                         "message": step.expect["source"]})
     return rows
 
 
 def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
         timeout: float = DEFAULT_TIMEOUT, jobs: int | None = None,
-        progress: Callable[[str], None] | None = None) -> RunResult:
-    """Run scenarios through frameworks (default: every installed one), in parallel workers."""
+        progress: ProgressCallback | None = None) -> RunResult:
+    """Run scenarios through frameworks (default: every installed one), in parallel workers.
+
+    ``progress`` receives ``Progress`` events from the workers' reader threads, serialised by
+    a lock, and a last "finished" event once every worker has ended."""
     avail = availability()
     wanted = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
     meta: dict[str, dict] = {}
@@ -174,21 +257,21 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
             meta[fid]["extra"] = info["extra"]
             meta[fid]["missing"] = info["missing"]
             if progress:
-                progress(f"{fid}: unavailable (pip install \"xbn[{info['extra']}]\")")
-    total = len(runnable) * len(scenarios)
-    count = [0]
+                progress(Progress("unavailable", fid, count=len(scenarios),
+                                  message=f"pip install \"xbn[{info['extra']}]\""))
     lock = threading.Lock()
 
-    def on_scenario(fid: str, name: str) -> None:
-        with lock:
-            count[0] += 1
-            if progress:
-                progress(f"[{count[0]}/{total}] {fid}: {name}")
+    def notify(event: Progress) -> None:
+        if progress:
+            with lock:
+                progress(event)
 
     observations: list[dict] = []
     seconds: dict[str, float] = {}
+    for fid in runnable:
+        notify(Progress("queued", fid, count=len(scenarios)))
     with ThreadPoolExecutor(max_workers=jobs or max(1, len(runnable))) as pool:
-        futures = {fid: pool.submit(run_worker, fid, scenarios, timeout, on_scenario)
+        futures = {fid: pool.submit(run_worker, fid, scenarios, timeout, notify)
                    for fid in runnable}
         for fid, fut in futures.items():
             res = fut.result()
@@ -197,8 +280,7 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
             seconds[fid] = round(res.seconds, 2)
             if res.error:
                 meta[fid]["error"] = res.error
-                if progress:
-                    progress(f"{fid}: {res.error}")
+    notify(Progress("finished", count=len(scenarios)))
     for s in scenarios:
         observations.extend(expected_rows(s))
     return RunResult(observations, meta, scenarios, seconds)

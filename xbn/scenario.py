@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DTYPES, round_to
+from .dtypes import DTYPES, wider
 from .strict import TOML_NAMES, Fields, StrictError, read_text
 
 try:  # Python 3.11+
@@ -79,10 +79,21 @@ class Layer:
     dtype: str = "float32"
     defaults: bool = False
     native: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param_dtype: str | None = None  # gamma, beta, running statistics; None: the same as dtype
 
     @property
     def rank(self) -> int:
         return LAYOUTS[self.layout]
+
+    @property
+    def state_dtype(self) -> str:
+        """The dtype gamma, beta and the running statistics live in (``param_dtype``)."""
+        return self.param_dtype or self.dtype
+
+    @property
+    def mixed(self) -> bool:
+        """param_dtype differs from dtype (16-bit inputs, float32 parameters: mixed precision)."""
+        return self.state_dtype != self.dtype
 
     @property
     def cumulative(self) -> bool:
@@ -119,9 +130,12 @@ class Scenario:
     path: str = "<memory>"  # as recorded_path() writes it: builtin:NAME or relative
 
     def to_dict(self) -> dict:
-        """JSON-able form (sent to workers, hashed into snapshots)."""
+        """JSON-able form (sent to workers, hashed into snapshots). Optional keys that are not
+        set are left out, so a scenario that does not use them keeps its digest."""
         data = asdict(self)
         data["inputs"] = {k: v.tolist() for k, v in self.inputs.items()}
+        if data["layer"]["param_dtype"] is None:
+            del data["layer"]["param_dtype"]
         return data
 
     @classmethod
@@ -149,7 +163,9 @@ class Scenario:
 # the loader
 
 _LAYER_KEYS = {"features", "layout", "momentum", "epsilon", "center", "scale",
-               "track_running_stats", "dtype", "defaults", "native"}
+               "track_running_stats", "dtype", "param_dtype", "defaults", "native"}
+MAX_ELEMENTS = 1 << 24  # per input array: a scenario is a handful of batches, not a data set
+MAX_FEATURES = 1 << 16
 _STEP_KEYS = {
     "call": {"input", "training", "repeat"},
     "predict": {"input", "repeat"},
@@ -165,7 +181,7 @@ def _parse_layer(c: _Checker, raw) -> Layer:
     from .registry import FRAMEWORK_IDS
 
     t = c.keys(raw, _LAYER_KEYS, "layer", required=("features",))
-    layer = Layer(features=c.integer(t["features"], "layer.features"))
+    layer = Layer(features=c.integer(t["features"], "layer.features", maximum=MAX_FEATURES))
     if "layout" in t:
         layer.layout = c.string(t["layout"], "layer.layout", tuple(LAYOUTS))
     if "momentum" in t:
@@ -185,6 +201,9 @@ def _parse_layer(c: _Checker, raw) -> Layer:
             setattr(layer, key, c.boolean(t[key], f"layer.{key}"))
     if "dtype" in t:
         layer.dtype = c.string(t["dtype"], "layer.dtype", DTYPES)
+    if "param_dtype" in t:  # kept only where it differs: the same as dtype means unset
+        param_dtype = c.string(t["param_dtype"], "layer.param_dtype", DTYPES)
+        layer.param_dtype = None if param_dtype == layer.dtype else param_dtype
     if "native" in t:
         native = c.keys(t["native"], set(FRAMEWORK_IDS), "layer.native")
         for fid, kwargs in native.items():
@@ -196,44 +215,25 @@ def _parse_layer(c: _Checker, raw) -> Layer:
 
 def _parse_input(c: _Checker, name: str, raw, layer: Layer) -> np.ndarray:
     key = f"inputs.{name}"
-    if isinstance(raw, dict):
-        kinds = [k for k in ("normal", "uniform", "constant") if k in raw]
-        c.keys(raw, {"normal", "uniform", "constant", "shape", "seed", "offset"}, key,
-               required=("shape",))
-        if len(kinds) != 1:
-            c.fail("give exactly one of normal, uniform, constant", key)
-        shape = raw["shape"]
-        if not (isinstance(shape, list) and shape and all(
-                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-            c.fail("expected a list of positive integers", key + ".shape")
-        seed = c.integer(raw.get("seed", 0), key + ".seed", minimum=0)
-        rng = np.random.default_rng(seed)
-        kind = kinds[0]
-        if kind == "normal":
-            p = c.keys(raw["normal"], {"mean", "std"}, key + ".normal")
-            mean = c.number(p.get("mean", 0.0), key + ".normal.mean")
-            std = c.number(p.get("std", 1.0), key + ".normal.std")
-            arr = rng.normal(mean, std, size=shape)
-        elif kind == "uniform":
-            p = c.keys(raw["uniform"], {"low", "high"}, key + ".uniform")
-            low = c.number(p.get("low", 0.0), key + ".uniform.low")
-            high = c.number(p.get("high", 1.0), key + ".uniform.high")
-            if not high > low:
-                c.fail("high must be greater than low", key + ".uniform")
-            arr = rng.uniform(low, high, size=shape)
-        else:
-            arr = np.full(shape, c.number(raw["constant"], key + ".constant"))
-        if "offset" in raw:
-            arr = arr + c.number(raw["offset"], key + ".offset")
-    else:
-        arr = c.array(raw, key)
+    arr = c.generated(raw, key, MAX_ELEMENTS) if isinstance(raw, dict) else c.array(raw, key)
     if arr.ndim != layer.rank:
         c.fail(f"layout {layer.layout} needs a rank-{layer.rank} array, got shape "
                f"{list(arr.shape)}", key)
     if arr.shape[channel_axis(layer.layout)] != layer.features:
         c.fail(f"channel axis ({layer.layout}) has size {arr.shape[channel_axis(layer.layout)]}, "
                f"but layer.features = {layer.features}", key)
-    return round_to(arr, layer.dtype)
+    return c.rounded(arr, layer.dtype, key)
+
+
+def quantity_dtype(layer: Layer, quantity: str) -> str:
+    """The dtype a quantity lives in: inputs, outputs and their gradients in ``dtype``; gamma,
+    beta, the running statistics and the parameters' gradients in ``param_dtype``; the loss
+    in at least float32 (a mean over every element, reduced in float32 or wider)."""
+    if quantity in ("output", "grad_input"):
+        return layer.dtype
+    if quantity == "loss":
+        return wider(layer.dtype, "float32")
+    return layer.state_dtype
 
 
 def _input_ref(c: _Checker, value, key: str, inputs, like: str | None = None) -> str:
@@ -309,7 +309,7 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
                     c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", k)
                 if k == "moving_variance" and np.any(arr < 0):
                     c.fail("a variance cannot be negative", k)
-                step.values[k] = round_to(arr, layer.dtype).tolist()
+                step.values[k] = c.rounded(arr, quantity_dtype(layer, k), k).tolist()
     if "expect" in raw:
         step.expect = _parse_expect(c, raw["expect"], layer, inputs, step)
     return step
@@ -321,8 +321,10 @@ def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step) -> dict:
     for q, v in t.items():
         if q == "source":
             continue
+        if q not in STATE_QUANTITIES and q not in _RECORDS[step.op]:
+            c.fail(f"a {step.op} step records no {q}", f"expect.{q}")
         arr = c.array(v, f"expect.{q}", finite=False)
-        if q in ("output", "grad_input") and step.input is not None:
+        if q in ("output", "grad_input"):
             want = inputs[step.input].shape
         elif q == "loss":
             want = ()
@@ -332,8 +334,12 @@ def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step) -> dict:
             arr = np.full(want, float(arr))
         if arr.shape != want:
             c.fail(f"expected shape {list(want)}, got {list(arr.shape)}", f"expect.{q}")
-        out[q] = arr.tolist()
+        out[q] = c.rounded(arr, quantity_dtype(layer, q), f"expect.{q}").tolist()
     return out
+
+
+_RECORDS = {"call": ("output",), "predict": ("output",), "fit": ("loss",), "set": (),
+            "set_weights": (), "grad": ("output", "grad_input", "grad_gamma", "grad_beta")}
 
 
 def parse(data: dict, file: str = "<memory>") -> Scenario:
@@ -350,7 +356,7 @@ def parse(data: dict, file: str = "<memory>") -> Scenario:
     title = c.string(data.get("title", ""), "title")
     description = c.string(data.get("description", ""), "description")
     layer = _parse_layer(c, data["layer"])
-    raw_inputs = c.keys(data.get("inputs", {}), set(data.get("inputs", {}) or {}), "inputs")
+    raw_inputs = c.expect(data.get("inputs", {}), (dict,), "inputs")
     inputs = {k: _parse_input(c, k, v, layer) for k, v in raw_inputs.items()}
     steps_raw = data["steps"]
     if not isinstance(steps_raw, list) or not steps_raw:

@@ -33,7 +33,7 @@ KIND = "xbn-snapshot"
 SCHEMA = 1
 STATUSES = ("ok", "error", "n/a")
 OBSERVATION_KEYS = ("scenario", "step", "op", "framework", "quantity", "status", "value",
-                    "dtype", "message")
+                    "dtype", "message", "origin")
 # What a snapshot keeps of a framework's run metadata (a run's timings are left out).
 FRAMEWORK_META = ("available", "version", "versions", "notes", "error", "extra", "missing")
 
@@ -72,7 +72,7 @@ def snapshot_document(result) -> dict:
     fw_pos = {fid: i for i, fid in enumerate(frameworks)}
     q_pos = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
     observations = sorted(
-        ({k: o.get(k) for k in OBSERVATION_KEYS} for o in result.observations
+        ({k: o.get(k) for k in OBSERVATION_KEYS if k != "origin" or o.get(k)} for o in result.observations
          if o["framework"] in frameworks),
         key=lambda o: (scenario_pos.get(o["scenario"], len(scenario_pos)), o["step"],
                        fw_pos[o["framework"]], q_pos.get(o["quantity"], len(q_pos))))
@@ -236,7 +236,8 @@ def _parse_observations(f: _Fields, raw: list, scenarios: dict[str, Scenario],
                "framework": fid, "quantity": f.get(o, "quantity", (str,), where),
                "status": status, "value": None,
                "dtype": f.get(o, "dtype", (str,), where, optional=True),
-               "message": f.get(o, "message", (str,), where, optional=True)}
+               "message": f.get(o, "message", (str,), where, optional=True),
+               "origin": f.get(o, "origin", (str,), where, optional=True)}
         if "value" not in o:
             f.fail(f.missing, f"{where}.value")
         if o["value"] is not None:

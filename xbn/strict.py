@@ -5,7 +5,7 @@ A defect stops the reading with one line: the file, where in it (a dotted path s
 ``steps[2].optimizer.lr`` or ``observations[4].value``) and what is wrong. ``Fields`` does the
 checking; each reader subclasses it to name its own error class and its own words (a TOML
 "table" is a JSON "object"). A ground-floor module: it imports nothing from xbn but
-``xbn.jsonio``.
+``xbn.jsonio`` and ``xbn.dtypes``.
 """
 
 from __future__ import annotations
@@ -123,15 +123,22 @@ class Fields:
     def boolean(self, value: Any, where: str | None = None) -> bool:
         return self.expect(value, (bool,), where)
 
-    def integer(self, value: Any, where: str | None = None, minimum: int = 1) -> int:
+    def integer(self, value: Any, where: str | None = None, minimum: int = 1,
+                maximum: int | None = None) -> int:
         self.expect(value, (int,), where)
         if value < minimum:
             self.fail(f"must be >= {minimum}, got {value}", where)
+        if maximum is not None and value > maximum:
+            self.fail(f"must be <= {maximum}, got {value}", where)
         return value
 
     def number(self, value: Any, where: str | None = None, positive: bool = False,
                finite: bool = True) -> float:
-        value = float(self.expect(value, (int, float), where, want="a number"))
+        value = self.expect(value, (int, float), where, want="a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float64's range
+            self.fail(f"must be finite, got an integer of {len(str(value))} digits", where)
         if finite and not math.isfinite(value):
             self.fail(f"must be finite, got {value}", where)
         if positive and not value > 0:
@@ -173,6 +180,64 @@ class Fields:
             arr = np.array(value, dtype=np.float64)
         except ValueError:
             self.fail("ragged list: every row must have the same length", where)
+        except OverflowError:  # an integer beyond float64's range
+            self.fail("non-finite value (an integer beyond float64's range)", where)
         if finite and not np.all(np.isfinite(arr)):
             self.fail("non-finite value (inf or nan) is not allowed here", where)
+        return arr
+
+    def rounded(self, arr, dtype: str, where: str | None = None):
+        """``arr`` rounded to ``dtype`` (``xbn.dtypes.round_checked``); a finite value that
+        overflows there is an error naming ``where``, never a silent inf."""
+        from .dtypes import round_checked
+
+        try:
+            return round_checked(arr, dtype)
+        except OverflowError as exc:
+            self.fail(str(exc), where)
+
+    def generated(self, spec: Any, where: str | None, max_elements: int):
+        """An array drawn from a table: one of ``normal = { mean, std }``, ``uniform =
+        { low, high }``, ``constant = v``, with ``shape``, ``seed`` (0) and ``offset``; drawn
+        with ``numpy.random.default_rng(seed)`` in float64, every value finite."""
+        import numpy as np
+
+        raw = self.keys(spec, {"normal", "uniform", "constant", "shape", "seed", "offset"},
+                        where, required=("shape",))
+        kinds = [k for k in ("normal", "uniform", "constant") if k in raw]
+        if len(kinds) != 1:
+            self.fail("give exactly one of normal, uniform, constant", where)
+        shape = raw["shape"]
+        if not (isinstance(shape, list) and shape and all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            self.fail("expected a list of positive integers", join(where, "shape"))
+        if math.prod(shape) > max_elements:
+            self.fail(f"{math.prod(shape)} elements; at most {max_elements} per input",
+                      join(where, "shape"))
+        rng = np.random.default_rng(self.integer(raw.get("seed", 0), join(where, "seed"), 0))
+        at = join(where, kinds[0])
+        if kinds[0] == "normal":
+            p = self.keys(raw["normal"], {"mean", "std"}, at)
+            mean = self.number(p.get("mean", 0.0), join(at, "mean"))
+            std = self.number(p.get("std", 1.0), join(at, "std"))
+            if std < 0:
+                self.fail(f"a standard deviation cannot be negative, got {std:g}",
+                          join(at, "std"))
+            arr = rng.normal(mean, abs(std), size=shape)  # -0.0 is 0 (numpy refuses it)
+        elif kinds[0] == "uniform":
+            p = self.keys(raw["uniform"], {"low", "high"}, at)
+            low = self.number(p.get("low", 0.0), join(at, "low"))
+            high = self.number(p.get("high", 1.0), join(at, "high"))
+            if not high > low:
+                self.fail("high must be greater than low", at)
+            if not math.isfinite(high - low):
+                self.fail("high - low is beyond float64's range", at)
+            arr = rng.uniform(low, high, size=shape)
+        else:
+            arr = np.full(shape, self.number(raw["constant"], at))
+        if "offset" in raw:
+            with np.errstate(over="ignore"):  # an overflow is reported just below
+                arr = arr + self.number(raw["offset"], join(where, "offset"))
+        if not np.all(np.isfinite(arr)):
+            self.fail("draws values beyond float64's range (inf or nan)", where)
         return arr

@@ -158,14 +158,50 @@ def test_linen_frozen_only_in_optimizer_no_inference_coupling():
     assert "grad_gamma" not in out and "frozen" in out["grad_gamma_reason"]
 
 
-def test_linen_half_precision_dtypes():
-    ad = adapter("flax", dtype="float16")
-    assert ad.call(X, True).dtype == np.float32  # float32 params promote the output
-    assert ad.state()["moving_mean"].dtype == np.float32
+@pytest.mark.parametrize("param_dtype", ["float16", "float32"])
+def test_linen_half_precision_is_dtype_and_param_dtype(param_dtype):
+    """dtype = float16 is Flax's dtype=float16; param_dtype its param_dtype (scale, bias);
+    the batch statistics are float32 either way (linen creates them so)."""
+    x16 = np.asarray(X, np.float16).astype(np.float64)
+    ad = adapter("flax", dtype="float16", param_dtype=param_dtype)
+    bn = nn.BatchNorm(axis=3, momentum=0.9, epsilon=1e-3, dtype=jnp.float16,
+                      param_dtype=jnp.dtype(param_dtype))
+    x = jnp.asarray(x16, jnp.float16)
+    v = bn.init(jax.random.key(0), jnp.zeros((1, 1, 1, 3), jnp.float16),
+                use_running_average=True)
+    y, mut = bn.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+    got = ad.call(x16, True)
+    assert got.dtype == np.float16 and y.dtype == jnp.float16
+    same(got, y)
+    st = ad.state()
+    assert st["gamma"].dtype == np.dtype(param_dtype)
+    assert st["moving_mean"].dtype == np.float32 == mut["batch_stats"]["mean"].dtype
+    same(st["moving_variance"], mut["batch_stats"]["var"])
+    assert any("stay float32" in n for n in ad.notes) == (param_dtype == "float16")
     ad = adapter("flax", dtype="bfloat16", center=False, scale=False)
     y = ad.call(X, True)
-    assert isinstance(y, tuple) and y[1] == "bfloat16"  # no params: input dtype kept
+    assert isinstance(y, tuple) and y[1] == "bfloat16"
     assert ad.state()["moving_variance"].dtype == np.float32
+
+
+def test_nnx_mixed_precision_casts_the_statistics_to_dtype():
+    """nnx.BatchNorm(dtype=float16, param_dtype=float32) promotes its float32 statistics to
+    float16 before normalizing (flax/nnx/nn/normalization.py:382-387): a moving variance of
+    70000 is inf there and the output is beta, by hand as through the adapter."""
+    x16 = np.asarray(X, np.float16).astype(np.float64)
+    ad = adapter("flax-nnx", dtype="float16", param_dtype="float32")
+    ad.set_weights({"moving_variance": np.full(3, 70000.0)})
+    assert ad.state()["moving_variance"].tolist() == [70000.0] * 3  # kept float32
+    bn = nnx.BatchNorm(3, momentum=0.9, epsilon=1e-3, dtype=jnp.float16,
+                       param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    bn.var[...] = jnp.full((3,), 70000.0, jnp.float32)
+    want = bn(jnp.asarray(x16, jnp.float16), use_running_average=True)
+    got = ad.call(x16, False)
+    same(got, want)
+    assert not np.any(got)  # beta = 0 everywhere: 1/sqrt(inf) scales x to 0
+    linen = adapter("flax", dtype="float16", param_dtype="float32")
+    linen.set_weights({"moving_variance": np.full(3, 70000.0)})
+    assert np.all(np.abs(linen.call(x16, False)) > 0)  # linen normalizes in float32
 
 
 def test_linen_float64_and_not_applicable():
@@ -264,7 +300,9 @@ def test_nnx_grad_and_frozen():
 
 def test_nnx_dtypes():
     ad = adapter("flax-nnx", dtype="bfloat16", center=False, scale=False)
-    assert ad.call(X, True).dtype == np.float32  # promoted with the float32 statistics
+    y = ad.call(X, True)
+    assert isinstance(y, tuple) and y[1] == "bfloat16"  # dtype=bfloat16: the result's dtype
+    assert ad.state()["moving_mean"].dtype == np.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ad = adapter("flax-nnx", dtype="float64")

@@ -179,6 +179,33 @@ def test_haiku_float16_stays_float16():
     assert ad.state()["moving_variance"].dtype == np.float16
 
 
+def test_haiku_mixed_precision_is_a_jmp_policy_for_batchnorm():
+    """float16 inputs, param_dtype float32: Haiku's mixed-precision policy for hk.BatchNorm
+    (float32 parameters and computations, float16 output), as built by hand."""
+    import jmp
+
+    x16 = np.asarray(X, np.float16).astype(np.float64)
+    ad = haiku_adapter(dtype="float16", param_dtype="float32")
+    got = ad.call(x16, True)
+    state = ad.state()
+    hk.mixed_precision.set_policy(hk.BatchNorm, jmp.Policy(
+        param_dtype=jnp.float32, compute_dtype=jnp.float32, output_dtype=jnp.float16))
+    try:
+        fn, params, hstate = haiku_by_hand(**HK_KW)
+        y, hstate = fn.apply(params, hstate, None, jnp.asarray(x16, jnp.float16), True)
+    finally:
+        hk.mixed_precision.clear_policy(hk.BatchNorm)
+    assert got.dtype == np.float16 and y.dtype == jnp.float16
+    assert_close(got, y)
+    assert state["gamma"].dtype == state["moving_mean"].dtype == np.float32
+    mean_ema = next(k for k in hstate if k.endswith("mean_ema"))
+    assert_close(state["moving_mean"], hstate[mean_ema]["average"].reshape(-1))
+    # the policy is the scenario's: a following float16 layer is float16 again
+    assert haiku_adapter(dtype="float16").state()["moving_mean"].dtype == np.float16
+    with pytest.raises(NotApplicable, match="input dtype"):
+        haiku_adapter(dtype="float32", param_dtype="float16")
+
+
 # ----------------------------------------------------------------------------------- equinox
 
 
@@ -301,7 +328,8 @@ def test_equinox_not_applicable_frozen_and_set_weights():
 
 def test_equinox_ema_semantics_and_float16_error():
     """Documents the framework: mode="ema" normalizes training batches with the updated running
-    statistics after the first call; with float16 inputs its training call raises."""
+    statistics after the first call; with float16 inputs and float32 state (param_dtype, also
+    its default dtype) its training call raises in lax.select; a float16 layer trains."""
     ad = eqx_adapter()
     ad.call(X, True)
     y = ad.call(X2, True)
@@ -310,8 +338,24 @@ def test_equinox_ema_semantics_and_float16_error():
     var = 0.9 * x1.var(0) + 0.1 * x2.var(0)
     close(y, (X2 - mean) / np.sqrt(var + 1e-3), 1e-5)
 
-    layer = Layer(features=3, layout="NHWC", momentum=0.9, dtype="float16")
-    scenario = Scenario("f16", layer, {"x": X}, [Step(index=0, op="call", input="x",
-                                                      training=True)])
+    x16 = np.asarray(X, np.float16).astype(np.float64)
+    layer = Layer(features=3, layout="NHWC", momentum=0.9, dtype="float16",
+                  param_dtype="float32")
+    scenario = Scenario("f16", layer, {"x": x16}, [Step(index=0, op="call", input="x",
+                                                        training=True)])
     rows = list(run_scenario(load_adapter("equinox"), scenario))
     assert rows[0]["status"] == "error" and "lax.select" in rows[0]["message"]
+    assert rows[0]["origin"] not in ("xbn", "unknown")  # raised in equinox/jax, not by xbn
+    model, state, run = eqx_by_hand(momentum=0.9, eps=1e-3, dtype=jnp.float32)
+    with pytest.raises(TypeError, match="lax.select"):
+        run(model, state, jnp.asarray(to_channels_first(x16, "NHWC"), jnp.float16),
+            inference=False)
+    # param_dtype float16 (dtype=float16 in Equinox): trains, as by hand
+    ad = eqx_adapter(dtype="float16")
+    got = ad.call(x16, True)
+    model, state, run = eqx_by_hand(momentum=0.9, eps=1e-3, dtype=jnp.float16)
+    y, state = eqx.filter_jit(run)(  # jitted, as Equinox users (and the adapter) run it
+        model, state, jnp.asarray(to_channels_first(x16, "NHWC"), jnp.float16), inference=False)
+    assert got.dtype == np.float16
+    assert_close(got, cl(y))
+    assert ad.state()["moving_mean"].dtype == np.float16

@@ -164,20 +164,40 @@ def _child(framework_id: str) -> None:
     assert (adapter.bn.momentum, adapter.bn.epsilon, adapter.bn.axis) == (0.99, 1e-3, 1)
     assert adapter.bn.beta is None and "beta" not in adapter.state()
 
-    # -- half precision: the mixed policy; outputs in the input dtype, statistics float32
+    # -- half precision: param_dtype float32 is the mixed policy (outputs in the input dtype,
+    # variables float32); without it, the 16-bit policy (16-bit variables too)
     for dtype in ("float16", "bfloat16"):
-        sc = _scenario({"dtype": dtype}, [
-            {"op": "call", "input": "x", "training": True},
-            {"op": "grad", "input": "x", "training": True, "weights": "w"}])
-        obs = {(o["step"], o["quantity"]): o for o in run_scenario(adapter, sc)}
-        assert all(o["status"] == "ok" for o in obs.values()), obs
-        assert obs[0, "output"]["dtype"] == dtype
-        assert obs[1, "grad_input"]["dtype"] == dtype
-        assert obs[0, "moving_mean"]["dtype"] == "float32"
-        assert adapter.model.dtype_policy.name == f"mixed_{dtype}"
-        mean = np.asarray(obs[0, "moving_mean"]["value"])
-        np.testing.assert_allclose(mean, 0.01 * x.transpose(0, 2, 3, 1).reshape(-1, 3).mean(0),
-                                   rtol=2e-2)
+        for param_dtype, policy in (("float32", f"mixed_{dtype}"), (dtype, dtype)):
+            sc = _scenario({"dtype": dtype, "param_dtype": param_dtype}, [
+                {"op": "call", "input": "x", "training": True},
+                {"op": "grad", "input": "x", "training": True, "weights": "w"}])
+            obs = {(o["step"], o["quantity"]): o for o in run_scenario(adapter, sc)}
+            assert all(o["status"] == "ok" for o in obs.values()), obs
+            assert adapter.model.dtype_policy.name == policy
+            assert adapter.bn.moving_mean.dtype == param_dtype  # what Keras created
+            assert obs[0, "output"]["dtype"] == dtype
+            assert obs[1, "grad_input"]["dtype"] == dtype
+            assert obs[0, "moving_mean"]["dtype"] == param_dtype
+            assert obs[1, "grad_gamma"]["dtype"] == param_dtype
+            mean = np.asarray(obs[0, "moving_mean"]["value"])
+            np.testing.assert_allclose(
+                mean, 0.01 * x.transpose(0, 2, 3, 1).reshape(-1, 3).mean(0), rtol=2e-2)
+
+    # -- keras' test_large_value_within_autocast_scope: 70000 (beyond float16) loads into the
+    # float32 moving variance of a mixed_float16 layer and reads back, as by hand
+    sc = _scenario({"dtype": "float16", "param_dtype": "float32"},
+                   [{"op": "set_weights", "moving_variance": 70000.0}])
+    obs = {(o["step"], o["quantity"]): o for o in run_scenario(adapter, sc)}
+    assert obs[0, "moving_variance"]["value"] == [70000.0] * 3
+    keras.config.set_dtype_policy("mixed_float16")
+    hand = keras.layers.BatchNormalization()
+    hand.build((1, 4, 4, 3))
+    hand.moving_variance.assign(keras.ops.full(hand.moving_variance.shape, 70000))
+    assert _np(hand.moving_variance).tolist() == obs[0, "moving_variance"]["value"]
+    keras.config.set_dtype_policy("float32")
+    with pytest.raises(NotApplicable, match="mixed_float16"):  # no policy names this pair
+        adapter.build(_scenario({"dtype": "float32", "param_dtype": "float16"},
+                                [{"op": "predict", "input": "x"}]).layer)
 
     # -- float64: float64 variables and outputs everywhere
     sc = _scenario({"dtype": "float64"}, [{"op": "call", "input": "x", "training": True}])

@@ -134,10 +134,16 @@ def test_frozen_layer_runs_in_inference_and_reports_frozen_grads():
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_16bit_inputs_use_a_mixed_policy_with_float32_statistics(dtype):
+@pytest.mark.parametrize("param_dtype", ["float32", None])
+def test_16bit_inputs_keep_float32_statistics_under_either_policy(dtype, param_dtype):
+    """param_dtype float32 is the mixed_<dtype> policy; without it, the <dtype> policy, under
+    which tf-keras raises a 16-bit layer's variables to float32 all the same (noted)."""
     x = data((4, 2, 2, 3), dtype)
-    a = adapter(layout="NHWC", dtype=dtype)
-    model, bn = by_hand("NHWC", dtype, policy=f"mixed_{dtype}")
+    a = adapter(layout="NHWC", dtype=dtype, param_dtype=param_dtype)
+    policy = f"mixed_{dtype}" if param_dtype else dtype
+    assert a.bn.dtype_policy.name == policy
+    assert any("not honoured" in n for n in a.notes) == (param_dtype is None)
+    model, bn = by_hand("NHWC", dtype, policy=policy)
     got = a.call(x, True)
     want = model(tf.cast(tf.constant(x), dtype), training=True)
     same(got, want)
@@ -147,6 +153,11 @@ def test_16bit_inputs_use_a_mixed_policy_with_float32_statistics(dtype):
     else:
         assert got.dtype == np.float16
     assert {v.dtype for v in a.state().values()} == {np.dtype(np.float32)}
+
+
+def test_param_dtype_pairs_without_a_policy_are_not_applicable():
+    with pytest.raises(NotApplicable, match="mixed_float16"):
+        adapter(dtype="float32", param_dtype="float16")
 
 
 @pytest.mark.slow  # 1000+ eager calls, a few seconds

@@ -182,10 +182,75 @@ def test_layer_options_map_to_constructor_arguments():
                                                                           "moving_variance"}
     no_track = adapter(track_running_stats=False)
     assert set(no_track.state()) == {"gamma", "beta"}
-    with pytest.raises(NotApplicable, match="affine"):
-        adapter(center=False)
+    with pytest.raises(NotApplicable, match="nothing drops the weight alone"):
+        adapter(scale=False)  # a bias without a weight
     with pytest.raises(NotApplicable, match="running_mean"):
         no_track.set_weights({"moving_mean": np.zeros(3)})
+
+
+def test_scale_without_center_is_bias_false_where_torch_has_it():
+    """center = false, scale = true is BatchNorm1d(C, bias=False) (torch >= 2.12): a weight
+    and no bias, the same numbers as the module built by hand."""
+    import inspect
+
+    from xbn.registry import capabilities
+
+    has_bias = "bias" in inspect.signature(torch.nn.BatchNorm1d).parameters
+    a = load_adapter("torch")
+    # the adapter asks the installed torch; the registry's version rule agrees with it
+    assert a.capabilities().scale_without_center is has_bias
+    assert capabilities("torch").scale_without_center is has_bias
+    if not has_bias:  # an older torch: n/a, naming the release that brought bias=False
+        with pytest.raises(NotApplicable, match="torch 2.12"):
+            adapter(center=False)
+        return
+    x, w = data((5, 3)), data((5, 3), mean=0.0, std=1.0)
+    ad = adapter(center=False)
+    assert ad.module.bias is None and ad.module.weight is not None
+    assert set(ad.state()) == {"gamma", "moving_mean", "moving_variance"}
+    ad.set_weights({"gamma": np.array([0.5, 2.0, 1.5])})
+    got = ad.grad(x, True, w)
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-3, bias=False)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 2.0, 1.5]))
+    xt = t(x).requires_grad_(True)
+    y = bn(xt)
+    (y * t(w)).sum().backward()
+    same(got["output"], y)
+    same(got["grad_input"], xt.grad)
+    same(got["grad_gamma"], bn.weight.grad)
+    assert "grad_beta" not in got
+    with pytest.raises(NotApplicable, match="bias=False"):
+        ad.set_weights({"beta": np.zeros(3)})
+
+
+def test_mixed_precision_is_a_float32_module_fed_half_tensors():
+    x = data((6, 3), "float16")
+    ad = adapter(dtype="float16", param_dtype="float32")
+    y = ad.call(x, True)
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-3)  # float32, as built
+    want = bn(t(x, torch.float16))
+    assert y.dtype == np.float16 and want.dtype == torch.float16
+    same(y, want)
+    state = ad.state()
+    assert state["moving_mean"].dtype == np.float32
+    same(state["moving_mean"], bn.running_mean)
+    same(state["moving_variance"], bn.running_var)
+    ad.set_weights({"moving_variance": np.full(3, 70000.0)})  # beyond float16, fine in float32
+    assert ad.state()["moving_variance"].tolist() == [70000.0] * 3
+    # the pure float16 layer keeps float16 statistics (module.to(float16))
+    assert adapter(dtype="float16").state()["moving_mean"].dtype == np.float16
+
+
+def test_pairs_torch_cannot_mix_are_not_applicable_with_its_reason():
+    # torch itself refuses them: float32 inputs into a half module, float16 into a double one
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        torch.nn.BatchNorm1d(3).half()(torch.ones(4, 3))
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        torch.nn.BatchNorm1d(3).double()(torch.ones(4, 3, dtype=torch.float16))
+    for dtype, param_dtype in (("float32", "float16"), ("float16", "float64")):
+        with pytest.raises(NotApplicable, match="mixed_data_type.h"):
+            adapter(dtype=dtype, param_dtype=param_dtype)
 
 
 def test_cumulative_average_and_set_weights_through_the_driver():

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 
 import numpy as np
 
-from ..registry import capabilities
+from ..registry import Capabilities, capabilities
 from ..scenario import STATE_QUANTITIES, Layer, Scenario, Step, channel_axis
 
 
@@ -26,14 +26,19 @@ class NotApplicable(Exception):
 NEEDS = {
     "cumulative_momentum": lambda layer: layer.cumulative,
     "track_running_stats": lambda layer: not layer.track_running_stats,
+    "scale_without_center": lambda layer: layer.scale and not layer.center,
+    "center_without_scale": lambda layer: layer.center and not layer.scale,
     "split_affine": lambda layer: layer.center != layer.scale,
 }
 
 
-def require(framework_id: str, layer: Layer, capability: str, why: str) -> None:
-    """NotApplicable(why) when ``layer`` needs a capability that the registry says
-    ``framework_id`` lacks. The registry decides; the adapter only words the reason."""
-    if NEEDS[capability](layer) and not getattr(capabilities(framework_id), capability):
+def require(framework_id: str, layer: Layer, capability: str, why: str,
+            caps: Capabilities | None = None) -> None:
+    """NotApplicable(why) when ``layer`` needs a capability that ``framework_id`` lacks:
+    ``caps`` (what the adapter probed in the installed framework), else the registry's
+    declaration. The adapter only words the reason."""
+    caps = caps if caps is not None else capabilities(framework_id)
+    if NEEDS[capability](layer) and not getattr(caps, capability):
         raise NotApplicable(why)
 
 
@@ -69,9 +74,15 @@ class Adapter(ABC):
     def predict(self, x: Array):
         """The framework's inference entry point."""
 
+    def capabilities(self) -> Capabilities:
+        """What the installed framework's BatchNorm can express. Adapters that can ask the
+        framework (a signature, a probe) override this; the default is the registry's
+        declaration, resolved against the installed versions."""
+        return capabilities(self.framework_id)
+
     def require(self, layer: Layer, capability: str, why: str) -> None:
         """See :func:`require`: raise NotApplicable(why) if the framework lacks ``capability``."""
-        require(self.framework_id, layer, capability, why)
+        require(self.framework_id, layer, capability, why, self.capabilities())
 
     def set_trainable(self, trainable: bool) -> None:
         raise NotApplicable(f"{self.framework_id} has no trainable flag")
@@ -97,6 +108,12 @@ class Adapter(ABC):
 
     def versions(self) -> dict[str, str]:
         """Versions of the packages this adapter really imported."""
+        return {}
+
+    def magnitudes(self) -> dict[str, float | None]:
+        """Optional: for values the last step produced and the state, the magnitude of the
+        terms that produced each (``xbn.numerics``), recorded as the observation's ``scale``:
+        the tolerance's floor where terms cancel. Only the reference knows its terms."""
         return {}
 
 
@@ -165,30 +182,78 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+XBN = "xbn"  # the origin of an exception raised by xbn's own code (an adapter, the driver)
+REFERENCE = "reference"  # xbn/reference.py, which raises where it models a framework's refusal
+
+
+def _innermost_frame(exc: BaseException):
+    tb = exc.__traceback__
+    # JAX hides its own frames from tracebacks that cross a transformation (jit, grad) and
+    # keeps the whole one on the cause it attaches (jax._src.traceback_util)
+    cause = exc.__cause__
+    if cause is not None and type(cause).__name__ == "UnfilteredStackTrace" and \
+            cause.__traceback__ is not None:
+        tb = cause.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return None if last is None else last.tb_frame
+
+
+def exception_origin(exc: BaseException, own: Iterable[str] = ()) -> str:
+    """Where ``exc`` was raised: the top-level package of the innermost traceback frame
+    ("torch", "keras", "jax", "flax", ...), "reference" for xbn/reference.py and "xbn" for the
+    rest of xbn and for the modules in ``own`` (an adapter's own code, plugins included). An
+    exception from xbn's code is a defect of the adapter, never the framework's answer."""
+    frame = _innermost_frame(exc)
+    if frame is None:
+        return "unknown"
+    module = frame.f_globals.get("__name__") or ""
+    if module == "xbn.reference":
+        return REFERENCE
+    if module in set(own) or module == XBN or module.startswith(XBN + "."):
+        return XBN
+    return module.split(".")[0] or "unknown"
+
+
+def adapter_modules(adapter: Adapter) -> set[str]:
+    """The modules that define the adapter's class and its bases (its own code)."""
+    return {cls.__module__ for cls in type(adapter).__mro__}
+
+
 def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
     """Walk the scenario's steps; yield one observation dict per quantity after each step."""
     layer = scenario.layer
+    own = adapter_modules(adapter)
 
-    def record(step: Step, quantity: str, status: str, value=None, message=None):
+    def record(step: Step, quantity: str, status: str, value=None, message=None, origin=None,
+               scale=None):
         values, dtype = _as_record(value) if status == "ok" else (None, None)
-        return {"scenario": scenario.name, "step": step.index, "op": step.op,
-                "framework": adapter.framework_id, "quantity": quantity, "status": status,
-                "value": values, "dtype": dtype, "message": message}
+        obs = {"scenario": scenario.name, "step": step.index, "op": step.op,
+               "framework": adapter.framework_id, "quantity": quantity, "status": status,
+               "value": values, "dtype": dtype, "message": message}
+        if scale is not None:
+            obs["scale"] = scale
+        if status == "error":
+            obs["origin"] = origin or "unknown"
+        return obs
 
     try:
         adapter.build(layer)
     except Exception as exc:  # every step reports why the layer could not be built
         status = "n/a" if isinstance(exc, NotApplicable) else "error"
         message = str(exc) if status == "n/a" else describe_exception(exc)
+        origin = exception_origin(exc, own) if status == "error" else None
         for step in scenario.steps:
             for q in primary_quantities(step.op):
-                yield record(step, q, status, message=f"layer not built: {message}")
+                yield record(step, q, status, message=f"layer not built: {message}",
+                             origin=origin)
         return
 
     last_optimizer: dict | None = None
     for step in scenario.steps:
         produced: dict = {}
-        status, message = "ok", None
+        status, message, origin = "ok", None, None
         try:
             produced = _run_step(adapter, scenario, step, last_optimizer)
             if step.op == "fit":
@@ -199,27 +264,32 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
             status, message = "n/a", str(exc)
         except Exception as exc:
             status, message = "error", describe_exception(exc)
+            origin = exception_origin(exc, own)
             if not isinstance(exc, (ValueError, RuntimeError, TypeError)):
                 message += " | " + traceback.format_exc(limit=2).strip().splitlines()[-1]
+        scales = adapter.magnitudes()
         for q in primary_quantities(step.op):
             if status != "ok":
-                yield record(step, q, status, message=message)
+                yield record(step, q, status, message=message, origin=origin)
             elif q == "step":
                 yield record(step, q, "ok")
             elif q in produced and produced[q] is not None:
-                yield record(step, q, "ok", produced[q])
+                yield record(step, q, "ok", produced[q], scale=scales.get(q))
             elif q in ("grad_gamma", "grad_beta"):
+                if not _exists(layer, q.removeprefix("grad_")):
+                    continue  # a parameter the layer does not have has no gradient either
                 yield record(step, q, "n/a", message=produced.get(f"{q}_reason",
                                                                    "no such parameter"))
         try:
             state = adapter.state()
         except Exception as exc:
             for q in STATE_QUANTITIES:
-                yield record(step, q, "error", message=f"reading state: {describe_exception(exc)}")
+                yield record(step, q, "error", message=f"reading state: {describe_exception(exc)}",
+                             origin=exception_origin(exc, own))
             continue
         for q in STATE_QUANTITIES:
             if state.get(q) is not None:
-                yield record(step, q, "ok", state[q])
+                yield record(step, q, "ok", state[q], scale=scales.get(q))
             elif not _exists(layer, q):
                 continue
             else:

@@ -1,5 +1,5 @@
-"""What every command shares: failing, emitting, the worker options, progress lines, framework
-ids and scenario loading.
+"""What every command shares: failing, emitting, the worker options, progress, framework ids
+(with "did you mean") and scenario loading.
 
 Commands import this module; it imports no command module. Only click is imported at module
 level: everything else is imported where it is used, so ``xbn --help`` stays fast.
@@ -38,15 +38,40 @@ jobs_option = click.option("--jobs", "-j", type=click.IntRange(min=1), default=N
                            help="Workers at once (default: one per framework).")
 
 
-def progress_printer():
-    """A progress callback that prints to stderr when it is a terminal, else None."""
-    if not sys.stderr.isatty():
-        return None
+quiet_option = click.option("--quiet", "-q", is_flag=True,
+                            help="No progress on stderr (neither the live display nor lines).")
 
-    def show(line: str) -> None:
-        click.echo(line, err=True)
 
-    return show
+def progress_printer(quiet: bool = False):
+    """The progress display for stderr: a live table per framework on a terminal, a plain line
+    per finished scenario and framework otherwise (CI logs), None with ``quiet``. Use it as a
+    context manager where possible, so a live display stops even when the run fails."""
+    from .progress import progress_display
+
+    return progress_display(quiet)
+
+
+def analyze_with_progress(scenarios: list, frameworks: list[str] | None, reference: str,
+                          k: float | None, timeout: float, jobs: int | None, quiet: bool):
+    """``run_and_analyze`` with the progress display on stderr, stopped even if the run fails."""
+    from ..analysis import run_and_analyze
+    from ..comparison import DEFAULT_K
+
+    display = progress_printer(quiet)
+    k = k if k is not None else DEFAULT_K
+    if display is None:
+        return run_and_analyze(scenarios, frameworks, reference, k, timeout=timeout, jobs=jobs)
+    with display:
+        return run_and_analyze(scenarios, frameworks, reference, k, timeout=timeout, jobs=jobs,
+                               progress=display)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices``, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def framework_ids(value: str | None) -> list[str] | None:
@@ -59,7 +84,9 @@ def framework_ids(value: str | None) -> list[str] | None:
     ids = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [i for i in ids if i not in FRAMEWORK_IDS]
     if unknown:
-        fail(f"unknown framework id(s) {', '.join(unknown)}; known: {', '.join(FRAMEWORK_IDS)}")
+        hints = "".join(did_you_mean(u, FRAMEWORK_IDS) for u in unknown)
+        fail(f"unknown framework id(s) {', '.join(unknown)}{hints}; "
+             f"known: {', '.join(FRAMEWORK_IDS)}")
     return ids
 
 
@@ -68,7 +95,8 @@ def check_reference(reference: str) -> None:
     from ..registry import FRAMEWORK_IDS
 
     if reference not in FRAMEWORK_IDS:
-        fail(f"unknown reference {reference!r}; known: {', '.join(FRAMEWORK_IDS)}")
+        fail(f"unknown reference {reference!r}{did_you_mean(reference, FRAMEWORK_IDS)}; "
+             f"known: {', '.join(FRAMEWORK_IDS)}")
 
 
 def frameworks_to_run(value: str | None, reference: str) -> list[str] | None:
@@ -86,12 +114,32 @@ def frameworks_to_run(value: str | None, reference: str) -> list[str] | None:
     return ids
 
 
+def _missing_scenario(name: str) -> None:
+    """Exit 2 for a path that does not exist and is no built-in name, naming close matches
+    among the built-in scenarios and the files beside it."""
+    from pathlib import Path
+
+    from ..scenario import BUILTIN, builtin_paths
+
+    path = Path(name.removeprefix(BUILTIN))
+    builtins = [p.stem for p in builtin_paths()]
+    siblings = ([str(p) for p in path.parent.iterdir() if p.suffix in (".toml", ".json")]
+                if path.parent.is_dir() else [])
+    if path.suffix or path.parent != Path("."):  # written as a path: its neighbours first
+        hint = did_you_mean(str(path), siblings) or did_you_mean(path.stem, builtins)
+    else:
+        hint = did_you_mean(str(path), builtins) or did_you_mean(str(path), siblings)
+    fail(f"{name}: no such file or built-in scenario{hint}; `xbn list` shows the built-in ones")
+
+
 def load_scenarios(files) -> list:
     """Load scenario files or built-in names; exit 2 on a bad file or a name used twice."""
     from ..scenario import ScenarioError, load, resolve
 
     scenarios = []
     for f in files:
+        if not resolve(f).exists():
+            _missing_scenario(f)
         try:
             scenarios.append(load(resolve(f)))
         except ScenarioError as exc:

@@ -38,6 +38,7 @@ Examples:
   xbn check baseline.json
   xbn check baseline.json --format markdown --output xbn.md --junit xbn.xml
   xbn check baseline.json --tolerance 16      accept float32 rounding drift
+  xbn check baseline.json --require-all       in CI: a framework that is gone fails
 """
 
 
@@ -84,9 +85,13 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
 @click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=0.0,
               show_default="0: exact",
               help="Accept differences within K eps(dtype) x the old array's largest magnitude.")
+@click.option("--require-all", is_flag=True,
+              help="A framework the snapshot recorded that cannot run here fails the check "
+                   "(its rows are missing: exit 1) instead of being skipped with a warning. "
+                   "For CI.")
 @timeout_option
 @jobs_option
-def check(file, frameworks, fmt, output, junit, tolerance, timeout, jobs) -> None:
+def check(file, frameworks, fmt, output, junit, tolerance, require_all, timeout, jobs) -> None:
     """Re-run a snapshot and report what changed (exit 1 if anything did).
 
     Compares every observation with the snapshot's (same scenario, step, framework and
@@ -102,8 +107,8 @@ def check(file, frameworks, fmt, output, junit, tolerance, timeout, jobs) -> Non
     except SnapshotError as exc:
         fail(str(exc))
     try:
-        result = run_check(snap, framework_ids(frameworks), tolerance, timeout=timeout,
-                           jobs=jobs, progress=progress_printer())
+        result = run_check(snap, framework_ids(frameworks), tolerance, require_all=require_all,
+                           timeout=timeout, jobs=jobs, progress=progress_printer())
     except CheckError as exc:
         fail(f"{file}: {exc}")
     for warning in result.warnings:

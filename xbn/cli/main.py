@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
-from . import guard, port, run
+from . import guard, plot, port, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,11 +22,11 @@ def cli() -> None:
       xbn frameworks          which frameworks are installed
       xbn list                the built-in scenarios
       xbn run seed-keras      one scenario through every installed framework
-      xbn report              everything, written to reports/
+      xbn report              everything, written to reports/ (open reports/index.html)
     """
 
 
-for _module in (run, guard, port):
+for _module in (run, plot, guard, port):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

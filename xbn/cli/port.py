@@ -24,8 +24,13 @@ OUTPUT = click.option("--output", "-o", type=click.Path(dir_okay=False),
 
 
 def _guarded(fn: Callable):
+    """Run ``fn`` with the frameworks' log noise hidden; a ``PortError`` is bad input: one
+    ``xbn: error:`` line, exit 2."""
+    from .logs import framework_logs_hidden
+
     try:
-        return fn()
+        with framework_logs_hidden(expected=(PortError,)):
+            return fn()
     except PortError as exc:
         fail(str(exc))
 
@@ -159,29 +164,95 @@ def verify(a, b, inputs, layout_a, layout_b, transpose_b, modes, steps, toleranc
 
     def run():
         arrays = _load_inputs(inputs)
-        perm = None
-        if transpose_b:
-            try:
-                perm = tuple(int(p) for p in transpose_b.split(","))
-            except ValueError:
-                raise PortError(f"--transpose-b must be integers, got {transpose_b!r}") from None
+        perm = _check_layouts(layout_a, layout_b, transpose_b, arrays[0].ndim)
         mode_list = [m.strip() for m in modes.split(",") if m.strip()]
         if not mode_list or any(m not in ("eval", "train") for m in mode_list):
             raise PortError(f"--modes takes eval and/or train, got {modes!r}")
+        model_a, model_b = load_model(a), load_model(b)
         try:
-            return compare_bn(load_model(a), load_model(b), arrays, modes=mode_list, steps=steps,
+            return compare_bn(model_a, model_b, arrays, modes=mode_list, steps=steps,
                               layout_a=layout_a, layout_b=layout_b, transpose_b=perm, k=tolerance)
         except PortError:
             raise
-        except ValueError as exc:
-            raise PortError(str(exc)) from None
         except Exception as exc:  # a model that cannot run on these inputs is bad input
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            raise PortError(f"running the models failed ({type(exc).__name__}: {msg})") from None
+            hint = "" if perm else layout_hint(model_a, model_b, arrays[0].ndim)
+            raise PortError(f"running the models failed ({short_error(exc)}){hint}") from None
 
     report = _guarded(run)
     emit(_render(report, fmt), output)
     sys.exit(0 if report.ok else 1)
+
+
+EXAMPLE_LAYOUTS = {3: ("NLC", "NCL"), 4: ("NHWC", "NCHW"), 5: ("NDHWC", "NCDHW")}
+
+
+def _check_layouts(layout_a, layout_b, transpose_b, ndim: int):
+    """The permutation from A's layout to B's (None: B gets A's arrays unchanged); a
+    PortError that names the option to fix otherwise."""
+    if transpose_b:
+        if layout_a or layout_b:
+            raise PortError("give --transpose-b or --layout-a/--layout-b, not both")
+        try:
+            perm = tuple(int(p) for p in transpose_b.split(","))
+        except ValueError:
+            raise PortError(f"--transpose-b must be integers, got {transpose_b!r}") from None
+        if sorted(perm) != list(range(ndim)):
+            raise PortError(f"--transpose-b {transpose_b}: the inputs have {ndim} axes, so give "
+                            f"a permutation of 0..{ndim - 1}")
+        return perm
+    if bool(layout_a) != bool(layout_b):
+        given, missing = ("--layout-a", "--layout-b") if layout_a else ("--layout-b", "--layout-a")
+        first, second = EXAMPLE_LAYOUTS.get(ndim, ("NHWC", "NCHW"))
+        raise PortError(f"{given} needs {missing}: each names the axes of one model's input "
+                        f"(e.g. --layout-a {first} --layout-b {second}), or give --transpose-b")
+    if not layout_a:
+        return None
+    from ..testing import permutation
+
+    for option, layout in (("--layout-a", layout_a), ("--layout-b", layout_b)):
+        if len(layout) != ndim:
+            raise PortError(f"{option} {layout} names {len(layout)} axes but the inputs have "
+                            f"{ndim}")
+    try:
+        return permutation(layout_a, layout_b)
+    except ValueError as exc:
+        raise PortError(f"--layout-a/--layout-b: {exc}") from None
+
+
+def short_error(exc: Exception) -> str:
+    """'Type: message' in one line; for a TorchScript failure, the error at the bottom of its
+    interpreter trace (the first line only says that the interpreter failed)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "TorchScript" in lines[0] and len(lines) > 1:
+        return lines[-1][:200]
+    return f"{type(exc).__name__}: {lines[0][:200]}"
+
+
+def _channels_first(model) -> bool | None:
+    """Whether a model's framework puts channels first (torch) or last; None: unknown."""
+    target = model[0] if isinstance(model, tuple) and model else model
+    root = type(target).__module__.split(".")[0]
+    if root == "torch":
+        return True
+    if root in ("keras", "tf_keras", "tensorflow", "flax", "haiku", "equinox", "jax"):
+        return False
+    return None
+
+
+def layout_hint(model_a, model_b, ndim: int) -> str:
+    """When A and B put channels on different axes, the options that say so."""
+    a, b = _channels_first(model_a), _channels_first(model_b)
+    if ndim not in EXAMPLE_LAYOUTS or a is None or b is None or a == b:
+        return ""
+    last, first = EXAMPLE_LAYOUTS[ndim]
+    la, lb = (first, last) if a else (last, first)
+    from ..testing import permutation
+
+    perm = ",".join(str(i) for i in permutation(la, lb))
+    return (f"; B got the inputs in A's layout, and the two frameworks put channels on "
+            f"different axes: pass --layout-a {la} --layout-b {lb} (or --transpose-b {perm})")
 
 
 def _load_inputs(path: str) -> list:

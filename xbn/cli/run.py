@@ -8,14 +8,16 @@ from pathlib import Path
 import click
 
 from .common import (
+    analyze_with_progress,
     builtin_scenarios,
     check_reference,
+    did_you_mean,
     emit,
     fail,
     frameworks_to_run,
     jobs_option,
     load_scenarios,
-    progress_printer,
+    quiet_option,
     timeout_option,
 )
 
@@ -25,7 +27,16 @@ Examples:
   xbn run xbn/scenarios/seed-keras.toml
   xbn run my.toml --frameworks numpy,torch,keras --format markdown --output diff.md
   xbn run seed-keras --reference torch --format json > out.json
+  xbn run seed-keras --only-diffs --full          # only what differs, whole arrays
+  xbn run seed-keras --format html -o seed.html   # plots, heatmap, values on click
 """
+
+
+def _note(report, quiet: bool, shown: bool) -> None:
+    """Notes the written format cannot carry (CSV, JSON) go to stderr."""
+    if not quiet and not shown:
+        for line in report.notes:
+            click.echo(f"xbn: note: {line}", err=True)
 
 
 @click.command(epilog=EXAMPLES_RUN)
@@ -38,21 +49,38 @@ Examples:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=None,
               help="Tolerance in eps(dtype) units at the reference's scale (default 16).")
+@click.option("--only-diffs", is_flag=True,
+              help="Only rows where some framework differs, errs or is n/a (every format).")
+@click.option("--full", is_flag=True,
+              help="Whole arrays and messages in the table and Markdown (default: the first "
+                   "elements, messages cut to a line).")
 @timeout_option
 @jobs_option
-def run(files, frameworks, reference, fmt, output, tolerance, timeout, jobs) -> None:
-    """Run scenario FILES (paths or built-in names) and print the diff."""
-    from ..analysis import run_and_analyze
-    from ..comparison import DEFAULT_K
+@quiet_option
+def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, timeout, jobs,
+        quiet) -> None:
+    """Run scenario FILES (paths or built-in names) and print the diff.
+
+    Progress goes to stderr: a live display on a terminal, a line per finished scenario and
+    framework otherwise (--quiet: none).
+    """
     from ..report import render
 
     check_reference(reference)
     ids = frameworks_to_run(frameworks, reference)
     scenarios = load_scenarios(files)
-    report = run_and_analyze(scenarios, ids, reference,
-                             tolerance if tolerance is not None else DEFAULT_K,
-                             timeout=timeout, jobs=jobs, progress=progress_printer())
-    emit(render(report, fmt), output)
+    report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs, quiet)
+    if only_diffs:
+        from ..report.views import only_diffs as restrict
+
+        report = restrict(report)
+    matrix = None
+    if fmt == "html":
+        from ..profiles import profile_matrix
+
+        matrix = profile_matrix()
+    _note(report, quiet, shown=fmt in ("table", "markdown", "html"))
+    emit(render(report, fmt, full=full, matrix=matrix), output)
 
 
 @click.command("list")
@@ -94,17 +122,18 @@ def frameworks(fmt) -> None:
 @click.option("--reference", "-r", default="numpy", show_default=True)
 @timeout_option
 @jobs_option
-def report(output_dir, frameworks, reference, timeout, jobs) -> None:
-    """Every built-in scenario through every installed framework: index.md, CSV, JSON."""
-    from ..analysis import run_and_analyze
+@quiet_option
+def report(output_dir, frameworks, reference, timeout, jobs, quiet) -> None:
+    """Every built-in scenario through every installed framework: index.html (plots, heatmap,
+    whole values on click), index.md, diffs.csv and results.json."""
     from ..profiles import profile_matrix
     from ..report.files import write_report
 
     check_reference(reference)
     ids = frameworks_to_run(frameworks, reference)
     scenarios = builtin_scenarios()
-    analyzed = run_and_analyze(scenarios, ids, reference, timeout=timeout, jobs=jobs,
-                               progress=progress_printer())
+    analyzed = analyze_with_progress(scenarios, ids, reference, None, timeout, jobs, quiet)
+    _note(analyzed, quiet, shown=False)
     for path in write_report(analyzed, Path(output_dir), profile_matrix()):
         click.echo(f"wrote {path}", err=True)
 
@@ -124,7 +153,8 @@ def explain(framework, fmt) -> None:
     from ..profiles import PROFILES, profile_matrix
 
     if framework is not None and framework not in PROFILES:
-        fail(f"unknown framework {framework!r}; known: {', '.join(PROFILES)}")
+        fail(f"unknown framework {framework!r}{did_you_mean(framework, PROFILES)}; "
+             f"known: {', '.join(PROFILES)}")
     if framework is None:
         matrix = profile_matrix()
         if fmt == "json":

@@ -139,7 +139,9 @@ def _generic_flags(x: LayerInfo) -> None:
     if frozen is not None and x.trainable is False:
         x.flag(*(frozen["training"] if x.training else frozen["otherwise"]))
     if x.center is False or x.scale is False:
-        what = (f"{convention(x.framework).affine_kw}=False"
+        conv = convention(x.framework)
+        what = (f"{conv.offset_kw}=False" if conv.offset_kw and x.scale and not x.center
+                else f"{conv.affine_kw}=False"
                 if not registry.capabilities(x.framework).split_affine
                 else f"center={_cell(x.center)}, scale={_cell(x.scale)}")
         x.flag("info", "affine", f"{what}: converters often assume both parameters exist "

@@ -119,7 +119,8 @@ def _read_affine(source, conv, caps, center, scale, affine) -> tuple[bool, bool]
         return affine, affine
     center = True if center is None else center
     scale = True if scale is None else scale
-    if not caps.split_affine and center != scale:
+    if not caps.split_affine and center != scale and not (
+            scale and caps.scale_without_center):
         raise PortError(f"{source} cannot split center and scale: its one flag "
                         f"{conv.affine_kw} sets both (center={center}, scale={scale})")
     return center, scale

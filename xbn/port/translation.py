@@ -235,10 +235,18 @@ def _epsilon_note(t: Translation, conv: Convention) -> None:
 
 def _affine(t: Translation, conv: Convention) -> None:
     s = t.settings
-    if not registry.capabilities(conv.id).split_affine:
+    caps = registry.capabilities(conv.id)
+    if not caps.split_affine:
+        if s.scale and not s.center and conv.offset_kw and caps.scale_without_center:
+            t.kwargs[conv.offset_kw] = False  # affine=True (the default) keeps the weight
+            t.notes.append(Note("affine", f"{conv.offset_kw}=False: a weight and no bias "
+                                f"({_since(conv.id, 'scale_without_center')})."))
+            return
         if s.center != s.scale:
+            since = _since(conv.id, "scale_without_center") if s.scale else ""
             raise PortError(
-                f"{conv.label} cannot split center and scale (one flag {conv.affine_kw}); "
+                f"{conv.label} cannot split center and scale (one flag {conv.affine_kw}"
+                f"{'; ' + since if since else ''}); "
                 f"the source has center={s.center}, scale={s.scale}. Workaround: "
                 f"{conv.affine_kw}=True and freeze the missing parameter at its identity value "
                 "(bias 0 / weight 1) with requires_grad_(False) or an optimizer mask")
@@ -254,6 +262,18 @@ def _affine(t: Translation, conv: Convention) -> None:
         t.kwargs[conv.center_kw] = False
     if not s.scale:
         t.kwargs[conv.scale_kw] = False
+
+
+def _since(framework: str, capability: str) -> str:
+    """Where a capability that arrived in a release stands here: 'torch >= 2.12 has it,
+    the installed torch 2.13.0 too' (empty when the declaration names no release)."""
+    since = getattr(registry.declared_capabilities(framework), capability)
+    if not isinstance(since, registry.Since):
+        return ""
+    found = registry.version(framework)
+    here = (f"installed: {since.distribution} {found}" if found
+            else f"{since.distribution} is not installed here")
+    return f"{since.distribution} >= {since.version}; {here}"
 
 
 def _statistics(t: Translation, conv: Convention) -> None:

@@ -9,18 +9,26 @@ from pathlib import Path
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
 
-def render(report, fmt: str) -> str:
-    """Text of a ``Report`` in one format."""
+def render(report, fmt: str, *, full: bool = False, matrix: dict | None = None) -> str:
+    """Text of a ``Report`` in one format. ``full``: whole arrays and messages in the table
+    and Markdown (the HTML always has them a click away); ``matrix``: the semantics matrix,
+    shown by the HTML page."""
     if fmt == "json":
         from .json_out import render as r
     elif fmt == "csv":
         from .csv_out import render as r
     elif fmt == "html":
-        from .html_out import render as r
+        from .html_out import render as html
+
+        return html(report, matrix)
     elif fmt == "markdown":
-        from .text import render_markdown as r
+        from .text import render_markdown
+
+        return render_markdown(report, full=full)
     elif fmt == "table":
-        from .text import render_table as r
+        from .text import render_table
+
+        return render_table(report, full=full)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     return r(report)

@@ -1,4 +1,5 @@
-"""`xbn report`: a finished ``Report`` written as index.md, diffs.csv and results.json."""
+"""`xbn report`: a finished ``Report`` written as index.html (plots, heatmap, whole values on
+click), index.md (the same tables for reading on a forge), diffs.csv and results.json."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ INTRO = ("Every built-in scenario run through every installed framework, compare
 
 def write_report(report: Report, out_dir: Path, matrix: dict) -> list[Path]:
     """Write the report's files; ``matrix`` is the semantics matrix (``profile_matrix()``)."""
+    from .html_out import render as render_html
     from .text import matrix_text, render_markdown
 
     profile = ("## The semantics matrix\n\nEach framework's value for every switch of the "
                "reference (`xbn explain`; `xbn explain ID` gives the source of each value).\n\n"
                + matrix_text(matrix, markdown=True))
     texts = {
+        "index.html": render_html(report, matrix, intro=INTRO.replace("`", "")),
         "index.md": render_markdown(report, INTRO, profile=profile),
         "diffs.csv": render(report, "csv"),
         "results.json": render(report, "json"),

@@ -1,25 +1,109 @@
-"""A single self-contained HTML page with the same content as the Markdown report."""
+"""The HTML report: one self-contained page (inline CSS and SVG plots, no script, nothing
+fetched when it is viewed) that can be mailed, attached to a CI run or opened from disk.
+
+Top to bottom: the reference and notes, the frameworks, the verdict counts, a verdict heatmap
+(scenario × framework, each cell a link to that framework's column in the scenario's section),
+the semantics matrix, then per scenario its drift plot, the side-by-side values (whole arrays
+and messages on click) and what differs with its explanation. ``xbn run --format html`` and
+``xbn report`` (index.html) both write this page.
+"""
 
 from __future__ import annotations
 
-import html
+from html import escape
 
-from .text import _summary
-from .views import side_by_side
+from .html_parts import (
+    anchor,
+    differences_table,
+    heatmap,
+    legend,
+    matrix_table,
+    summary_table,
+    values_table,
+)
+from .html_style import CSS
+from .views import column_order, framework_lines, framework_order
+
+PLOT_CAPTION = (
+    "Distance of each framework's running mean and running variance to the {ref} value after "
+    "every {unit}, and the largest distance in ULPs (units in the last place of the dtype) of "
+    "any quantity. Log scale: float32 rounding creeps up by orders of magnitude, a semantic "
+    "difference jumps at one step. The dotted line is a distance of 0 (bit-identical to the "
+    "reference); a gap is an error or n/a.")
 
 
-def render(report) -> str:
-    parts = ["<!doctype html><meta charset='utf-8'><title>xbn report</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-family:monospace}</style>",
-             "<h1>xbn report</h1>",
-             f"<p>Reference: <code>{html.escape(report.reference)}</code>; ✗ marks differs.</p>",
-             _summary(report).to_html()]
-    for s in report.scenarios:
-        parts.append(f"<h2>{html.escape(s.name)}</h2><p>{html.escape(s.title)}</p>")
-        parts.append(side_by_side(report.obs, report.diffs, s.name).to_html())
-        d = report.diffs[(report.diffs["scenario"] == s.name) & (report.diffs["verdict"] != "same")]
-        if not d.empty:
-            parts.append(d[["step", "quantity", "framework", "verdict", "max_abs", "max_ulp",
-                            "explanation", "message"]].to_html(index=False, na_rep=""))
-    return "\n".join(parts) + "\n"
+def _plot(report, scenario) -> str:
+    from .plots import drift_figure, has_drift, to_svg
+
+    if not has_drift(report.drift, scenario.name):
+        return ""
+    fig = drift_figure(report.drift, scenario.name, column_order(report), report.reference,
+                       scenario.steps)
+    traced = report.drift.loc[report.drift["scenario"] == scenario.name, "rep"].notna().any()
+    caption = PLOT_CAPTION.format(ref=escape(report.reference),
+                                  unit="recorded repetition" if traced else "step")
+    return (f"<figure class='plot'>{to_svg(fig, anchor(scenario.name) + '-')}<figcaption>{caption}</figcaption></figure>")
+
+
+def _scenario(report, s) -> str:
+    parts = [f"<section id='{anchor(s.name)}' class='scenario'>",
+             f"<h2>{escape(s.name)} <a class='up' href='#heatmap' title='back to the heatmap'>"
+             "↑</a></h2>"]
+    if s.title:
+        parts.append(f"<p class='title'>{escape(s.title)}</p>")
+    if s.description:
+        parts.append(f"<p class='desc'>{escape(s.description.strip())}</p>")
+    parts.append(_plot(report, s))
+    parts.append("<h3>Values</h3>")
+    parts.append(values_table(report, s.name))
+    parts.append("<h3>Differences and explanations</h3>")
+    parts.append(differences_table(report, s.name))
+    parts.append("</section>")
+    return "\n".join(p for p in parts if p)
+
+
+def render(report, matrix: dict | None = None, intro: str = "") -> str:
+    """The page for a finished ``Report``; ``matrix`` (``profile_matrix()``) adds the
+    semantics matrix, limited to the report's frameworks."""
+    toc = "".join(f"<li><a href='#{anchor(s.name)}'>{escape(s.name)}</a></li>"
+                  for s in report.scenarios)
+    notes = "".join(f"<p class='note'><strong>Note:</strong> {escape(n)}</p>"
+                    for n in report.notes)
+    frameworks = "".join(f"<li>{escape(line)}</li>" for line in framework_lines(report))
+    parts = [
+        "<!doctype html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<title>xbn report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<header><h1>xbn report</h1>",
+        f"<p>{escape(intro)}</p>" if intro else "",
+        f"<p>Reference: <code>{escape(report.reference)}</code>. A value is <b>same</b> when "
+        f"every element is within {report.k:g} × eps(dtype) × (largest magnitude of the "
+        "reference array); ✗ marks <b>differs</b>. Values show their first elements: click one "
+        "to see the whole array, or an <b>error</b>/<b>n/a</b> to read the message.</p>",
+        notes,
+        "<nav><b>Contents:</b> <a href='#heatmap'>verdict heatmap</a> · "
+        "<a href='#verdicts'>verdicts per framework</a> · <a href='#frameworks'>frameworks</a>"
+        + (" · <a href='#matrix'>semantics matrix</a>" if matrix else "")
+        + f"<details><summary>scenarios ({len(report.scenarios)})</summary><ol>{toc}</ol>"
+        "</details></nav></header><main>",
+        "<section id='heatmap'><h2>Verdict heatmap</h2>",
+        "<p>One cell per scenario and framework: its colour is the worst verdict among that "
+        "framework's values in the scenario, its number how many are not <b>same</b> "
+        "(✓: all same). Click a cell to open the scenario at that framework's column.</p>",
+        legend(), f"<div class='scroll'>{heatmap(report)}</div></section>",
+        "<section id='verdicts'><h2>Verdicts per framework</h2>",
+        summary_table(report), "</section>",
+        f"<section id='frameworks'><h2>Frameworks</h2><ul>{frameworks}</ul></section>",
+    ]
+    if matrix:
+        parts += ["<section id='matrix'><h2>The semantics matrix</h2>",
+                  "<p>Each framework's value for every switch of the reference model "
+                  "(<code>xbn explain</code>; <code>xbn explain ID</code> gives the source of "
+                  "each value). Highlighted: a value other than the reference model's "
+                  "(<code>numpy</code>). The explanations search these switches.</p>",
+                  matrix_table(matrix, ["numpy", *framework_order(report)]), "</section>"]
+    parts += [_scenario(report, s) for s in report.scenarios]
+    parts += ["</main></body></html>"]
+    return "\n".join(p for p in parts if p) + "\n"

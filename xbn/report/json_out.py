@@ -7,17 +7,22 @@ import math
 from .._version import __version__
 from ..jsonio import strict_dumps
 
+# Columns that hold data: a NaN there is a value, written "NaN" like the other non-finite
+# numbers (strict JSON has none). Anywhere else a float NaN is how pandas marks an empty cell
+# (a message, a dtype or a measure that does not exist), and is written null.
+_DATA = ("value",)
+
 
 def _records(frame) -> list[dict]:
     out = []
     for rec in frame.to_dict(orient="records"):
         for key, val in rec.items():
-            if isinstance(val, float) and math.isnan(val) and key in ("max_abs", "max_rel",
-                                                                      "max_ulp", "tolerance"):
-                rec[key] = None
-            elif val is not None and not isinstance(val, (list, str, bool, int, float)) and \
+            if val is not None and not isinstance(val, (list, str, bool, int, float)) and \
                     hasattr(val, "item"):
-                rec[key] = val.item()
+                val = val.item()
+            if key not in _DATA and isinstance(val, float) and math.isnan(val):
+                val = None
+            rec[key] = val
         if "max_ulp" in rec and isinstance(rec["max_ulp"], float) and math.isfinite(rec["max_ulp"]):
             rec["max_ulp"] = int(rec["max_ulp"])
         out.append(rec)

@@ -25,3 +25,8 @@ class Report:
     frameworks: dict[str, dict] = field(default_factory=dict)
     """Each framework's metadata (availability, versions, notes, error), in run order."""
     scenarios: list[Scenario] = field(default_factory=list)
+    drift: pd.DataFrame | None = None
+    """Each framework's distance to the reference per step or repetition (``xbn.drift``);
+    None when not measured: the writers then draw no plots."""
+    notes: list[str] = field(default_factory=list)
+    """Lines every writer shows before the tables (e.g. why there are no explanations)."""

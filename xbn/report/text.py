@@ -1,10 +1,22 @@
-"""Terminal tables and Markdown: per scenario, values side by side, then what differs and why."""
+"""Terminal tables and Markdown: per scenario, values side by side, then what differs and why,
+then the numbered messages of error and n/a cells (cut in the terminal unless ``full``)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from .views import side_by_side, summarize
+from .views import (
+    Footnotes,
+    column_order,
+    differences,
+    framework_lines,
+    side_by_side,
+    summarize,
+    verdict_counts,
+)
+
+MESSAGE_WIDTH = 120
+"""Terminal footnotes are cut here (one line each); ``--full`` prints them whole."""
 
 
 def _fmt_num(v) -> str:
@@ -15,60 +27,58 @@ def _fmt_num(v) -> str:
     return f"{v:.3g}"
 
 
-def _noteworthy(diffs: pd.DataFrame) -> pd.DataFrame:
-    rows = diffs[diffs["verdict"].isin(["differs", "error", "n/a"])]
+def _detail(r, notes: Footnotes) -> str:
+    """The detail column: the explanation, and for error and n/a the message's number."""
+    if r.framework == "expected":
+        return f"published ({r.message}); {r.explanation}"
+    if r.verdict in ("error", "n/a") and r.message:
+        key = f"[{notes.key(r.framework, r.message)}]"
+        return f"{r.explanation} {key}" if r.explanation else key
+    return r.explanation or r.message
+
+
+def _noteworthy(rows: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
     rows = rows.copy()
-    rows["detail"] = [
-        f"published ({r.message}); {r.explanation}" if r.framework == "expected"
-        else (r.explanation or r.message or "") for r in rows.itertuples(index=False)]
+    rows["detail"] = [_detail(r, notes) for r in rows.itertuples(index=False)]
     rows["max_abs"] = rows["max_abs"].map(_fmt_num)
     rows["max_ulp"] = rows["max_ulp"].map(_fmt_num)
     return rows[["step", "quantity", "framework", "verdict", "max_abs", "max_ulp", "detail"]]
 
 
-def _collapse_na(rows: pd.DataFrame) -> pd.DataFrame:
-    """n/a rows repeat the same reason for every step: keep the first of each."""
-    na = rows[rows["verdict"] == "n/a"].drop_duplicates(["framework", "detail"])
-    return pd.concat([rows[rows["verdict"] != "n/a"], na]).sort_values(["step", "quantity"],
-                                                                       kind="stable")
+def scenario_tables(report, name: str, full: bool = False):
+    """The side-by-side table, the differences and the footnotes of one scenario."""
+    notes = Footnotes()
+    table = side_by_side(report.obs, report.diffs, name, column_order(report), notes, full)
+    rows = _noteworthy(differences(report, name), notes)
+    return table, rows, notes
 
 
-def _summary(report) -> pd.DataFrame:
-    d = report.diffs[report.diffs["framework"] != "expected"]
-    counts = d.groupby(["framework", "verdict"]).size().unstack(fill_value=0)
-    return counts.reindex(columns=["same", "differs", "error", "n/a"], fill_value=0)
-
-
-def _header_lines(report) -> list[str]:
-    lines = []
-    for fid, meta in report.frameworks.items():
-        if meta.get("available"):
-            extra = f" ({'; '.join(meta['notes'])})" if meta.get("notes") else ""
-            err = f" — {meta['error']}" if meta.get("error") else ""
-            lines.append(f"{fid} {meta.get('version') or ''}{extra}{err}")
-        else:
-            lines.append(f"{fid}: unavailable (pip install \"xbn[{meta.get('extra')}]\")")
-    return lines
-
-
-def render_table(report) -> str:
+def render_table(report, full: bool = False) -> str:
     out = [f"reference: {report.reference}; same = within {report.k:g} eps of the dtype "
            "at the reference array's scale"]
-    out += ["frameworks: " + ", ".join(_header_lines(report))]
+    out += [f"note: {n}" for n in report.notes]
+    out += ["frameworks: " + ", ".join(framework_lines(report))]
+    width = None if full else MESSAGE_WIDTH
+    cut = False
     for s in report.scenarios:
         out.append("")
         out.append(f"== {s.name}: {s.title}" if s.title else f"== {s.name}")
-        table = side_by_side(report.obs, report.diffs, s.name,
-                             [report.reference, *[f for f in report.frameworks
-                                                  if f != report.reference], "expected"])
+        table, rows, notes = scenario_tables(report, s.name, full)
         out.append(table.to_string())
-        rows = _collapse_na(_noteworthy(report.diffs[report.diffs["scenario"] == s.name]))
         if not rows.empty:
             out.append("")
-            out.append(rows.to_string(index=False, max_colwidth=90))
+            out.append(rows.to_string(index=False, max_colwidth=None if full else 90))
+        if notes:
+            out += ["", *notes.lines(width)]
+            cut = cut or notes.cut(width)
     out.append("")
     out.append("verdicts per framework:")
-    out.append(_summary(report).to_string())
+    out.append(verdict_counts(report).to_string())
+    if not full:
+        out.append("")
+        out.append("values: the first elements of longer arrays (… (16): 16 elements)"
+                   + ("; messages cut at the line's end" if cut else "")
+                   + "; --full prints them whole")
     return "\n".join(out) + "\n"
 
 
@@ -83,15 +93,19 @@ def _md_table(frame: pd.DataFrame, index: bool = True) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(report, intro: str = "", profile: str = "") -> str:
+def render_markdown(report, intro: str = "", profile: str = "", full: bool = False) -> str:
     out = ["# xbn report", ""]
     if intro:
         out += [intro, ""]
+    values = ("every element" if full else "first elements (`… (16)`: 16 elements; "
+              "`--full` or the HTML report shows them whole)")
     out += [f"Reference: `{report.reference}`. A value is **same** when every element is within "
             f"{report.k:g} × eps(dtype) × (largest magnitude of the reference array); ✗ marks "
-            "**differs**. Values: first elements, 8 significant digits.", ""]
-    out += ["## Frameworks", ""] + [f"- {line}" for line in _header_lines(report)] + [""]
-    out += ["## Verdicts per framework", "", _md_table(_summary(report)), ""]
+            f"**differs**; `error [n]` and `n/a [n]` point to message n below the table. "
+            f"Values: {values}, 8 significant digits.", ""]
+    out += [f"> **Note:** {n}" for n in report.notes] + ([""] if report.notes else [])
+    out += ["## Frameworks", ""] + [f"- {line}" for line in framework_lines(report)] + [""]
+    out += ["## Verdicts per framework", "", _md_table(verdict_counts(report)), ""]
     if profile:
         out += [profile, ""]
     for s in report.scenarios:
@@ -100,13 +114,13 @@ def render_markdown(report, intro: str = "", profile: str = "") -> str:
             out += [f"**{s.title}**", ""]
         if s.description:
             out += [s.description.strip(), ""]
-        table = side_by_side(report.obs, report.diffs, s.name,
-                             [report.reference, *[f for f in report.frameworks
-                                                  if f != report.reference], "expected"])
+        table, rows, notes = scenario_tables(report, s.name, full)
         out += [_md_table(table), ""]
-        rows = _collapse_na(_noteworthy(report.diffs[report.diffs["scenario"] == s.name]))
         if not rows.empty:
             out += ["Differences, errors and n/a:", "", _md_table(rows, index=False), ""]
+        if notes:
+            out += ["Messages:", ""] + ["- " + line.replace("|", "\\|")
+                                        for line in notes.lines()] + [""]
     return "\n".join(out)
 
 
@@ -123,4 +137,4 @@ def matrix_text(matrix: dict, markdown: bool = False) -> str:
     return _md_table(frame) if markdown else frame.to_string()
 
 
-__all__ = ["matrix_text", "render_markdown", "render_table", "summarize"]
+__all__ = ["matrix_text", "render_markdown", "render_table", "scenario_tables", "summarize"]

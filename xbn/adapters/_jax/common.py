@@ -23,6 +23,12 @@ def jax_dtype(dtype_name: str):
     return _DTYPES[dtype_name]
 
 
+def widest(layer) -> str:
+    """float64 when the layer's inputs or parameters are float64, else its dtype: what
+    ``enable_x64_if_needed`` must be given."""
+    return "float64" if "float64" in (layer.dtype, layer.state_dtype) else layer.dtype
+
+
 def enable_x64_if_needed(dtype_name: str, notes: list[str]) -> None:
     """Switch x64 on for float64 scenarios (once noted in ``notes``), off for the others.
 
@@ -91,10 +97,27 @@ def flax_batchnorm_kwargs(layer, framework_id: str, api: str) -> dict:
                     "use_scale": layer.scale}
     if not layer.defaults:
         kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
-    if layer.dtype == "float64":  # a float64 model: float64 parameters too
-        kwargs["param_dtype"] = jnp.float64
+    # Flax's mixed precision: dtype (computations and result) and param_dtype (scale, bias);
+    # the batch statistics are float32 whatever param_dtype is (FLAX_STATS)
+    kwargs.update(dtype=jax_dtype(layer.dtype), param_dtype=jax_dtype(layer.state_dtype))
     kwargs.update(layer.native.get(framework_id, {}))
     return kwargs
+
+
+# Where each Flax API creates its batch statistics in float32 whatever param_dtype says.
+FLAX_STATS = {
+    "flax.linen.BatchNorm": "flax/linen/normalization.py:358-375 (float32 unless "
+                            "force_float32_reductions=False)",
+    "flax.nnx.BatchNorm": "flax/nnx/nn/normalization.py:312-313",
+}
+
+
+def stats_note(layer, api: str) -> str | None:
+    """The note for a 16-bit param_dtype, which Flax's batch statistics do not follow."""
+    if layer.state_dtype not in ("float16", "bfloat16"):
+        return None
+    return (f"{api}: param_dtype {layer.state_dtype} gives {layer.state_dtype} scale/bias; the "
+            f"batch statistics stay float32 ({FLAX_STATS[api]})")
 
 
 def train_epochs(step, xs, ts, carry: tuple, train_step) -> tuple[tuple, object]:

@@ -48,7 +48,7 @@ def _forward(model: eqx.nn.BatchNorm, state, x, inference: bool | None):
 
 class EquinoxAdapter(Adapter):
     def build(self, layer: Layer) -> None:
-        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        jc.enable_x64_if_needed(jc.widest(layer), self.notes)
         self.require(layer, "cumulative_momentum",
                      "eqx.nn.BatchNorm keeps an exponential moving average only (no cumulative "
                      "average)")
@@ -58,8 +58,11 @@ class EquinoxAdapter(Adapter):
         self.require(layer, "split_affine",
                      "eqx.nn.BatchNorm creates weight and bias together (channelwise_affine); "
                      "center and scale cannot differ")
+        # dtype: "the dtype to use for the running statistics and the weight and bias"
+        # (equinox/nn/_batch_norm.py:124-127): the scenario's param_dtype
         kwargs: dict = {"input_size": layer.features, "axis_name": AXIS,
-                        "channelwise_affine": layer.scale}
+                        "channelwise_affine": layer.scale,
+                        "dtype": jc.jax_dtype(layer.state_dtype)}
         if not layer.defaults:
             kwargs.update(eps=float(layer.epsilon), momentum=float(layer.momentum))
         kwargs.update(layer.native.get(self.framework_id, {}))

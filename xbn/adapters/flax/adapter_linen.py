@@ -35,7 +35,10 @@ FROZEN_REASON = ("frozen in the optimizer (optax.set_to_zero): linen has no trai
 class FlaxLinenAdapter(Adapter):
     def build(self, layer: Layer) -> None:
         kwargs = jc.flax_batchnorm_kwargs(layer, self.framework_id, "flax.linen.BatchNorm")
-        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        jc.enable_x64_if_needed(jc.widest(layer), self.notes)
+        note = jc.stats_note(layer, "flax.linen.BatchNorm")
+        if note and note not in self.notes:
+            self.notes.append(note)
         self.layer = layer
         self.module = nn.BatchNorm(**kwargs)
         shape = [1] * layer.rank

@@ -31,7 +31,10 @@ F64_NOTE = ("flax-nnx float64: BatchNorm creates mean/var as float32 BatchStats 
 class FlaxNnxAdapter(Adapter):
     def build(self, layer: Layer) -> None:
         kwargs = jc.flax_batchnorm_kwargs(layer, self.framework_id, "flax.nnx.BatchNorm")
-        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        jc.enable_x64_if_needed(jc.widest(layer), self.notes)
+        note = jc.stats_note(layer, "flax.nnx.BatchNorm")
+        if note and note not in self.notes:
+            self.notes.append(note)
         self.layer = layer
         if layer.dtype == "float64" and F64_NOTE not in self.notes:
             self.notes.append(F64_NOTE)

@@ -25,6 +25,13 @@ from ...scenario import Layer, Step, channel_axis, channels_last
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
 
+# Haiku's mixed precision for BatchNorm (examples/imagenet/train.py: the BN policy keeps
+# parameters and computations in float32 and only casts the output): jmp policies per class.
+MIXED_NOTE = ("haiku: 16-bit inputs with float32 parameters run under "
+              "hk.mixed_precision.set_policy(hk.BatchNorm, jmp.Policy(param_dtype=float32, "
+              "compute_dtype=float32, output_dtype=<input dtype>)), as Haiku's ImageNet example "
+              "runs BatchNorm")
+
 INIT_NOTE = ("haiku: initialised with init(rng, zeros, is_training=True); Haiku's init copies the "
              "init batch's statistics into the EMA 'average', so zeros give moving mean 0 and "
              "moving variance 0")
@@ -32,7 +39,22 @@ INIT_NOTE = ("haiku: initialised with init(rng, zeros, is_training=True); Haiku'
 
 class HaikuAdapter(Adapter):
     def build(self, layer: Layer) -> None:
-        jc.enable_x64_if_needed(layer.dtype, self.notes)
+        jc.enable_x64_if_needed(jc.widest(layer), self.notes)
+        hk.mixed_precision.clear_policy(hk.BatchNorm)  # a previous scenario's policy
+        if layer.mixed:
+            if layer.dtype not in ("float16", "bfloat16") or layer.state_dtype != "float32":
+                raise NotApplicable(
+                    f"hk.BatchNorm creates its parameters and statistics in the input dtype "
+                    f"(haiku/_src/batch_norm.py:191-201); Haiku's mixed precision (a jmp "
+                    f"policy) keeps BatchNorm in float32 for 16-bit inputs, nothing gives "
+                    f"{layer.dtype} inputs {layer.state_dtype} parameters")
+            import jmp
+
+            wide, narrow = jnp.float32, jc.jax_dtype(layer.dtype)
+            hk.mixed_precision.set_policy(hk.BatchNorm, jmp.Policy(
+                param_dtype=wide, compute_dtype=wide, output_dtype=narrow))
+            if MIXED_NOTE not in self.notes:
+                self.notes.append(MIXED_NOTE)
         self.require(layer, "cumulative_momentum",
                      "hk.BatchNorm keeps an exponential moving average only (no cumulative "
                      "average)")

@@ -8,10 +8,13 @@ fails loudly instead of reporting one backend's numbers under another's name.
 
 Choices a Keras user would make, reported in ``notes``:
 
-* float16/bfloat16 inputs run under the global ``mixed_float16``/``mixed_bfloat16`` policy,
-  as the mixed-precision guide does: float32 variables (moving statistics included),
-  float16/bfloat16 outputs, and ``compile`` wraps the optimizer in a ``LossScaleOptimizer``
-  for ``mixed_float16``. ``[layer.native.<id>] dtype = "float16"`` gives the pure policy.
+* The global dtype policy says where things live: the scenario's ``dtype`` alone (``param_dtype``
+  unset or equal) is that policy (``"float16"``: float16 variables, moving statistics included);
+  ``dtype = "float16"``/``"bfloat16"`` with ``param_dtype = "float32"`` is the
+  ``mixed_float16``/``mixed_bfloat16`` policy of the mixed-precision guide: float32 variables,
+  16-bit outputs, and ``compile`` wraps the optimizer in a ``LossScaleOptimizer`` for
+  ``mixed_float16``. Keras has no other pair (a DTypePolicy is one dtype or ``mixed_*``).
+  Either way BN computes in float32 (``result_type(inputs.dtype, "float32")``, line 345).
 * float64 layers set ``keras.config.set_floatx("float64")`` (else ``fit``/``predict`` cast
   float64 arrays to float32) and the ``float64`` policy; on JAX that needs
   ``jax_enable_x64``, switched on for float64 layers only (otherwise JAX computes in float32).
@@ -32,8 +35,22 @@ from ...scenario import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 
 BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
-POLICIES = {"float32": "float32", "float64": "float64",
-            "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+MIXED = {("float16", "float32"): "mixed_float16", ("bfloat16", "float32"): "mixed_bfloat16"}
+
+
+def policy_name(layer: Layer) -> str:
+    """The Keras dtype policy for the layer's dtype and param_dtype (NotApplicable for pairs
+    that no Keras policy names)."""
+    if not layer.mixed:
+        return layer.dtype
+    name = MIXED.get((layer.dtype, layer.state_dtype))
+    if name is None:
+        raise NotApplicable(
+            f"Keras dtype policies are one dtype for variables and computations, or "
+            f"mixed_float16/mixed_bfloat16 (16-bit computations, float32 variables; "
+            f"keras/src/dtype_policies/dtype_policy.py:68-92); {layer.dtype} inputs with "
+            f"{layer.state_dtype} variables have none")
+    return name
 PARAMS = ("gamma", "beta")
 STATS = ("moving_mean", "moving_variance")
 
@@ -109,7 +126,7 @@ class KerasAdapter(Adapter):
         # keras.config.set_dtype_policy arrived in 3.1; 3.0.x has the mixed_precision alias
         set_policy = getattr(keras.config, "set_dtype_policy", None) or \
             keras.mixed_precision.set_dtype_policy
-        set_policy(POLICIES[layer.dtype])
+        set_policy(policy_name(layer))
         keras.utils.set_random_seed(0)
         shape = [None] * (layer.rank - 1)
         shape[axis - 1] = layer.features

@@ -24,11 +24,12 @@ try:
 except RuntimeError:  # the runtime was already started (tests importing tensorflow first)
     pass
 
-# What a tf.keras user does for 16-bit inputs: a mixed-precision policy on the layer. BN
-# keeps gamma/beta/moving statistics in float32 under it (``_param_dtype``), exactly as with
-# a plain "float16" policy. Only this layer gets it, so compile adds no loss scaling.
-POLICY = {"float32": "float32", "float64": "float64",
-          "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+# The layer's dtype policy: the scenario's dtype, or mixed_float16/mixed_bfloat16 for 16-bit
+# inputs with param_dtype float32 (what a tf.keras user does for mixed precision). Only this
+# layer gets it, so compile adds no loss scaling. Under either 16-bit policy BN keeps
+# gamma/beta/moving statistics in float32 (``_param_dtype``, PARAM_DTYPE below).
+MIXED = {("float16", "float32"): "mixed_float16", ("bfloat16", "float32"): "mixed_bfloat16"}
+PARAM_DTYPE = "tf_keras/src/layers/normalization/batch_normalization.py:319-324 _param_dtype"
 WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -54,8 +55,14 @@ class TfKerasAdapter(Adapter):
         self.layer = layer
         self.dtype = tf.as_dtype(layer.dtype)
         axis = channel_axis(layer.layout)
+        policy = layer.dtype if not layer.mixed else MIXED.get((layer.dtype, layer.state_dtype))
+        if policy is None:
+            raise NotApplicable(
+                f"a tf_keras dtype policy is one dtype or mixed_float16/mixed_bfloat16 (16-bit "
+                f"computations, float32 variables); {layer.dtype} inputs with "
+                f"{layer.state_dtype} variables have none")
         kwargs: dict = {"axis": axis, "center": layer.center, "scale": layer.scale,
-                        "dtype": POLICY[layer.dtype]}
+                        "dtype": policy}
         if not layer.defaults:
             kwargs.update(momentum=float(layer.momentum), epsilon=float(layer.epsilon))
         kwargs.update(layer.native.get(self.framework_id, {}))
@@ -67,6 +74,10 @@ class TfKerasAdapter(Adapter):
         self.optimizer = None
         self.compiled = False
         self.notes = [self._path_note()]
+        if layer.state_dtype in ("float16", "bfloat16"):
+            self.notes.append(f"tf-keras: param_dtype {layer.state_dtype} is not honoured: BN "
+                              f"creates float32 gamma/beta/moving statistics for 16-bit layers "
+                              f"({PARAM_DTYPE})")
 
     def _path_note(self) -> str:
         if self.bn.fused:

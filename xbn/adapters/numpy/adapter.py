@@ -59,6 +59,9 @@ class NumpyAdapter(Adapter):
     def state(self) -> dict:
         return self.bn.state()
 
+    def magnitudes(self) -> dict[str, float | None]:
+        return self.bn.magnitudes()
+
     def versions(self) -> dict[str, str]:
         return {"numpy": np.__version__}
 

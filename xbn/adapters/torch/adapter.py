@@ -2,19 +2,27 @@
 
 The module is picked from the layout's rank and always sees a contiguous channels-first
 tensor (channels-last scenarios are transposed in and out, which is exact). It is built in
-float32 and moved with ``module.to(dtype)``, so parameters *and* running statistics live in
-the scenario dtype (torch's CPU kernels accumulate half/bfloat16 in float internally).
+float32 and moved with ``module.to(param_dtype)``, so parameters *and* running statistics live
+in the scenario's ``param_dtype``; inputs are tensors of its ``dtype``. ``dtype = "float16"``,
+``param_dtype = "float32"`` is a float32 module fed half tensors, which torch's CPU kernels
+accept for BatchNorm (the only mixed pair they take: 16-bit inputs, float32 parameters,
+aten/src/ATen/native/cpu/mixed_data_type.h:21-31); they accumulate 16-bit inputs in float.
+What the module can be built with is asked of the installed torch: ``bias=False`` (a weight
+without a bias) where ``torch.nn.BatchNorm1d``'s signature has ``bias``.
 Train/eval is torch's module-wide mode: a ``training`` flag on a step calls ``train()`` or
 ``eval()`` and the mode persists; a bare call leaves it alone (a fresh module trains).
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...registry import native_momentum
+from ...registry import Capabilities, native_momentum
 from ...scenario import Layer, Step
 from ..base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
 
@@ -62,18 +70,38 @@ class TorchAdapter(Adapter):
         _deterministic()
 
     # -- construction ------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """The registry's declaration, with ``bias=False`` asked of the installed torch."""
+        has_bias = "bias" in inspect.signature(torch.nn.BatchNorm1d).parameters
+        return replace(super().capabilities(), scale_without_center=has_bias)
+
     def build(self, layer: Layer) -> None:
-        self.require(layer, "split_affine",
-                     "torch's affine=True/False creates weight and bias together; "
+        self.require(layer, "center_without_scale",
+                     "torch's BatchNorm has a bias only together with a weight (affine=True; "
+                     "bias=False drops the bias, nothing drops the weight alone): "
                      f"center={layer.center} with scale={layer.scale} cannot be built")
-        kwargs: dict = {"affine": layer.center, "track_running_stats": layer.track_running_stats}
+        self.require(layer, "scale_without_center",
+                     f"torch {torch.__version__}'s affine=True/False creates weight and bias "
+                     "together (no bias= argument before torch 2.12): "
+                     f"center={layer.center} with scale={layer.scale} cannot be built")
+        kwargs: dict = {"affine": layer.center or layer.scale,
+                        "track_running_stats": layer.track_running_stats}
+        if layer.scale and not layer.center:
+            kwargs["bias"] = False  # a weight without a bias
         if not layer.defaults:  # else torch's own momentum=0.1, eps=1e-5
             kwargs.update(momentum=torch_momentum(layer), eps=float(layer.epsilon))
         kwargs.update(layer.native.get(self.framework_id, {}))
+        if layer.mixed and not (layer.dtype in ("float16", "bfloat16")
+                                and layer.state_dtype == "float32"):
+            raise NotApplicable(
+                f"torch's CPU BatchNorm mixes dtypes only for float16/bfloat16 inputs with "
+                f"float32 parameters (aten/src/ATen/native/cpu/mixed_data_type.h: 'mixed dtype "
+                f"(CPU): expect parameter to have scalar type of Float'); {layer.dtype} inputs "
+                f"with {layer.state_dtype} parameters cannot run")
         torch.manual_seed(0)
         self.layer = layer
         self.dtype = DTYPES[layer.dtype]
-        self.module = MODULES[layer.rank](layer.features, **kwargs).to(self.dtype)
+        self.module = MODULES[layer.rank](layer.features, **kwargs).to(DTYPES[layer.state_dtype])
         self.optimizer: torch.optim.Optimizer | None = None
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -166,7 +194,8 @@ class TorchAdapter(Adapter):
             for name, value in values.items():
                 target = getattr(self.module, STATE[name])
                 if target is None:
-                    why = "affine=False" if name in ("gamma", "beta") else "track_running_stats=False"
+                    why = ("track_running_stats=False" if name.startswith("moving")
+                           else "bias=False" if self.module.affine else "affine=False")
                     raise NotApplicable(f"the module has no {STATE[name]} ({why})")
                 target.copy_(torch.from_numpy(np.asarray(value, np.float64)))
 

@@ -54,7 +54,9 @@ def torch_info(name: str, m) -> LayerInfo:
     params = [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
     info = LayerInfo(name, "torch", kind, features=getattr(m, "num_features", None),
                      momentum=momentum, cumulative=momentum is None,
-                     epsilon=getattr(m, "eps", None), center=affine, scale=affine,
+                     epsilon=getattr(m, "eps", None),
+                     center=affine and getattr(m, "bias", None) is not None,
+                     scale=affine and getattr(m, "weight", None) is not None,
                      track_running_stats=bool(getattr(m, "track_running_stats", True)),
                      trainable=all(p.requires_grad for p in params) if params else None,
                      training=bool(m.training), axis=1,

@@ -211,9 +211,10 @@ def fresh(layers: list[BNLayer], fmt: str, notes: list[str]) -> Bundle:
 
 
 def layer_info(layer: BNLayer, framework: str) -> LayerInfo:
-    """A state_dict layer: torch's one affine flag, channels on dim 1."""
+    """A state_dict layer: weight and bias (affine), or a weight alone (bias=False)."""
     info = file_layer_info(layer, framework, "BatchNorm")
-    info.center = info.scale = "gamma" in layer.values and "beta" in layer.values
+    info.scale = "gamma" in layer.values
+    info.center = "beta" in layer.values
     info.axis = 1
     return info
 

@@ -1,0 +1,175 @@
+"""Pieces of the HTML report: the verdict heatmap, a scenario's side-by-side values (whole
+arrays and messages one click away, in ``<details>``), its differences with explanations, and
+the semantics matrix. Every table is built from the same views as the terminal and Markdown,
+in the same column order; no script is needed to read any of it.
+"""
+
+from __future__ import annotations
+
+import re
+from html import escape
+
+import pandas as pd
+
+from .views import (
+    Cell,
+    cell_grid,
+    column_order,
+    differences,
+    framework_order,
+    is_cut,
+    summarize,
+    verdict_counts,
+)
+
+VERDICTS = ("same", "differs", "error", "n/a")
+WORST_FIRST = ("error", "differs", "n/a", "same")
+LEGEND = {"same": "same as the reference", "differs": "differs (beyond the tolerance)",
+          "error": "error (the framework raised)", "n/a": "n/a (not expressible)"}
+
+
+def anchor(scenario: str, framework: str | None = None) -> str:
+    """The id of a scenario's section, or of a framework's column in its table."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", scenario)
+    return f"s-{slug}" + (f"--{re.sub(r'[^A-Za-z0-9_-]+', '-', framework)}" if framework else "")
+
+
+def _vclass(verdict: str) -> str:
+    return "v-" + {"n/a": "na"}.get(verdict, verdict)
+
+
+def table(frame: pd.DataFrame, cls: str = "") -> str:
+    """A plain table of text (escaped), first row as header."""
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def summary_table(report) -> str:
+    counts = verdict_counts(report).reset_index()
+    head = "".join(f"<th class='{_vclass(v) if v in VERDICTS else ''}'>{escape(v)}</th>"
+                   for v in counts.columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in counts.itertuples(index=False))
+    return f"<table class='counts'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def legend() -> str:
+    items = "".join(f"<li><span class='swatch {_vclass(v)}'></span>{escape(LEGEND[v])}</li>"
+                    for v in WORST_FIRST)
+    return f"<ul class='legend'>{items}</ul>"
+
+
+def heatmap(report) -> str:
+    """Scenario × framework: a cell's colour is its worst verdict (error, differs, n/a, same),
+    its text the number of rows that are not 'same', and it links to that framework's column
+    in the scenario's section."""
+    frameworks = [f for f in framework_order(report) if f != report.reference]
+    d = report.diffs
+    counts = d.groupby(["scenario", "framework", "verdict"]).size()
+    head = "".join(f"<th class='fw'>{escape(f)}</th>" for f in frameworks)
+    rows = []
+    for s in report.scenarios:
+        cells = [f"<th class='sc'><a href='#{anchor(s.name)}'>{escape(s.name)}</a></th>"]
+        for f in frameworks:
+            n = {v: int(counts.get((s.name, f, v), 0)) for v in VERDICTS}
+            total = sum(n.values())
+            if not total:
+                cells.append("<td class='v-none'>—</td>")
+                continue
+            worst = next(v for v in WORST_FIRST if n[v])
+            title = f"{f} on {s.name}: " + ", ".join(f"{n[v]} {v}" for v in VERDICTS if n[v])
+            text = "✓" if worst == "same" else str(total - n["same"])
+            cells.append(f"<td class='{_vclass(worst)}'><a href='#{anchor(s.name, f)}' "
+                         f"title='{escape(title)}'>{text}</a></td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<table class='heatmap'><thead><tr><th>scenario</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _cell(cell: Cell | None) -> str:
+    if cell is None:
+        return "<td></td>"
+    cls = _vclass(cell.verdict) if cell.verdict and cell.verdict != "same" else ""
+    if cell.status == "ok":
+        mark = " ✗" if cell.verdict == "differs" else ""
+        short = escape(summarize(cell.value)) + mark
+        if is_cut(cell.value):
+            whole = escape(summarize(cell.value, full=True))
+            return (f"<td class='{cls}'><details><summary>{short}</summary>"
+                    f"<code class='whole'>{whole}</code></details></td>")
+        return f"<td class='{cls}'>{short}</td>"
+    cls = _vclass(cell.status)
+    if cell.message:
+        return (f"<td class='{cls}'><details><summary>{escape(cell.status)}</summary>"
+                f"<div class='msg'>{escape(cell.message)}</div></details></td>")
+    return f"<td class='{cls}'>{escape(cell.status)}</td>"
+
+
+def values_table(report, scenario: str) -> str:
+    """The side-by-side values of one scenario; each framework's header cell carries the
+    anchor the heatmap links to."""
+    grid = cell_grid(report.obs, report.diffs, scenario)
+    present = {f for cells in grid.values() for f in cells}
+    cols = [c for c in column_order(report) if c in present]
+    head = "".join(f"<th id='{anchor(scenario, c)}' class='fw'>{escape(c)}</th>" for c in cols)
+    body = []
+    for (step, op, quantity), cells in grid.items():
+        body.append(f"<tr><td class='k0'>{step}</td><td class='k1'>{escape(op)}</td>"
+                    f"<td class='k2'>{escape(quantity)}</td>"
+                    + "".join(_cell(cells.get(c)) for c in cols) + "</tr>")
+    return ("<div class='scroll'><table class='values'><thead><tr><th class='k0'>step</th>"
+            f"<th class='k1'>op</th><th class='k2'>quantity</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _num(v) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.3g}"
+
+
+def differences_table(report, scenario: str) -> str:
+    """What differs, errs or is n/a in one scenario, with the explanation and the framework's
+    whole message."""
+    d = differences(report, scenario)
+    if d.empty:
+        return "<p class='agree'>Every framework agrees with the reference at every step.</p>"
+    rows = []
+    for r in d.itertuples(index=False):
+        expected = r.framework == "expected"
+        explanation = f"published ({r.message}); {r.explanation}" if expected else r.explanation
+        rows.append(f"<tr><td>{r.step}</td>"
+                    f"<td>{escape(r.quantity)}</td><td>{escape(r.framework)}</td>"
+                    f"<td class='{_vclass(r.verdict)}'>{escape(r.verdict)}</td><td class='num'>{_num(r.max_abs)}</td>"
+                    f"<td class='num'>{_num(r.max_ulp)}</td><td>{escape(explanation)}</td>"
+                    f"<td class='msg'>{'' if expected else escape(r.message)}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("step", "quantity", "framework", "verdict",
+                                             "max_abs", "max_ulp", "explanation", "message"))
+    return (f"<div class='scroll'><table class='diffs'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def matrix_table(matrix: dict, frameworks: list[str] | None = None) -> str:
+    """The semantics matrix (switches × frameworks), limited to ``frameworks`` when given;
+    a value other than the reference's (the first column) is highlighted."""
+    def cell(v) -> str:
+        if v is None:
+            return "—"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    cols = list(next(iter(matrix.values()))) if matrix else []
+    if frameworks:
+        cols = [c for c in dict.fromkeys(frameworks) if c in cols] or cols
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    rows = []
+    for switch, row in matrix.items():
+        first = cell(row.get(cols[0])) if cols else ""
+        tds = "".join(f"<td class='{'other' if cell(row.get(c)) != first else ''}'>"
+                      f"{escape(cell(row.get(c)))}</td>" for c in cols)
+        rows.append(f"<tr><th>{escape(switch)}</th>{tds}</tr>")
+    return (f"<div class='scroll'><table class='matrix'><thead><tr><th>switch</th>{head}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table></div>")
