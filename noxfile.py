@@ -3,8 +3,10 @@
     nox -s tests        the test suite at the pinned versions (constraints.txt)
     nox -s lint         ruff
     nox -s report       regenerate reports/ at the pinned versions
-    nox -s matrix       `xbn check` of a baseline made at the pinned versions, in one
-                        environment per released Keras version (see MATRIX_KERAS)
+    nox -s matrix       one environment per released Keras version (see MATRIX_KERAS): a
+                        snapshot of that version set, and `xbn check` of the pinned baseline
+    nox -s matrix_report   `xbn matrix` over those snapshots: reports/matrix/keras.md, the
+                        behaviour across versions (run after `nox -s matrix`)
 """
 
 from __future__ import annotations
@@ -75,6 +77,20 @@ def matrix(session: nox.Session, keras: str) -> None:
                     "--output", str(MATRIX_BASELINE))
     session.install(f"keras=={keras}")
     session.run("xbn", "frameworks")
+    # this version set's own snapshot, for `xbn matrix` (what each CI matrix job uploads)
+    session.run("xbn", "snapshot", *MATRIX_SCENARIOS, "--frameworks", MATRIX_FRAMEWORKS,
+                "--output", str(MATRIX_DIR / f"snapshot-keras-{keras}.json"))
     session.run("xbn", "check", str(MATRIX_BASELINE), "--frameworks", MATRIX_FRAMEWORKS,
                 "--format", "markdown", "--output", str(MATRIX_DIR / f"keras-{keras}.md"),
                 "--junit", str(MATRIX_DIR / f"keras-{keras}.xml"), success_codes=[0, 1])
+
+
+@nox.session(python=PYTHON)
+def matrix_report(session: nox.Session) -> None:
+    """Merge the matrix' snapshots into one behaviour-across-versions report (the command each
+    CI matrix's final job runs, examples/ci/xbn-matrix.yml)."""
+    session.install("-c", "constraints.txt", "-e", ".")
+    snapshots = sorted(str(p) for p in MATRIX_DIR.glob("snapshot-keras-*.json"))
+    if not snapshots:
+        session.error("no snapshots: run `nox -s matrix` first")
+    session.run("xbn", "matrix", *snapshots, "--output", str(MATRIX_DIR / "keras.md"))

@@ -1,17 +1,27 @@
-"""Wall time of `xbn report` next to each framework's bare import time, in one run.
+"""Issue 16's targets, measured side by side in one run (ratios, so a loaded machine moves
+both sides alike; timings are never asserted in tests):
 
-Workers run in parallel, so the report's floor is the slowest import plus that framework's
-own steps; this script prints both, and each worker's own wall time (kept in memory on the
-run's result, never in the report's files), so a regression in either shows. The report is
-made in this process by the same functions `xbn report` calls. Usage:
+1. cold ``xbn report`` (empty result cache) / the sum of the frameworks' bare imports;
+2. an unchanged re-run of ``xbn report`` (the cache filled by 1), in seconds;
+3. ``xbn run seed-keras --frameworks keras`` / a plain Keras script making the same calls
+   (``benchmarks/plain_seed_keras.py``), the best of ``--repeat`` alternating tries each;
+4. peak memory of the cold report: the largest resident set of any one of its processes
+   (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a wrapper whose only child is the report).
 
-    python benchmarks/report_vs_imports.py [--frameworks numpy,torch,keras]
+Every command runs as a user runs it, in a subprocess with its own empty cache directory, so
+nothing here shares imports with what it measures, and from a copy of the xbn package taken at
+the start (on ``PYTHONPATH``): the cache is keyed by xbn's source, so an edit made in the tree
+while the cold report runs would otherwise turn the re-run into a second cold run. Usage:
+
+    python benchmarks/report_vs_imports.py [--frameworks numpy,torch,keras] [--repeat 3]
+                                           [--skip-report]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,38 +40,84 @@ IMPORTS = {
     "equinox": "import equinox, optax",
 }
 BACKEND = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+HERE = Path(__file__).parent
+# runs cmd (argv after the script) and prints its wall time and its largest process' RSS
+PEAK = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+        " rc)")
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   cwd=env.get("XBN_BENCH_CWD") if env else None)
     return time.perf_counter() - start
+
+
+def measured(cmd: list[str], env: dict) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of the largest process ``cmd`` starts, itself included."""
+    out = subprocess.run([sys.executable, "-c", PEAK, *cmd], env=env, check=True, text=True,
+                         stdout=subprocess.PIPE, cwd=env["XBN_BENCH_CWD"]).stdout.split()
+    if out[2] != "0":
+        raise SystemExit(f"{' '.join(cmd)} exited {out[2]}")
+    return float(out[0]), int(out[1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def load() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frameworks", default=",".join(IMPORTS))
-    parser.add_argument("--output-dir", help="keep the report here (default: a temporary folder)")
+    parser.add_argument("--repeat", type=int, default=3, help="tries of the run-vs-script pair")
+    parser.add_argument("--skip-report", action="store_true", help="only the run-vs-script pair")
     args = parser.parse_args()
     ids = [f for f in args.frameworks.split(",") if f in IMPORTS]
-    for fid in ids:
-        env = dict(os.environ, KERAS_BACKEND=BACKEND.get(fid, "tensorflow"), JAX_PLATFORMS="cpu")
-        print(f"import {fid:12s} {timed([sys.executable, '-c', IMPORTS[fid]], env):7.2f} s", flush=True)
-    from xbn.analysis import analyze
-    from xbn.profiles import profile_matrix
-    from xbn.report.files import write_report
-    from xbn.runner import run
-    from xbn.scenario import builtin_paths, load
-
-    scenarios = [load(p) for p in builtin_paths()]
+    xbn = [sys.executable, "-m", "xbn"]
+    print(f"# {load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        result = run(scenarios, ["numpy", *ids])
-        write_report(analyze(result), Path(args.output_dir or tmp), profile_matrix())
-        seconds = time.perf_counter() - start
-    for fid, worker in result.seconds.items():
-        print(f"worker {fid:12s} {worker:7.2f} s")
-    print(f"xbn report (all built-in scenarios, {len(ids) + 1} frameworks) {seconds:7.2f} s")
+        src = Path(tmp) / "src"
+        shutil.copytree(HERE.parent / "xbn", src / "xbn",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        # run from the copy's folder: `python -m` puts the working directory first on sys.path
+        env = dict(os.environ, XBN_CACHE_DIR=str(Path(tmp) / "cache"), XBN_BENCH_CWD=str(src),
+                   PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+        lines = []
+        if not args.skip_report:
+            imports = 0.0
+            for fid in ids:
+                ienv = dict(env, KERAS_BACKEND=BACKEND.get(fid, "tensorflow"),
+                            JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+                seconds = timed([sys.executable, "-c", IMPORTS[fid]], ienv)
+                imports += seconds
+                print(f"import {fid:12s} {seconds:7.2f} s", flush=True)
+            report = [*xbn, "report", "-q", "-f", ",".join(["numpy", *ids]),
+                      "--output-dir", str(Path(tmp) / "report")]
+            cold, peak = measured(report, env)
+            print(f"cold xbn report        {cold:7.2f} s", flush=True)
+            warm, _ = measured(report, env)
+            print(f"unchanged re-run       {warm:7.2f} s", flush=True)
+            lines += [f"cold report / sum of bare imports: {cold:.1f} / {imports:.1f} s = "
+                      f"{cold / imports:.2f}x  (target <= 3x)",
+                      f"unchanged re-run: {warm:.2f} s  (target <= 2 s)",
+                      f"peak memory of the cold report (largest process): {peak:.0f} MB"]
+        plain, run = [], []
+        for _ in range(args.repeat):
+            plain.append(timed([sys.executable, str(HERE / "plain_seed_keras.py")], env))
+            run.append(timed([*xbn, "run", "seed-keras", "-f", "keras", "-q", "--no-cache"],
+                             env))
+            print(f"plain script {plain[-1]:6.2f} s   xbn run {run[-1]:6.2f} s", flush=True)
+        lines.append(f"xbn run seed-keras -f keras / plain Keras script: {min(run):.2f} / "
+                     f"{min(plain):.2f} s = {min(run) / min(plain):.2f}x  (target <= 1.1x; best "
+                     f"of {args.repeat})")
+    print(f"# {load()}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

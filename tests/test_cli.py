@@ -15,7 +15,7 @@ from xbn.cli import cli
 from .conftest import MINIMAL
 
 HEAVY = ("torch", "tensorflow", "keras", "tf_keras", "jax", "flax", "haiku", "equinox", "pandas",
-         "matplotlib", "rich")
+         "matplotlib", "rich", "hypothesis")
 
 
 def test_help_and_list_import_no_framework():
@@ -25,7 +25,8 @@ def test_help_and_list_import_no_framework():
         "from click.testing import CliRunner\n"
         "from xbn.cli import cli\n"
         "for args in (['--help'], ['list'], ['frameworks'], ['run', '--help'],\n"
-        "             ['report', '--help'], ['plot', '--help'], ['verify', '--help']):\n"
+        "             ['report', '--help'], ['plot', '--help'], ['verify', '--help'],\n"
+        "             ['fuzz', '--help'], ['repro', '--help']):\n"
         "    r = CliRunner().invoke(cli, args)\n"
         "    assert r.exit_code == 0, r.output\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"

@@ -140,3 +140,15 @@ def test_known_divergences_are_still_real(observed):
         stale += [f"{q} no longer departs: remove it from {d}"
                   for q in d["quantity"] if q not in departed]
     assert not stale, "known divergences that no longer occur:\n" + "\n".join(stale)
+
+
+def test_every_profile_declares_every_switch():
+    """A switch added to the reference needs each framework's value with its source: a
+    profile that leaves one out would silently take the reference's default."""
+    from xbn.profiles import PROFILES
+    from xbn.reference import Semantics
+
+    switches = set(Semantics().switches())
+    missing = {fid: sorted(switches - set(facts)) for fid, facts in PROFILES.items()
+               if switches - set(facts)}
+    assert not missing, f"profiles without a value for: {missing}"

@@ -295,3 +295,46 @@ def test_error_fields_move_the_batch_statistics_and_are_not_switches():
         np.testing.assert_allclose(
             bn.moving_variance,
             0.5 + 0.5 * (x.var(axis=0) + sign * numerics.variance_error_bound(x, "two_pass", u)))
+
+
+def test_reset_starts_the_cumulative_average_over():
+    """After a reset the cumulative average is the next batch's statistics alone (torch's
+    test_batchnorm_simple_average: reset_running_stats() zeroes num_batches_tracked too)."""
+    a = np.array([[1.0, 2.0], [3.0, 6.0]])
+    b = np.array([[0.0, 1.0], [4.0, 1.0]])
+    bn = ReferenceBatchNorm(layer(momentum="cumulative"), Semantics(variance_update="unbiased"))
+    bn.call(a, True)
+    bn.gamma = np.array([2.0, 3.0])
+    bn.reset()
+    assert bn.batches_tracked() == 0
+    np.testing.assert_array_equal(bn.moving_mean, [0.0, 0.0])
+    np.testing.assert_array_equal(bn.moving_variance, [1.0, 1.0])
+    np.testing.assert_array_equal(bn.gamma, [2.0, 3.0])  # parameters are kept
+    bn.call(b, True)
+    np.testing.assert_array_equal(bn.moving_mean, b.mean(axis=0))
+    np.testing.assert_array_equal(bn.moving_variance, b.var(axis=0, ddof=1))
+    assert bn.batches_tracked() == 1
+
+
+def test_reset_none_is_refused_and_initial_variance_is_kept():
+    from xbn.reference import NoSuchOperation
+
+    with pytest.raises(NoSuchOperation):
+        ReferenceBatchNorm(layer(), Semantics(reset="none")).reset()
+    bn = ReferenceBatchNorm(layer(), Semantics(initial_variance=0.0))
+    bn.call(np.array([[1.0, 2.0], [3.0, 6.0]]), True)
+    bn.reset()
+    np.testing.assert_array_equal(bn.moving_variance, [0.0, 0.0])
+    untracked = ReferenceBatchNorm(layer(track_running_stats=False))
+    untracked.reset()
+    assert untracked.batches_tracked() is None
+
+
+def test_zero_epsilon_divides_by_the_deviation_or_is_refused_in_training():
+    x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    bn = ReferenceBatchNorm(layer(epsilon=0.0))
+    np.testing.assert_allclose(bn.call(x, True), [[-1.0, -1.0], [1.0, 1.0]], rtol=1e-15)
+    torch_like = ReferenceBatchNorm(layer(epsilon=0.0), Semantics(zero_epsilon="error"))
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        torch_like.call(x, True)
+    np.testing.assert_array_equal(torch_like.call(x, False), x)  # running 0 and 1: accepted

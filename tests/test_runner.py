@@ -52,3 +52,31 @@ def test_timings_are_kept_apart_from_the_metadata(write_scenario):
     result = run([load(write_scenario(MINIMAL))], ["numpy"])
     assert set(result.seconds) == {"numpy"} and result.seconds["numpy"] >= 0
     assert "seconds" not in result.frameworks["numpy"]
+
+
+def test_pool_runs_longest_first_with_one_worker_per_core(write_scenario, tmp_path, monkeypatch):
+    """Workers are CPU-bound: one per core, the slowest framework first (by the last run's
+    time kept in the cache, else by a prior), so it is not the one that starts last."""
+    import os
+
+    from xbn import runner
+    from xbn.cache import ResultCache
+
+    assert runner.default_jobs(10) == min(10, os.cpu_count() or 1)
+    assert runner.default_jobs(0) == 1
+    store = ResultCache(tmp_path)
+    store.note_seconds("numpy", 5.0)  # numpy was the slowest last time
+    order = []
+    real = runner.run_worker
+
+    def spy(fid, scenarios, *args, **kwargs):
+        order.append(fid)
+        return real(fid, scenarios, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_worker", spy)
+    monkeypatch.setitem(FRAMEWORKS, "slow", FrameworkInfo(
+        "slow", "tests.plugins.misbehaving", "(test)", ("numpy",), ("numpy",)))
+    assert runner._estimate(None, "slow", 2) == 2.0  # the prior: 1 s per scenario
+    run([load(write_scenario(MINIMAL))], ["slow", "numpy"], jobs=1, cache=store)
+    assert order == ["numpy", "slow"]
+    assert store.seconds("numpy") is not None and store.seconds("numpy") < 5.0  # updated

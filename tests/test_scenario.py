@@ -295,3 +295,92 @@ def test_fuzzed_documents_fail_with_one_line_or_load():
             parse(doc, "f.toml")
         except ScenarioError as exc:
             assert str(exc).startswith("f.toml: ") and "\n" not in str(exc), str(exc)
+
+
+CHAIN = MINIMAL + """
+[[steps]]
+op = "set"
+trainable = false
+[[steps]]
+op = "reset"
+[[steps]]
+op = "call"
+input = "@0"
+training = true
+"""
+
+
+def test_chained_inputs_and_reset_load(write_scenario):
+    s = load(write_scenario(CHAIN))
+    assert [st.op for st in s.steps] == ["call", "set", "reset", "call"]
+    assert s.steps[3].input == "@0" and s.input_shape("@0") == (3, 2)
+    assert s.observes_counter and not load(write_scenario(MINIMAL)).observes_counter
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ('input = "@0"', 'input = "@3"', "steps[3].input: step 3 is not an earlier step"),
+        ('input = "@0"', 'input = "@9"', "steps[3].input: step 9 is not an earlier step"),
+        ('input = "@0"', 'input = "@1"', "steps[3].input: step 1 (set) has no output"),
+        ('input = "@0"', 'input = "@2"', "steps[3].input: step 2 (reset) has no output"),
+        ('input = "@0"', 'input = "@x"', "steps[3].input: expected \"@N\" with N a step index"),
+        ('input = "@0"', 'input = 0', "steps[3].input: expected a string"),
+        ('op = "reset"', 'op = "reset"\ntraining = true', "steps[2].training: unknown key"),
+    ],
+)
+def test_chained_and_reset_errors_name_step_and_key(write_scenario, old, new, fragment):
+    assert CHAIN.count(old) == 1
+    assert fragment in error_of(write_scenario, CHAIN.replace(old, new))
+
+
+
+def test_a_chained_input_has_the_shape_of_its_source(write_scenario):
+    """expect and grad weights are checked against the chained output's shape."""
+    text = CHAIN + """
+[[steps]]
+op = "grad"
+input = "@3"
+training = true
+weights = "x"
+expect = { source = "s", output = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]] }
+"""
+    s = load(write_scenario(text))
+    assert s.input_shape(s.steps[4].input) == (3, 2)
+    bad = text.replace("output = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]", "output = [[0.0, 0.0]]")
+    assert "steps[4].expect.output: expected shape [3, 2]" in error_of(write_scenario, bad)
+
+
+def test_epsilon_zero_is_passed_through_and_negative_is_refused(write_scenario):
+    s = load(write_scenario(MINIMAL.replace("features = 2", "features = 2\nepsilon = 0")))
+    assert s.layer.epsilon == 0.0
+    bad = MINIMAL.replace("features = 2", "features = 2\nepsilon = -1e-5")
+    assert "layer.epsilon: must be >= 0, got -1e-05" in error_of(write_scenario, bad)
+
+
+@pytest.mark.parametrize(("native", "layout", "fragment"), [
+    ('{ memory_format = "nhwc" }', "NHWC", "layer.native.torch.memory_format: must be one of"),
+    ('{ memory_format = 4 }', "NHWC", "layer.native.torch.memory_format: expected a string"),
+    ('{ memory_format = "channels_last" }', "NC",
+     "layer.native.torch.memory_format: channels_last needs a 4-D or 5-D layout, got NC"),
+])
+def test_torch_memory_format_is_validated(write_scenario, native, layout, fragment):
+    rank = {"NC": 2, "NHWC": 4}[layout]
+    shape = [2, 2, 2, 2][:rank]
+    text = f"""
+schema = 1
+name = "t"
+[layer]
+features = 2
+layout = "{layout}"
+native = {{ torch = {native} }}
+[inputs]
+x = {{ constant = 1.0, shape = {shape} }}
+[[steps]]
+op = "predict"
+input = "x"
+"""
+    assert fragment in error_of(write_scenario, text)
+    good = text.replace(native, '{ memory_format = "channels_last" }').replace(
+        f'layout = "{layout}"', 'layout = "NHWC"').replace(str(shape), "[2, 2, 2, 2]")
+    assert load(write_scenario(good)).layer.native["torch"] == {"memory_format": "channels_last"}

@@ -26,12 +26,14 @@ def reference_notes(reference: str) -> list[str]:
             "(the default)"]
 
 
-def analyze(result: RunResult, reference: str = "numpy", k: float = DEFAULT_K) -> Report:
+def analyze(result: RunResult, reference: str = "numpy", k: float = DEFAULT_K,
+            cache=None) -> Report:
     """Diff every framework's observations against the reference's, explain each diff, and
-    measure every framework's distance to the reference at every step (for the plots)."""
+    measure every framework's distance to the reference at every step (for the plots);
+    ``cache``: where explanations are kept between runs (``explain.explain_diffs``)."""
     obs = observations_frame(result.observations)
     diffs = diff_table(obs, reference, k)
-    diffs = explain_diffs(diffs, obs, result.scenarios, reference, k)
+    diffs = explain_diffs(diffs, obs, result.scenarios, reference, k, cache)
     return Report(obs=obs, diffs=diffs, reference=reference, k=k,
                   frameworks={fid: dict(meta) for fid, meta in result.frameworks.items()},
                   scenarios=list(result.scenarios),
@@ -41,8 +43,10 @@ def analyze(result: RunResult, reference: str = "numpy", k: float = DEFAULT_K) -
 
 def run_and_analyze(scenarios: list[Scenario], frameworks: list[str] | None, reference: str,
                     k: float = DEFAULT_K, *, timeout: float = DEFAULT_TIMEOUT,
-                    jobs: int | None = None,
-                    progress: ProgressCallback | None = None) -> Report:
-    """Run scenarios through frameworks (default: every installed one), then ``analyze``."""
-    result = run_scenarios(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=progress)
-    return analyze(result, reference, k)
+                    jobs: int | None = None, progress: ProgressCallback | None = None,
+                    cache=None) -> Report:
+    """Run scenarios through frameworks (default: every installed one), then ``analyze``;
+    ``cache``: a ``xbn.cache.ResultCache`` to read and fill (None: run everything)."""
+    result = run_scenarios(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=progress,
+                           cache=cache)
+    return analyze(result, reference, k, cache)

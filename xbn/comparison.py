@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from .dtypes import EPS, ulp_distance
-from .scenario import STATE_QUANTITIES
+from .scenario import COUNTER, STATE_QUANTITIES
 
-QUANTITY_ORDER = ("output", "loss", "grad_input", "grad_gamma", "grad_beta", *STATE_QUANTITIES)
+QUANTITY_ORDER = ("output", "loss", "grad_input", "grad_gamma", "grad_beta", *STATE_QUANTITIES,
+                  COUNTER)
 
 DEFAULT_K = 16.0
 # "scale": the magnitude of the terms behind the value (the reference records it; else None)

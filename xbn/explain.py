@@ -64,6 +64,10 @@ def relevant_switches(scenario: Scenario) -> set[str]:
             any(s.op == "set" and s.trainable is False for s in steps)
             or not (layer.center or layer.scale)):
         found.add("frozen_fit")
+    if any(s.op == "reset" for s in steps):
+        found.add("reset")
+    if not layer.defaults and layer.epsilon == 0:
+        found.add("zero_epsilon")
     if layer.defaults:
         found |= {"default_momentum", "default_epsilon"}
     elif not layer.cumulative:
@@ -120,26 +124,26 @@ def _fmt(value) -> str:
 
 
 def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenario],
-                  reference: str, k: float) -> pd.DataFrame:
-    """Fill the ``explanation`` column of differs/error rows (only against the numpy reference)."""
+                  reference: str, k: float, cache=None) -> pd.DataFrame:
+    """Fill the ``explanation`` column of differs/error rows (only against the numpy reference).
+
+    ``cache`` (an ``xbn.cache.ResultCache``): each scenario x framework's explanations are kept
+    there, keyed by what the search reads (``_search_key``), so an unchanged re-run skips the
+    search, the largest part of analysing a run that the result cache served."""
     if reference != "numpy" or diffs.empty:
         return diffs
     by_name = {s.name: s for s in scenarios}
     values = {(r.scenario, r.step, r.quantity, r.framework): r
               for r in obs.itertuples(index=False)}
-    runs: dict[tuple, dict] = {}
+    runs: dict[tuple, _LazyRun] = {}
 
-    def observe(name: str, change: dict) -> dict:
-        """The reference's observations with ``change``, cached per scenario and setting."""
+    def observe(name: str, change: dict) -> _LazyRun:
+        """The reference's observations with ``change``, cached per scenario and setting, and
+        computed only as far as a caller reads them (see ``_LazyRun``)."""
         key = (name, _key(change))
         if key not in runs:
             adapter = NumpyAdapter("numpy", Semantics().with_(**change))
-            # far-off settings divide by zero or take roots of negative variances: answers
-            # ("this does not reproduce it"), not news
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                runs[key] = {(o["step"], o["quantity"]): o
-                             for o in run_scenario(adapter, by_name[name])}
+            runs[key] = _LazyRun(run_scenario(adapter, by_name[name]))
         return runs[key]
 
     diffs = diffs.copy()
@@ -162,38 +166,109 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
             mine[i] = o
             if r.verdict != "same":
                 targets.append(i)
-        if targets:
+        if not targets:
+            continue
+        key = _search_key(scenario, framework, mine, targets, k) if cache is not None else None
+        found = cache.get_json("explanations", key) if key else None
+        if found is None:
             search = _Search(mine, lambda change, name=name: observe(name, change), k)
             texts = search.explain(scenario, framework, targets)
-            for i in targets:
-                diffs.at[i, "explanation"] = texts.get(i, UNEXPLAINED)
+            found = {_row_name(mine[i]): texts.get(i, UNEXPLAINED) for i in targets}
+            if key:
+                cache.put_json("explanations", key, found)
+        for i in targets:
+            diffs.at[i, "explanation"] = found[_row_name(mine[i])]
     return diffs
+
+
+def _row_name(o) -> str:
+    return f"{o.step}/{o.quantity}"
+
+
+def _search_key(scenario: Scenario, framework: str, mine: dict, targets: list, k: float) -> str:
+    """Everything one search's answer depends on besides xbn's source (which ``derived_key``
+    adds): the scenario's content (the reruns), the tolerance, and every row the search must
+    reproduce (value, dtype, status, message, scale, and whether it is to be explained)."""
+    from .cache import derived_key
+
+    rows = sorted([_row_name(o), o.status, o.dtype, o.message, o.value,
+                   getattr(o, "scale", None), i in targets] for i, o in mine.items())
+    return derived_key(scenario.digest, framework, k, rows)
+
+
+class _LazyRun:
+    """One rerun of the reference, advanced only as far as rows are asked for. Most candidate
+    settings miss a framework's row at the first step; a search that stops there never runs
+    the thousand updates after it (the rerun that dominated ``xbn run``'s analysis time).
+    Rows come in step order, so a row is absent once a later step (or the end) is reached."""
+
+    def __init__(self, observations):
+        self._source, self._rows, self._last = observations, {}, None
+
+    def _advance(self) -> bool:
+        # far-off settings divide by zero or take roots of negative variances: answers
+        # ("this does not reproduce it"), not news
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            o = next(self._source, None)
+        if o is None:
+            self._source = iter(())
+            return False
+        self._rows[(o["step"], o["quantity"])] = o
+        self._last = o["step"]
+        return True
+
+    def get(self, row: tuple) -> dict | None:
+        while row not in self._rows and (self._last is None or self._last <= row[0]):
+            if not self._advance():
+                break
+        return self._rows.get(row)
+
+    def full(self) -> dict:
+        while self._advance():
+            pass
+        return self._rows
 
 
 class _Search:
     """The search for one scenario and framework: ``mine`` (row index -> observation) holds
-    every row a setting must reproduce; rows are matched against cached reference runs."""
+    every row a setting must reproduce; rows are matched against cached reference runs, row
+    by row in step order, so a setting that misses an early row is dropped without running
+    the rest of the scenario (``covers``); every row is matched only where all of a setting's
+    hits are needed (``hits``)."""
 
     def __init__(self, mine: dict, observe, k: float):
         self.mine, self.observe, self.k = mine, observe, k
-        self.tried: dict[tuple, tuple[dict, dict]] = {}  # key -> (change, {row: exact})
+        self.order = sorted(mine, key=lambda i: mine[i].step)  # the rerun's order
+        self.tried: dict[tuple, dict] = {}  # key -> change, in the order tried
+        self.rows: dict[tuple, dict] = {}  # key -> {row: None | exact}, as far as matched
         self.bounds: list[tuple[dict, str, dict]] = []  # (base, algorithm, {row: Within})
+
+    def _row(self, change: dict, key: tuple, i) -> bool | None:
+        matched = self.rows.setdefault(key, {})
+        if i not in matched:
+            m = self.mine[i]
+            matched[i] = _match(m, self.observe(change).get((m.step, m.quantity)), self.k)
+        return matched[i]
+
+    def covers(self, change: dict, need) -> bool:
+        """Whether ``change`` reproduces every row in ``need``, stopping at the first miss."""
+        key = _key(change)
+        self.tried.setdefault(key, change)
+        return all(self._row(change, key, i) is not None for i in self.order if i in need)
 
     def hits(self, change: dict) -> dict:
         """Rows ``change`` reproduces: row -> bit-exact or not."""
         key = _key(change)
-        if key not in self.tried:
-            theirs = self.observe(change)
-            found = {i: _match(m, theirs.get((m.step, m.quantity)), self.k)
-                     for i, m in self.mine.items()}
-            self.tried[key] = (change, {i: h for i, h in found.items() if h is not None})
-        return self.tried[key][1]
+        self.tried.setdefault(key, change)
+        found = {i: self._row(change, key, i) for i in self.order}
+        return {i: h for i, h in found.items() if h is not None}
 
     def bound_hits(self, base: dict, algorithm: str) -> dict:
         """Rows within the rounding-error interval of ``algorithm``'s variance: row -> Within."""
         centre_change = {**base, "variance_algorithm": algorithm}
-        centre = self.observe(centre_change)
-        corners = [self.observe(c) for c in corner_changes(centre_change)]
+        centre = self.observe(centre_change).full()
+        corners = [self.observe(c).full() for c in corner_changes(centre_change)]
         found = {}
         for i, m in self.mine.items():
             row = (m.step, m.quantity)
@@ -207,7 +282,8 @@ class _Search:
         switch alone, the arithmetic (native precision with its rounding switches) as one,
         then pairs of those (a profile's Adam form may need its float32 order to stay within
         the tolerance, while neither is needed)."""
-        hits_of = hits_of or self.hits
+        covers = (lambda trial: need <= set(hits_of(trial))) if hits_of else \
+            (lambda trial: self.covers(trial, need))
         arithmetic = tuple(k for k in change if k == "precision" or k in NUMERIC_SWITCH_VALUES)
         units = [(k,) for k in change if k != "precision"] + \
             ([arithmetic] if "precision" in change else [])
@@ -217,7 +293,7 @@ class _Search:
                 if len(group) > 1 and any(not set(unit) & set(change) for unit in group):
                     continue  # one of the pair is gone already: tried alone
                 trial = {k: v for k, v in change.items() if k not in drop}
-                if trial and need <= set(hits_of(trial)):
+                if trial and covers(trial):
                     change = trial
         return change
 
@@ -226,7 +302,7 @@ class _Search:
         bound explanation keeps them all: an interval wide enough to hold a framework's
         cancellation may also hold a switch's effect, which does not make the switch wrong."""
         def centre(b: dict) -> dict:
-            return self.observe({**b, "variance_algorithm": algorithm})
+            return self.observe({**b, "variance_algorithm": algorithm}).full()
 
         for key in list(base):
             trial = {k: v for k, v in base.items() if k != key}
@@ -238,7 +314,7 @@ class _Search:
     def explain(self, scenario: Scenario, framework: str, targets: list) -> dict:
         everything = set(self.mine)
         for change in explanation_order(framework, relevant_switches(scenario)):
-            if set(self.hits(change)) == everything:
+            if self.covers(change, everything):
                 change = self.minimize(change, everything)
                 hits = self.hits(change)
                 return {i: describe(change, hits[i]) for i in targets}
@@ -273,7 +349,7 @@ class _Search:
     def _partial(self, targets: list, arithmetic: str) -> dict:
         """Each row: the setting that reproduces it and the most other rows, naming the
         rows that setting misses."""
-        options = [("rerun", c, None, h) for c, h in self.tried.values()] + \
+        options = [("rerun", c, None, self.hits(c)) for c in list(self.tried.values())] + \
                   [("bound", b, a, h) for b, a, h in self.bounds]
         texts = {}
         settled: dict[int, tuple] = {}

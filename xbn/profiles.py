@@ -57,6 +57,8 @@ _keras3 = {
     "adam_form": Fact("eps_hat", "keras/src/optimizers/adam.py update_step: alpha = lr*sqrt(1-b2^t)/(1-b1^t)"),
     "momentum_convention": Fact("keras", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
     "frozen_fit": Fact("runs", "keras/src/backend/tensorflow/trainer.py:86 warns 'The model does not have any trainable weights' and trains nothing"),
+    "reset": Fact("none", f"{KERAS3}: BatchNormalization defines no reset; users assign the variables"),
+    "zero_epsilon": Fact("accepted", f"{KERAS3}:192 self.epsilon = float(epsilon), unchecked"),
     "default_momentum": Fact(0.99, f"{KERAS3} __init__"),
     "default_epsilon": Fact(1e-3, f"{KERAS3} __init__"),
 }
@@ -71,6 +73,8 @@ _flax_common = {
     "adam_form": Fact("optax", OPTAX),
     "momentum_convention": Fact("keras", f"{FLAX}:402-404"),
     "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
+    "reset": Fact("none", "flax has no reset: the statistics are the 'batch_stats' collection, re-initialized by init()"),
+    "zero_epsilon": Fact("accepted", f"{FLAX}: epsilon is added to the variance unchecked (rsqrt(var + epsilon))"),
     "default_momentum": Fact(0.99, f"{FLAX}:310"),
     "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
 }
@@ -90,6 +94,8 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "adam_form": Fact("paper", "torch/optim/adam.py:530-545 denom = sqrt(v)/sqrt(bc2) + eps"),
         "frozen_fit": Fact("error", "torch/autograd: backward() raises 'element 0 of tensors does not require grad' after the forward pass updated the running statistics"),
         "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to torch's 1 - m; a native torch momentum is read in torch's convention (momentum_convention=torch)"),
+        "reset": Fact("running_stats", f"{TORCH}:91-97 reset_running_stats(): running_mean 0, running_var 1, num_batches_tracked 0"),
+        "zero_epsilon": Fact("error", "torch/nn/functional.py:2891-2894 batch_norm: `if training and eps <= 0.0: raise ValueError` (training: batch statistics, also eval without running statistics)"),
         "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
         "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
     },
@@ -100,6 +106,8 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "frozen_means_inference": Fact(True, f"{TFK}:1316-1319 _get_training_value"),
         "bare_call": Fact("inference", f"{TFK}:1312 backend.learning_phase() is 0 in eager mode"),
         "adam_form": Fact("eps_hat", "tf_keras/src/optimizers/adam.py:179,213"),
+        "reset": Fact("none", f"{TFK}: BatchNormalizationBase defines no reset"),
+        "zero_epsilon": Fact("accepted", f"{TFK}:214 self.epsilon = epsilon, unchecked; tf.compat.v1.nn.fused_batch_norm accepts 0 on CPU (experiment)"),
         "default_momentum": Fact(0.99, f"{TFK}:1462"),
         "default_epsilon": Fact(1e-3, f"{TFK}:1463"),
     },
@@ -120,6 +128,8 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "adam_form": Fact("optax", OPTAX),
         "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", "haiku/_src/moving_averages.py: hidden*decay + value*(1-decay)"),
+        "reset": Fact("none", f"{HK}: no reset; the statistics are haiku state, re-initialized by init()"),
+        "zero_epsilon": Fact("accepted", f"{HK}: eps is added to the variance unchecked"),
         "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
         "default_epsilon": Fact(1e-5, f"{HK}:69"),
     },
@@ -134,6 +144,8 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "adam_form": Fact("optax", OPTAX),
         "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", f"{EQX}:235-236 (1-m)*batch + m*running"),
+        "reset": Fact("none", f"{EQX}: no reset; the statistics are eqx.nn.State, re-made by make_with_state()"),
+        "zero_epsilon": Fact("accepted", f"{EQX}: eps is added to the variance unchecked"),
         "default_momentum": Fact(0.99, f"{EQX}:101"),
         "default_epsilon": Fact(1e-5, f"{EQX}:102"),
     },
@@ -154,7 +166,8 @@ class Raises:
 
 
 # Switch values that make a framework refuse.
-REFUSING = {"batch_of_one": "error", "bare_call": "error", "frozen_fit": "error"}
+REFUSING = {"batch_of_one": "error", "bare_call": "error", "frozen_fit": "error",
+            "zero_epsilon": "error"}
 
 # Per implementation (the keys of SEMANTICS): switch -> what is raised.
 ERRORS: dict[str, dict[str, Raises]] = {
@@ -165,10 +178,14 @@ ERRORS: dict[str, dict[str, Raises]] = {
                             "xbn/reference.py ReferenceBatchNorm.effective_training"),
         "frozen_fit": Raises("RuntimeError", "does not require grad",
                              "xbn/reference.py ReferenceBatchNorm.fit"),
+        "zero_epsilon": Raises("ValueError", "eps must be positive during training",
+                               "xbn/reference.py ReferenceBatchNorm._batch_stats"),
     },
     "torch": {
         "batch_of_one": Raises("ValueError", "Expected more than 1 value per channel when training",
                                "torch/nn/functional.py:2840-2856 _verify_batch_size"),
+        "zero_epsilon": Raises("ValueError", "batch_norm eps must be positive during training",
+                               "torch/nn/functional.py:2891-2894 batch_norm"),
         "frozen_fit": Raises("RuntimeError", "does not require grad and does not have a grad_fn",
                              "torch/csrc/autograd/autograd.cpp run_backward (TORCH_CHECK), "
                              "reached from loss.backward() through torch/autograd/graph.py:966-979 "

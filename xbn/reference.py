@@ -9,7 +9,7 @@ framework.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,93 +18,17 @@ from .dtypes import round_to
 from .numerics import channels_last_2d as _channels_last_2d
 from .numerics import restore as _restore
 from .scenario import Layer, Optimizer
+from .semantics import (  # noqa: F401 - re-exported: the reference's vocabulary
+    INTERVAL_FIELDS,
+    NUMERIC_SWITCH_VALUES,
+    SWITCH_VALUES,
+    Semantics,
+)
 
 
-@dataclass(frozen=True)
-class Semantics:
-    """The switches on which BatchNorm implementations differ. Defaults: Keras 3."""
-
-    # running variance fed with the biased (/n) or Bessel-corrected (/(n-1)) batch variance
-    # ("fused": unbiased for 4-D/5-D inputs that are not float64, tf-keras' fused kernel)
-    variance_update: str = "biased"  # biased | unbiased | fused
-    # trainable=False forces inference mode (Keras, tf-keras V2) or only freezes parameters
-    frozen_means_inference: bool = True
-    # a call without `training`: inference (Keras); the module's mode, which starts as train and
-    # which an explicit flag also sets (torch); a module attribute that only train()/eval()
-    # change (flax NNX, equinox); or an error (flax linen, haiku need the flag)
-    bare_call: str = "inference"  # inference | module_mode | module_attribute | error
-    # one value per channel in training: raise (torch) or normalize with variance 0
-    batch_of_one: str = "zero_variance"  # zero_variance | error
-    # running averages: plain EMA from the initial values; zero-debiased hidden/(1 - m^t)
-    # (haiku, equinox mode="batch"); or seeded with the first batch (equinox mode="ema")
-    ema: str = "plain"  # plain | debiased | seeded
-    # moving variance of a fresh layer (haiku and equinox "ema" start from 0)
-    initial_variance: float = 1.0
-    # training outputs normalized with the batch statistics, or with the running statistics
-    # just updated (equinox mode="ema")
-    training_normalization: str = "batch"  # batch | running
-    # fit with nothing trainable: runs (Keras warns; JAX optimizers apply zero updates) or
-    # raises after the forward pass has moved the running statistics (a torch loop's backward())
-    frozen_fit: str = "runs"  # runs | error
-    # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
-    # ("optax": the paper's form with optax's float32 operation order; differs from "paper" only
-    # in rounding)
-    adam_form: str = "eps_hat"  # eps_hat | paper | optax
-    # how a momentum value is read: Keras/Flax convention (weight of the old value) or torch's
-    # (weight of the batch value): "torch" reproduces a Keras momentum copied verbatim into torch
-    momentum_convention: str = "keras"  # keras | torch
-    # arithmetic: exact float64, or the scenario's dtype (float32 for 16-bit inputs, as the
-    # frameworks upcast) with the operation order the switches below describe
-    precision: str = "float64"  # float64 | native
-    # batch variance: mean of squared deviations, or E[x^2] - E[x]^2 (clamped at 0 or not)
-    variance_algorithm: str = "two_pass"  # two_pass | fast | fast_clamped
-    # running-statistic update: old*m + batch*(1-m) (Keras 3, torch, flax) or
-    # old - (old - batch)*(1-m) (tf-keras' non-fused path), or fma(1-m, batch, old*m) (torch CPU)
-    update_form: str = "weighted_sum"  # weighted_sum | decrement | fma
-    # normalization: x*inv + (beta - mean*inv) (TensorFlow, JAX backends of Keras),
-    # (x - mean)*inv + beta (flax, Keras' torch backend), or torch's fused multiply-adds;
-    # inv = rsqrt(var + eps) * gamma
-    inference_form: str = "folded"  # folded | centered | folded_fma
-    # constructor defaults used when a scenario sets defaults = true
-    default_momentum: float | None = 0.99
-    default_epsilon: float = 1e-3
-    # not switches (never searched, in no profile): every batch mean and variance moved by
-    # this many times its rounding-error bound (xbn.numerics) in the framework's arithmetic,
-    # for the formula variance_algorithm names: the endpoints of an interval
-    mean_error: float = 0.0
-    variance_error: float = 0.0
-
-    def switches(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in INTERVAL_FIELDS}
-
-    def with_(self, **changes) -> Semantics:
-        return replace(self, **changes)
-
-
-INTERVAL_FIELDS = ("mean_error", "variance_error")  # Semantics fields, not switches
-
-SWITCH_VALUES: dict[str, tuple] = {
-    "variance_update": ("biased", "unbiased", "fused"),
-    "frozen_means_inference": (True, False),
-    "bare_call": ("inference", "module_mode", "module_attribute", "error"),
-    "batch_of_one": ("zero_variance", "error"),
-    "ema": ("plain", "debiased", "seeded"),
-    "initial_variance": (1.0, 0.0),
-    "training_normalization": ("batch", "running"),
-    "adam_form": ("eps_hat", "paper", "optax"),
-    "frozen_fit": ("runs", "error"),
-    "momentum_convention": ("keras", "torch"),
-    "default_momentum": (0.99, 0.9),
-    "default_epsilon": (1e-3, 1e-5),
-}
-
-# Switches that only change rounding: tried together with precision="native".
-NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
-    "variance_algorithm": ("two_pass", "fast", "fast_clamped"),
-    "update_form": ("weighted_sum", "decrement", "fma"),
-    "inference_form": ("folded", "centered", "folded_fma"),
-}
+class NoSuchOperation(Exception):
+    """The semantics model a framework that lacks this op (``reset="none"``): the adapter
+    reports the step as n/a, as the framework's own adapter does."""
 
 
 @dataclass
@@ -171,6 +95,9 @@ class ReferenceBatchNorm:
         if n == 1 and self.sem.batch_of_one == "error":
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {n}")
+        if self.epsilon <= 0 and self.sem.zero_epsilon == "error":
+            raise ValueError(
+                f"batch_norm eps must be positive during training, but got {self.epsilon}")
         algorithm = self.sem.variance_algorithm
         mean, var = numerics.moments(x2, self.ft, algorithm)
         if self.sem.mean_error or self.sem.variance_error:  # an endpoint of the error bounds
@@ -373,6 +300,20 @@ class ReferenceBatchNorm:
             moving = np.abs(self.moving_mean.astype(np.float64))
             self._mean_terms = (moving * debias, moving)
 
+    def reset(self) -> None:
+        """torch's ``reset_running_stats()`` (torch/nn/modules/batchnorm.py:91-97): running mean
+        0, running variance back to its initial value, the batch count 0 (a cumulative
+        average starts over); gamma and beta are kept. Nothing without running statistics."""
+        if self.sem.reset == "none":
+            raise NoSuchOperation("the modelled framework has no reset of the running statistics")
+        if not self.track:
+            return
+        c, ft = self.layer.features, self.ft
+        self.moving_mean = self.hidden_mean = np.zeros(c, ft)
+        self.moving_variance = self.hidden_variance = np.full(c, self.sem.initial_variance, ft)
+        self.num_batches = 0
+        self._mean_terms = (np.zeros(c), np.zeros(c))
+
     def magnitudes(self) -> dict[str, float | None]:
         """The largest term magnitude (``xbn.numerics``) of each value the last operation
         produced, and of the running mean: the scale of their rounding errors."""
@@ -384,6 +325,11 @@ class ReferenceBatchNorm:
     def state(self) -> dict:
         return {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
                 "moving_variance": self.moving_variance}
+
+    def batches_tracked(self) -> np.ndarray | None:
+        """How many training batches updated the running statistics since the last reset
+        (torch's ``num_batches_tracked``); None without running statistics."""
+        return np.asarray(self.num_batches, np.int64) if self.track else None
 
 
 def running_variance(batch_variances, counts, momentum: float | str,

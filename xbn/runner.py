@@ -1,7 +1,10 @@
 """Spawn one worker process per framework, in parallel, and gather their observations.
 
-Each framework runs in its own process so that TensorFlow and PyTorch never share one, the
-slowest import sets the pace, and a crash or a hang costs only that framework's rows.
+Each framework runs in its own process so that TensorFlow and PyTorch never share one, and a
+crash or a hang costs only that framework's rows. Workers run one per CPU core at a time, the
+slowest framework first: they are CPU-bound, so more at once only shares the cores and holds
+every framework in memory together. With a result cache (``xbn.cache``) a worker runs only the
+scenarios the cache does not hold, and none starts for a framework it holds entirely.
 
 Progress is reported as ``Progress`` events (a framework started, is on a step, finished a
 scenario, finished or failed, is unavailable; the run finished) so that the command line can
@@ -24,11 +27,13 @@ from dataclasses import dataclass, field
 
 from ._version import __version__
 from .adapters.base import primary_quantities
+from .cache import ResultCache
 from .registry import FRAMEWORKS, availability, module_path
 from .scenario import Scenario, quantity_dtype
 from .worker import DETERMINISM_ENV
 
 DEFAULT_TIMEOUT = 1800.0
+TF_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tf-keras"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class WorkerResult:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    completed: list[str] = field(default_factory=list)  # scenarios the worker finished
+    scenario_notes: dict[str, list[str]] = field(default_factory=dict)  # notes at each end
 
 
 @dataclass
@@ -165,6 +172,8 @@ def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
                     tracker.hello()
                 elif kind == "scenario_done":
                     done.add(msg["scenario"])
+                    result.completed.append(msg["scenario"])
+                    result.scenario_notes[msg["scenario"]] = list(msg.get("notes", []))
                     result.notes = list(dict.fromkeys(result.notes + msg.get("notes", [])))
                     tracker.scenario_done(msg["scenario"])
             finished.set()
@@ -239,11 +248,14 @@ def expected_rows(scenario: Scenario) -> list[dict]:
 
 def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
         timeout: float = DEFAULT_TIMEOUT, jobs: int | None = None,
-        progress: ProgressCallback | None = None) -> RunResult:
+        progress: ProgressCallback | None = None, cache: ResultCache | None = None) -> RunResult:
     """Run scenarios through frameworks (default: every installed one), in parallel workers.
 
     ``progress`` receives ``Progress`` events from the workers' reader threads, serialised by
-    a lock, and a last "finished" event once every worker has ended."""
+    a lock, and a last "finished" event once every worker has ended. With a ``cache``
+    (``xbn.cache``), a scenario x framework found there is not run, a framework with every
+    scenario found starts no worker, and what a worker finishes without a worker error is
+    stored; without one (the default, and always for ``xbn check``) everything runs."""
     avail = availability()
     wanted = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
     meta: dict[str, dict] = {}
@@ -266,21 +278,87 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
             with lock:
                 progress(event)
 
+    hits = {fid: _cached(cache, scenarios, fid) for fid in runnable}
+    todo = {fid: [s for s in scenarios if s.name not in hits[fid]] for fid in runnable}
     observations: list[dict] = []
     seconds: dict[str, float] = {}
     for fid in runnable:
-        notify(Progress("queued", fid, count=len(scenarios)))
-    with ThreadPoolExecutor(max_workers=jobs or max(1, len(runnable))) as pool:
-        futures = {fid: pool.submit(run_worker, fid, scenarios, timeout, notify)
-                   for fid in runnable}
-        for fid, fut in futures.items():
-            res = fut.result()
-            observations.extend(res.observations)
+        notify(Progress("queued", fid, count=len(todo[fid])))
+    # longest first, so that the slowest framework is not the one that starts last
+    pending = sorted((f for f in runnable if todo[f]),
+                     key=lambda f: -_estimate(cache, f, len(todo[f])))
+    with ThreadPoolExecutor(max_workers=jobs or default_jobs(len(pending))) as pool:
+        futures = {fid: pool.submit(run_worker, fid, todo[fid], timeout, notify)
+                   for fid in pending}
+        for fid in runnable:
+            res = futures[fid].result() if fid in futures else WorkerResult(fid)
+            if fid not in futures:
+                notify(Progress("done", fid, count=len(scenarios), done=len(scenarios),
+                                message="from the cache"))
+            observations.extend(_merge(res, scenarios, hits[fid], cache))
             meta[fid].update({"versions": res.versions, "notes": res.notes})
             seconds[fid] = round(res.seconds, 2)
+            if cache is not None and res.completed and not res.error:
+                cache.note_seconds(fid, res.seconds / len(res.completed))
             if res.error:
                 meta[fid]["error"] = res.error
     notify(Progress("finished", count=len(scenarios)))
     for s in scenarios:
         observations.extend(expected_rows(s))
     return RunResult(observations, meta, scenarios, seconds)
+
+
+def default_jobs(workers: int) -> int:
+    """Workers at once: one per CPU core. The work is CPU-bound (one thread per worker), so
+    more at once only shares the cores and holds every framework in memory at the same time."""
+    return max(1, min(workers, os.cpu_count() or 1))
+
+
+def _estimate(cache: ResultCache | None, fid: str, count: int) -> float:
+    """Expected seconds of ``count`` scenarios through ``fid``: the last run's per-scenario
+    time where the cache kept one, else a prior from the built-in suite on a 2-core machine
+    (the JAX family pays ~2 s per small scenario compiling primitives; TensorFlow-based
+    Keras ~1.5 s; the rest less)."""
+    known = cache.seconds(fid) if cache is not None else None
+    if known is None:
+        needs = {d for spec in FRAMEWORKS[fid].requires for d in spec.split("|")}
+        known = 2.0 if "jax" in needs else 1.5 if needs & TF_DISTRIBUTIONS else 1.0
+    return known * count
+
+
+def _cached(cache: ResultCache | None, scenarios: list[Scenario], fid: str) -> dict[str, dict]:
+    """Scenario name -> cache entry, for the scenarios the cache holds for ``fid``."""
+    if cache is None:
+        return {}
+    found = {s.name: cache.get(s, fid) for s in scenarios}
+    return {name: entry for name, entry in found.items() if entry is not None}
+
+
+def _merge(res: WorkerResult, scenarios: list[Scenario], hits: dict[str, dict],
+           cache: ResultCache | None) -> list[dict]:
+    """One framework's observations in scenario order, from the cache or the worker (as if
+    one worker had run them all: the same order, versions and notes); stores what the worker
+    finished cleanly. A worker that crashed or timed out stores nothing: its rows may be
+    incomplete, and its error must not outlive this run."""
+    by_scenario: dict[str, list[dict]] = {}
+    for o in res.observations:
+        by_scenario.setdefault(o["scenario"], []).append(o)
+    if cache is not None and not res.error:
+        for s in scenarios:
+            if s.name in res.completed:
+                cache.put(s, res.framework, by_scenario.get(s.name, []), res.versions,
+                          res.scenario_notes.get(s.name, []))
+    notes = list(res.notes)
+    out = []
+    for s in scenarios:
+        entry = hits.get(s.name)
+        if entry is None:
+            out.extend(by_scenario.pop(s.name, []))
+            continue
+        out.extend(entry["observations"])
+        res.versions = res.versions or entry.get("versions", {})
+        notes.extend(entry.get("notes", []))
+    for rest in by_scenario.values():  # rows of a scenario the run was not asked for
+        out.extend(rest)
+    res.notes = list(dict.fromkeys(notes))
+    return out

@@ -2,48 +2,45 @@
 
 A typo must never change a result silently, so every key is checked, and every error names
 the file, the step and the key in one line (``ScenarioError``), which the CLI prints before
-exiting with status 2.
+exiting with status 2. The data it builds (``Layer``, ``Step``, ``Scenario``, the layouts and
+quantities) is defined in ``xbn.scenario_model`` and re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .dtypes import DTYPES, wider
+from .dtypes import DTYPES
+from .scenario_model import (  # noqa: F401 - re-exported: the scenario's vocabulary
+    BUILTIN,
+    COUNTER,
+    FRAMEWORK_NAME,
+    LAYOUTS,
+    OPS,
+    OUTPUT_OPS,
+    QUANTITIES,
+    SCHEMA,
+    STATE_QUANTITIES,
+    Layer,
+    Optimizer,
+    Scenario,
+    Step,
+    chained,
+    channel_axis,
+    channels_last,
+    quantity_dtype,
+)
 from .strict import TOML_NAMES, Fields, StrictError, read_text
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
-
-SCHEMA = 1
-
-LAYOUTS: dict[str, int] = {
-    "NC": 2, "NCL": 3, "NLC": 3, "NCHW": 4, "NHWC": 4, "NCDHW": 5, "NDHWC": 5,
-}
-OPS = ("call", "predict", "set", "fit", "grad", "set_weights")
-STATE_QUANTITIES = ("moving_mean", "moving_variance", "gamma", "beta")
-QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta")
-FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
-BUILTIN = "builtin:"  # how a built-in scenario's path is recorded: builtin:NAME
-
-
-def channels_last(layout: str) -> bool:
-    return layout != "NC" and layout.endswith("C")
-
-
-def channel_axis(layout: str) -> int:
-    return LAYOUTS[layout] - 1 if channels_last(layout) else 1
-
 
 class ScenarioError(StrictError):
     """A malformed scenario: one line naming file, step and key."""
@@ -56,107 +53,6 @@ class _Checker(Fields):
     names = TOML_NAMES
     wanted = {**TOML_NAMES, bool: "true or false"}
     missing = "required key is missing"
-
-
-@dataclass
-class Optimizer:
-    name: str = "sgd"
-    lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-7  # Keras' default; passed explicitly to every framework
-
-
-@dataclass
-class Layer:
-    features: int
-    layout: str = "NC"
-    momentum: float | str = 0.99
-    epsilon: float = 1e-3
-    center: bool = True
-    scale: bool = True
-    track_running_stats: bool = True
-    dtype: str = "float32"
-    defaults: bool = False
-    native: dict[str, dict[str, Any]] = field(default_factory=dict)
-    param_dtype: str | None = None  # gamma, beta, running statistics; None: the same as dtype
-
-    @property
-    def rank(self) -> int:
-        return LAYOUTS[self.layout]
-
-    @property
-    def state_dtype(self) -> str:
-        """The dtype gamma, beta and the running statistics live in (``param_dtype``)."""
-        return self.param_dtype or self.dtype
-
-    @property
-    def mixed(self) -> bool:
-        """param_dtype differs from dtype (16-bit inputs, float32 parameters: mixed precision)."""
-        return self.state_dtype != self.dtype
-
-    @property
-    def cumulative(self) -> bool:
-        return self.momentum == "cumulative"
-
-
-@dataclass
-class Step:
-    index: int
-    op: str
-    input: str | None = None
-    training: bool | None = None
-    repeat: int = 1
-    trainable: bool | None = None
-    mode: str | None = None
-    target: str | None = None
-    loss: str = "mse"
-    optimizer: Optimizer | None = None
-    epochs: int = 1
-    batch_size: int | None = None
-    weights: str | None = None
-    values: dict[str, list[float]] = field(default_factory=dict)  # set_weights
-    expect: dict[str, Any] | None = None  # {"source": str, quantity: nested list}
-
-
-@dataclass
-class Scenario:
-    name: str
-    layer: Layer
-    inputs: dict[str, np.ndarray]
-    steps: list[Step]
-    title: str = ""
-    description: str = ""
-    path: str = "<memory>"  # as recorded_path() writes it: builtin:NAME or relative
-
-    def to_dict(self) -> dict:
-        """JSON-able form (sent to workers, hashed into snapshots). Optional keys that are not
-        set are left out, so a scenario that does not use them keeps its digest."""
-        data = asdict(self)
-        data["inputs"] = {k: v.tolist() for k, v in self.inputs.items()}
-        if data["layer"]["param_dtype"] is None:
-            del data["layer"]["param_dtype"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Scenario:
-        layer = Layer(**data["layer"])
-        steps = []
-        for s in data["steps"]:
-            s = dict(s)
-            if s.get("optimizer") is not None:
-                s["optimizer"] = Optimizer(**s["optimizer"])
-            steps.append(Step(**s))
-        inputs = {k: np.asarray(v, dtype=np.float64) for k, v in data["inputs"].items()}
-        return cls(data["name"], layer, inputs, steps, data.get("title", ""),
-                   data.get("description", ""), data.get("path", "<memory>"))
-
-    @property
-    def digest(self) -> str:
-        body = self.to_dict()
-        body.pop("path")
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------
@@ -173,6 +69,7 @@ _STEP_KEYS = {
     "fit": {"input", "target", "loss", "optimizer", "epochs", "batch_size", "repeat"},
     "grad": {"input", "training", "weights"},
     "set_weights": {"gamma", "beta", "moving_mean", "moving_variance"},
+    "reset": set(),
 }
 _OPTIMIZER_KEYS = {"name", "lr", "beta1", "beta2", "eps", "momentum"}
 
@@ -194,8 +91,10 @@ def _parse_layer(c: _Checker, raw) -> Layer:
                 c.fail(f"must be in [0, 1] (Keras convention) or \"cumulative\", got {m}",
                        "layer.momentum")
             layer.momentum = m
-    if "epsilon" in t:
-        layer.epsilon = c.number(t["epsilon"], "layer.epsilon", positive=True)
+    if "epsilon" in t:  # 0 is passed through: each framework's own validation decides
+        layer.epsilon = c.number(t["epsilon"], "layer.epsilon")
+        if layer.epsilon < 0:
+            c.fail(f"must be >= 0, got {layer.epsilon}", "layer.epsilon")
     for key in ("center", "scale", "track_running_stats", "defaults"):
         if key in t:
             setattr(layer, key, c.boolean(t[key], f"layer.{key}"))
@@ -210,7 +109,20 @@ def _parse_layer(c: _Checker, raw) -> Layer:
             c.keys(kwargs, set(kwargs) if isinstance(kwargs, dict) else set(),
                    f"layer.native.{fid}")
             layer.native[fid] = dict(kwargs)
+    _check_memory_format(c, layer)
     return layer
+
+
+def _check_memory_format(c: _Checker, layer: Layer) -> None:
+    """``[layer.native.torch] memory_format``: xbn's one torch option that is not a constructor
+    argument (the torch adapter lays its inputs out so); channels-last needs 4-D/5-D inputs."""
+    native = layer.native.get("torch", {})
+    if "memory_format" not in native:
+        return
+    key = "layer.native.torch.memory_format"
+    value = c.string(native["memory_format"], key, ("contiguous", "channels_last"))
+    if value == "channels_last" and layer.rank not in (4, 5):
+        c.fail(f"channels_last needs a 4-D or 5-D layout, got {layer.layout}", key)
 
 
 def _parse_input(c: _Checker, name: str, raw, layer: Layer) -> np.ndarray:
@@ -225,17 +137,6 @@ def _parse_input(c: _Checker, name: str, raw, layer: Layer) -> np.ndarray:
     return c.rounded(arr, layer.dtype, key)
 
 
-def quantity_dtype(layer: Layer, quantity: str) -> str:
-    """The dtype a quantity lives in: inputs, outputs and their gradients in ``dtype``; gamma,
-    beta, the running statistics and the parameters' gradients in ``param_dtype``; the loss
-    in at least float32 (a mean over every element, reduced in float32 or wider)."""
-    if quantity in ("output", "grad_input"):
-        return layer.dtype
-    if quantity == "loss":
-        return wider(layer.dtype, "float32")
-    return layer.state_dtype
-
-
 def _input_ref(c: _Checker, value, key: str, inputs, like: str | None = None) -> str:
     name = c.string(value, key)
     if name not in inputs:
@@ -246,7 +147,26 @@ def _input_ref(c: _Checker, value, key: str, inputs, like: str | None = None) ->
     return name
 
 
-def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
+def _chained_ref(c: _Checker, value, key: str, steps: list[Step]) -> tuple[str, tuple]:
+    """"@N": this framework's own output of step N, which must come earlier and produce one.
+    Returns the name and the shape of that output (the shape of step N's input)."""
+    name = c.string(value, key)
+    n = chained(name)
+    if n is None:
+        c.fail(f"expected \"@N\" with N a step index, got {name!r}", key)
+    if n >= len(steps):
+        c.fail(f"step {n} is not an earlier step (a step can only take the output of one "
+               f"that ran before it)", key)
+    if steps[n].op not in OUTPUT_OPS:
+        c.fail(f"step {n} ({steps[n].op}) has no output (only {', '.join(OUTPUT_OPS)} do)", key)
+    shape = steps[n].input
+    while (m := chained(shape)) is not None:
+        shape = steps[m].input
+    return name, shape
+
+
+def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs, steps: list[Step]) -> Step:
+    """Step ``i``; ``steps``: the steps before it (what "@N" may name)."""
     c = c.within(f"steps[{i}]")  # every location below is inside this step
     c.expect(raw, (dict,))
     if "op" not in raw:
@@ -254,10 +174,14 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
     op = c.string(raw["op"], "op", OPS)
     c.keys(raw, {"op", "expect"} | _STEP_KEYS[op])
     step = Step(index=i, op=op)
+    source = None  # the named input whose shape the step's input has (through "@N" chains)
     if op in ("call", "predict", "fit", "grad"):
         if "input" not in raw:
             c.fail(c.missing, "input")
-        step.input = _input_ref(c, raw["input"], "input", inputs)
+        if op in OUTPUT_OPS and isinstance(raw["input"], str) and raw["input"].startswith("@"):
+            step.input, source = _chained_ref(c, raw["input"], "input", steps)
+        else:
+            step.input = source = _input_ref(c, raw["input"], "input", inputs)
     if "training" in raw:
         step.training = c.boolean(raw["training"], "training")
     if "repeat" in raw:
@@ -296,7 +220,7 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
     if op == "grad":
         if "weights" not in raw:
             c.fail(c.missing, "weights")
-        step.weights = _input_ref(c, raw["weights"], "weights", inputs, like=step.input)
+        step.weights = _input_ref(c, raw["weights"], "weights", inputs, like=source)
     if op == "set_weights":
         if not any(k in raw for k in STATE_QUANTITIES):
             c.fail("give at least one of gamma, beta, moving_mean, moving_variance")
@@ -311,11 +235,12 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs) -> Step:
                     c.fail("a variance cannot be negative", k)
                 step.values[k] = c.rounded(arr, quantity_dtype(layer, k), k).tolist()
     if "expect" in raw:
-        step.expect = _parse_expect(c, raw["expect"], layer, inputs, step)
+        step.expect = _parse_expect(c, raw["expect"], layer, inputs, step, source)
     return step
 
 
-def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step) -> dict:
+def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step,
+                  source: str | None) -> dict:
     t = c.keys(raw, {"source", *QUANTITIES}, "expect", required=("source",))
     out: dict[str, Any] = {"source": c.string(t["source"], "expect.source")}
     for q, v in t.items():
@@ -325,7 +250,7 @@ def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step) -> dict:
             c.fail(f"a {step.op} step records no {q}", f"expect.{q}")
         arr = c.array(v, f"expect.{q}", finite=False)
         if q in ("output", "grad_input"):
-            want = inputs[step.input].shape
+            want = inputs[source].shape
         elif q == "loss":
             want = ()
         else:
@@ -339,7 +264,7 @@ def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step) -> dict:
 
 
 _RECORDS = {"call": ("output",), "predict": ("output",), "fit": ("loss",), "set": (),
-            "set_weights": (), "grad": ("output", "grad_input", "grad_gamma", "grad_beta")}
+            "set_weights": (), "reset": (), "grad": ("output", "grad_input", "grad_gamma", "grad_beta")}
 
 
 def parse(data: dict, file: str = "<memory>") -> Scenario:
@@ -361,7 +286,9 @@ def parse(data: dict, file: str = "<memory>") -> Scenario:
     steps_raw = data["steps"]
     if not isinstance(steps_raw, list) or not steps_raw:
         c.fail("expected a non-empty list of [[steps]]", "steps")
-    steps = [_parse_step(c, i, s, layer, inputs) for i, s in enumerate(steps_raw)]
+    steps: list[Step] = []
+    for i, s in enumerate(steps_raw):
+        steps.append(_parse_step(c, i, s, layer, inputs, steps))
     return Scenario(name, layer, inputs, steps, title, description, file)
 
 

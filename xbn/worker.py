@@ -3,7 +3,8 @@
 Protocol: one JSON document on stdin ({"framework", "scenarios"}); JSON lines on stdout:
 {"type": "hello", "versions", "notes"}, {"type": "obs", ...} per observation,
 {"type": "scenario_done", "scenario"}, {"type": "done"}. The framework's own prints are sent
-to stderr so that they can never corrupt the protocol.
+to stderr so that they can never corrupt the protocol. ``--serve`` keeps one worker up for
+many batches (see :func:`serve`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,34 @@ def _protocol_stream():
     return proto
 
 
+def serve(proto) -> int:
+    """``--serve``: one worker for a whole fuzzing campaign (``xbn.fuzz.session``), so the
+    framework is imported once. Reads JSON lines until EOF: the first {"framework", "module"},
+    then one {"scenarios": [...]} per batch, answered like a one-shot run's scenarios and
+    closed by {"type": "batch_done"}."""
+    from .adapters.base import run_scenario
+    from .registry import load_adapter
+    from .scenario import Scenario
+
+    request = json.loads(sys.stdin.readline())
+    random.seed(0)
+    adapter = load_adapter(request["framework"], request.get("module"))
+    proto.write(json.dumps({"type": "hello", "versions": adapter.versions(),
+                            "notes": adapter.notes}) + "\n")
+    for line in sys.stdin:
+        for data in json.loads(line)["scenarios"]:
+            scenario = Scenario.from_dict(data)
+            for obs in run_scenario(adapter, scenario):
+                proto.write(json.dumps({"type": "obs", **obs}, allow_nan=True) + "\n")
+            proto.write(json.dumps({"type": "scenario_done", "scenario": scenario.name}) + "\n")
+        proto.write(json.dumps({"type": "batch_done"}) + "\n")
+    return 0
+
+
 def main() -> int:
     proto = _protocol_stream()
+    if "--serve" in sys.argv[1:]:
+        return serve(proto)
     request = json.loads(sys.stdin.read())
     framework = request["framework"]
     random.seed(0)

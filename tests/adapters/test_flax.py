@@ -316,3 +316,31 @@ def test_smoke_scenario_runs_through_the_driver():
     for fid in ("flax", "flax-nnx"):
         rows = list(run_scenario(load_adapter(fid), scenario))
         assert all(r["status"] == "ok" for r in rows if r["quantity"] != "step"), fid
+
+
+def test_linen_chained_steps_feed_its_own_output_and_reset_is_not_applicable():
+    """"@N" through the driver is ``out = bn.apply(v, out)`` by hand; linen has no reset (the
+    statistics are the batch_stats collection), so the step is n/a and the statistics stay."""
+    from xbn.scenario import parse
+
+    scenario = parse({
+        "schema": 1, "name": "t",
+        "layer": {"features": 3, "layout": "NHWC", "momentum": 0.9, "epsilon": 1e-3},
+        "inputs": {"x": X.tolist()},
+        "steps": [{"op": "call", "input": "x", "training": True},
+                  {"op": "call", "input": "@0", "training": True},
+                  {"op": "reset"},
+                  {"op": "call", "input": "@1", "training": False}],
+    })
+    rows = {(o["step"], o["quantity"]): o for o in run_scenario(load_adapter("flax"), scenario)}
+    bn, x, v = linen_by_hand()
+    y0, mut = bn.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+    y1, mut = bn.apply({"params": v["params"], **mut}, y0, use_running_average=False,
+                       mutable=["batch_stats"])
+    v = {"params": v["params"], **mut}
+    same(rows[(0, "output")]["value"], y0)
+    same(rows[(1, "output")]["value"], y1)
+    assert rows[(2, "step")]["status"] == "n/a" and "no reset" in rows[(2, "step")]["message"]
+    same(rows[(2, "moving_mean")]["value"], v["batch_stats"]["mean"])
+    assert rows[(2, "num_batches_tracked")]["status"] == "n/a"
+    same(rows[(3, "output")]["value"], bn.apply(v, y1, use_running_average=True))

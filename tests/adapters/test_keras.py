@@ -199,6 +199,22 @@ def _child(framework_id: str) -> None:
         adapter.build(_scenario({"dtype": "float32", "param_dtype": "float16"},
                                 [{"op": "predict", "input": "x"}]).layer)
 
+    # -- "@N": the model fed its own output again (out = model(out)), as by hand; Keras has no
+    # reset of the statistics: n/a, and they carry on
+    sc = _scenario({"momentum": 0.9}, [{"op": "call", "input": "x", "training": True},
+                                       {"op": "call", "input": "@0", "training": True},
+                                       {"op": "reset"},
+                                       {"op": "call", "input": "@1", "training": False}])
+    obs = {(o["step"], o["quantity"]): o for o in run_scenario(adapter, sc)}
+    model, bn = _by_hand(keras, momentum=0.9)
+    out = sc.inputs["x"].astype(np.float32)
+    for step, training in ((0, True), (1, True), (3, False)):
+        out = _np(model(out, training=training))
+        np.testing.assert_array_equal(obs[step, "output"]["value"], out)
+    assert obs[2, "step"]["status"] == "n/a" and "no reset" in obs[2, "step"]["message"]
+    assert obs[3, "num_batches_tracked"]["status"] == "n/a"
+    np.testing.assert_array_equal(obs[3, "moving_mean"]["value"], _np(bn.moving_mean))
+
     # -- float64: float64 variables and outputs everywhere
     sc = _scenario({"dtype": "float64"}, [{"op": "call", "input": "x", "training": True}])
     obs = {o["quantity"]: o for o in run_scenario(adapter, sc)}

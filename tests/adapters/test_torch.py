@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xbn.adapters.base import NotApplicable, run_scenario
+from xbn.adapters.base import NotApplicable, from_channels_first, run_scenario, to_channels_first
+from xbn.adapters.torch.adapter import MODULES
 from xbn.dtypes import round_to
 from xbn.registry import load_adapter
 from xbn.scenario import Layer, Optimizer, Step, parse
@@ -280,3 +281,91 @@ def test_cumulative_average_and_set_weights_through_the_driver():
         bn.eval()
         want = bn(torch.tensor([[1.0, 2.0]]))
     assert rows[(4, "output")]["value"] == want.tolist()
+
+
+def test_reset_and_chained_steps_match_a_hand_driven_module():
+    """reset is reset_running_stats() (num_batches_tracked back to 0, so the cumulative
+    average starts over); "@N" feeds the module its own output of step N."""
+    a, b = data((4, 3)), data((4, 3), mean=-1.0)
+    scenario = parse({
+        "schema": 1, "name": "t", "layer": {"features": 3, "momentum": "cumulative"},
+        "inputs": {"a": a.tolist(), "b": b.tolist()},
+        "steps": [{"op": "call", "input": "a", "training": True},
+                  {"op": "reset"},
+                  {"op": "call", "input": "b", "training": True},
+                  {"op": "call", "input": "@2", "training": True},
+                  {"op": "call", "input": "@3", "training": False}],
+    })
+    rows = {(o["step"], o["quantity"]): o for o in run_scenario(load_adapter("torch"), scenario)}
+    bn = torch.nn.BatchNorm1d(3, momentum=None, eps=1e-3)
+    with torch.no_grad():
+        bn(t(a))
+        assert rows[(0, "num_batches_tracked")]["value"] == 1
+        bn.reset_running_stats()
+        assert rows[(1, "num_batches_tracked")]["value"] == 0
+        assert rows[(1, "num_batches_tracked")]["dtype"] == "int64"
+        same(rows[(1, "moving_mean")]["value"], bn.running_mean)
+        same(rows[(1, "moving_variance")]["value"], bn.running_var)
+        y2 = bn(t(b))
+        same(rows[(2, "output")]["value"], y2)
+        same(rows[(2, "moving_mean")]["value"], bn.running_mean)
+        y3 = bn(y2)
+        same(rows[(3, "output")]["value"], y3)
+        same(rows[(3, "moving_variance")]["value"], bn.running_var)
+        assert rows[(3, "num_batches_tracked")]["value"] == 2
+        bn.eval()
+        same(rows[(4, "output")]["value"], bn(y3))
+
+
+def test_a_chained_step_after_an_error_is_not_applicable():
+    scenario = parse({
+        "schema": 1, "name": "t", "layer": {"features": 2},
+        "inputs": {"one": [[1.0, 2.0]]},
+        "steps": [{"op": "call", "input": "one", "training": True},
+                  {"op": "call", "input": "@0", "training": False}],
+    })
+    rows = {(o["step"], o["quantity"]): o for o in run_scenario(load_adapter("torch"), scenario)}
+    assert rows[(0, "output")]["status"] == "error"
+    assert rows[(1, "output")]["status"] == "n/a"
+    assert "step 0 produced no output" in rows[(1, "output")]["message"]
+    assert (0, "num_batches_tracked") not in rows  # observed only where a scenario resets
+
+
+def test_epsilon_zero_is_torchs_to_refuse_in_training_only():
+    """eps=0 reaches the module; F.batch_norm refuses it with batch statistics
+    (torch/nn/functional.py:2891-2894) and accepts it with the running ones."""
+    x = data((4, 3))
+    ad = adapter(epsilon=0.0)
+    assert ad.module.eps == 0.0
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be positive during training") as hand:
+        bn(t(x))
+    with pytest.raises(ValueError, match="eps must be positive during training") as ours:
+        ad.call(x, True)
+    assert str(ours.value) == str(hand.value)
+    bn.eval()
+    with torch.no_grad():
+        same(ad.call(x, False), bn(t(x)))
+
+
+@pytest.mark.parametrize(("layout", "fmt"), [("NHWC", torch.channels_last),
+                                             ("NCDHW", torch.channels_last_3d)])
+def test_channels_last_memory_format_matches_a_hand_driven_module(layout, fmt):
+    """[layer.native.torch] memory_format = "channels_last": the module sees NHWC-strided
+    tensors, as test_nn.py::test_batchnorm_nhwc_cpu feeds it; bit for bit as by hand."""
+    shape = (4, 2, 2, 3) if layout == "NHWC" else (4, 3, 2, 2, 2)
+    x, w = data(shape), data(shape, mean=0.0, std=1.0)
+    ad = adapter(layout=layout, native={"torch": {"memory_format": "channels_last"}})
+    xt = t(to_channels_first(x, layout)).contiguous(memory_format=fmt)
+    assert ad._tensor(x).is_contiguous(memory_format=fmt) and not ad._tensor(x).is_contiguous()
+    bn = MODULES[len(shape)](3, momentum=0.1, eps=1e-3)
+    xt.requires_grad_(True)
+    y = bn(xt)
+    (y * t(to_channels_first(w, layout)).contiguous(memory_format=fmt)).sum().backward()
+    got = ad.grad(x, True, w)
+    same(got["output"], torch.from_numpy(from_channels_first(y.detach().numpy(), layout)))
+    same(got["grad_input"], torch.from_numpy(from_channels_first(xt.grad.numpy(), layout)))
+    same(got["grad_gamma"], bn.weight.grad)
+    same(ad.state()["moving_variance"], bn.running_var)
+    with pytest.raises(NotApplicable, match="4-D or 5-D"):
+        adapter(layout="NC", native={"torch": {"memory_format": "channels_last"}})

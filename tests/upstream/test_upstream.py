@@ -230,6 +230,10 @@ class Exact:
                       "moving_variance": "var"}[k]
             setattr(self, target, np.broadcast_to(np.asarray(v, LD), self.mean.shape).copy())
 
+    def reset(self):
+        """torch's reset_running_stats(): statistics 0 and 1, the batch count 0."""
+        self.mean, self.var, self.count = np.zeros_like(self.mean), np.ones_like(self.var), 0
+
     def _normalize(self, x, mean, var):
         x = np.asarray(x, LD)
         inv = 1 / np.sqrt(var + self.eps)
@@ -300,16 +304,17 @@ def ref_value(value: np.ndarray) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def right_verdict(observed: dict, exact) -> str:
+def right_verdict(observed: dict, exact, terms: float = 0.0) -> str:
     """The README's rule, applied to the exact value: ``same`` when every element is within
     16 eps (of the compared dtype: the observed one, against float64) of the exact value,
-    at the exact value's scale (its largest magnitude, 1 when all zeros)."""
+    at the exact value's scale (its largest magnitude, or ``terms``, the magnitude of the
+    terms behind it where they cancel, whichever is larger; 1 when both are 0)."""
     v = np.asarray(observed["value"], dtype=np.float64)
     e = np.asarray(np.asarray(exact, LD), dtype=np.float64)
     if v.shape != e.shape:
         return "differs"
     finite = np.abs(e[np.isfinite(e)])
-    scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    scale = max(float(finite.max()) if finite.size else 0.0, terms) or 1.0
     tol = K * EPS.get(observed["dtype"], EPS["float64"]) * scale
     diff = np.abs(v - e)
     both_nan = np.isnan(v) & np.isnan(e)
@@ -318,13 +323,14 @@ def right_verdict(observed: dict, exact) -> str:
 
 
 def check_verdict(group: Group, scenario: str, step: int, quantity: str, exact,
-                  framework: str | None = None, explains: tuple[str, ...] = ()) -> None:
+                  framework: str | None = None, explains: tuple[str, ...] = (),
+                  terms: float = 0.0) -> None:
     """xbn's verdict for the row is the right one, and a difference names the right switch."""
     o = group.obs(scenario, step, quantity, framework)
     assert o is not None and o["status"] == "ok", (
         f"{scenario} step {step} {quantity}: no value ({o and o['status']}: {o and o['message']})")
     r = group.row(scenario, step, quantity, framework)
-    want = right_verdict(o, exact)
+    want = right_verdict(o, exact, terms)
     e64 = np.asarray(np.asarray(exact, LD), dtype=np.float64)
     assert r["verdict"] == want, (
         f"{o['framework']} {scenario} step {step} {quantity}: xbn says {r['verdict']!r} "
@@ -354,9 +360,11 @@ class Checks:
         self.group = group
         self.failures: list[str] = []
 
-    def verdict(self, scenario, step, quantity, exact, framework=None, explains=(), group=None):
+    def verdict(self, scenario, step, quantity, exact, framework=None, explains=(), group=None,
+                terms=0.0):
         try:
-            check_verdict(group or self.group, scenario, step, quantity, exact, framework, explains)
+            check_verdict(group or self.group, scenario, step, quantity, exact, framework, explains,
+                          terms)
         except AssertionError as exc:
             self.failures.append(str(exc).split("\nassert ")[0])
 
@@ -475,6 +483,40 @@ def test_torch_cumulative_average(runs):
         c.verdict(name, step, "output", out)
         c.verdict(name, step, "moving_mean", ex.mean)
         c.verdict(name, step, "moving_variance", ex.var, explains=UNBIASED)
+    c.done()
+
+
+@uses("torch")
+def test_torch_simple_average_with_reset(runs):
+    """test_nn.py::TestNNDeviceType::test_batchnorm_simple_average, resets included."""
+    g, name = runs("torch"), "torch-simple-average-reset"
+    data = inputs(name)
+    zeros, ones = np.zeros(3), np.ones(3)
+    rm1, rv1 = g.value(name, 0, "moving_mean"), g.value(name, 0, "moving_variance")
+    rm2, rv2 = g.value(name, 2, "moving_mean"), g.value(name, 2, "moving_variance")
+    # (a)
+    assert np.any(rm1 != zeros) and np.any(rv1 != ones)
+    for step in (1, 3):  # reset_running_stats()
+        np.testing.assert_array_equal(g.value(name, step, "moving_mean"), zeros)
+        np.testing.assert_array_equal(g.value(name, step, "moving_variance"), ones)
+        assert g.value(name, step, "num_batches_tracked") == 0
+    assert np.any(rm2 != zeros) and np.any(rv2 != ones)
+    torch_close(g.value(name, 4, "output"), g.value(name, 0, "output"))
+    torch_close(g.value(name, 5, "output"), g.value(name, 2, "output"))
+    torch_close(g.value(name, 5, "moving_mean"), (rm1 + rm2) / 2)
+    torch_close(g.value(name, 5, "moving_variance"), (rv1 + rv2) / 2)
+    assert g.value(name, 5, "num_batches_tracked") == 2
+    c = Checks(g)
+    # (b)
+    ex = Exact(name)
+    for step, key in ((0, "a"), (1, None), (2, "b"), (3, None), (4, "a"), (5, "b")):
+        if key is None:
+            ex.reset()
+        else:
+            c.verdict(name, step, "output", ex.call(data[key], training=True))
+        c.verdict(name, step, "moving_mean", ex.mean)
+        c.verdict(name, step, "moving_variance", ex.var, explains=UNBIASED if ex.count else ())
+        c.verdict(name, step, "num_batches_tracked", np.asarray(ex.count, LD))
     c.done()
 
 
@@ -648,6 +690,41 @@ def test_keras_correctness_channels_last(runs):
 def test_keras_correctness_channels_first(runs):
     """batch_normalization_test.py::test_correctness, axis=1, input (5, 2, 3)."""
     _keras_correctness(runs("keras"), "keras-correctness-ncl", first=1)
+
+
+@uses("keras")
+def test_keras_correctness_chained(runs):
+    """batch_normalization_test.py::test_correctness as written: out = layer(out) three times."""
+    g, name = runs("keras"), "keras-correctness-chained"
+    x, layout = inputs(name)["x"], "NHWC"
+    axes = reduce_axes(x, layout)
+    out = g.value(name, 2, "output")
+    norm = (out - per_channel(g.value(name, 2, "beta"), x, layout)) / \
+        per_channel(g.value(name, 2, "gamma"), x, layout)
+    # (a)
+    np.testing.assert_allclose(norm.mean(axis=axes), 0.0, atol=1e-3)
+    np.testing.assert_allclose(norm.std(axis=axes), 1.0, atol=1e-3)
+    np.testing.assert_allclose(g.value(name, 2, "moving_mean"), 0.0, atol=1e-3)
+    np.testing.assert_allclose(g.value(name, 2, "moving_variance"), 1.0, atol=1e-3)
+    assert not np.allclose(g.value(name, 3, "output"), g.value(name, 4, "output"),
+                           rtol=1e-6, atol=1e-6), "inference before training matched"
+    np.testing.assert_allclose(g.value(name, 6, "output"), g.value(name, 5, "output"),
+                               rtol=1e-6, atol=1e-6)
+    c = Checks(g)
+    # (b) each chained call is fed the previous output, rounded to float32 as keras returns it;
+    # momentum 0: the moving mean is the last training batch's, whose terms are its mean |x|
+    # (near 0 for normalized data: the terms cancel, README "Tolerances")
+    ex, fed, terms = Exact(name), x, 0.0
+    for step, training in enumerate((True, True, True, False, True, True, False)):
+        batch = fed if step < 3 else x
+        if training:
+            terms = float(np.abs(batch).mean(axis=axes).max())
+        y = ex.call(batch, training)
+        c.verdict(name, step, "output", y)
+        c.verdict(name, step, "moving_mean", ex.mean, terms=terms)
+        c.verdict(name, step, "moving_variance", ex.var)
+        fed = round_to(np.asarray(y, np.float64), "float32")
+    c.done()
 
 
 @uses("keras")

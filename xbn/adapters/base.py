@@ -14,8 +14,9 @@ from dataclasses import asdict
 
 import numpy as np
 
+from ..dtypes import round_to
 from ..registry import Capabilities, capabilities
-from ..scenario import STATE_QUANTITIES, Layer, Scenario, Step, channel_axis
+from ..scenario import COUNTER, STATE_QUANTITIES, Layer, Scenario, Step, chained, channel_axis
 
 
 class NotApplicable(Exception):
@@ -90,6 +91,14 @@ class Adapter(ABC):
     def set_mode(self, mode: str) -> None:
         raise NotApplicable(f"{self.framework_id} has no module-wide train/eval mode")
 
+    def reset(self) -> None:
+        """``op = "reset"``: the framework's own reset of the running statistics (torch's
+        ``reset_running_stats()``). Frameworks without one say so; xbn never emulates it by
+        assigning values, which ``set_weights`` already expresses."""
+        raise NotApplicable(f"{self.framework_id}'s BatchNorm has no reset of its running "
+                            "statistics (users re-initialize the layer or assign the values: "
+                            "set_weights)")
+
     @abstractmethod
     def fit(self, x: Array, target: Array, step: Step, fresh_optimizer: bool) -> float:
         """Train with the step's loss and optimizer; return the last epoch's mean loss."""
@@ -105,6 +114,13 @@ class Adapter(ABC):
     @abstractmethod
     def state(self) -> dict:
         """Current gamma, beta, moving_mean, moving_variance (only those that exist)."""
+
+    def batches_tracked(self) -> Array | None:
+        """Optional: the framework's own count of the training batches that updated the
+        running statistics (torch's ``num_batches_tracked``, which drives its cumulative
+        average and which a reset zeroes), observed as ``num_batches_tracked`` in scenarios
+        with a reset step. None: the framework keeps no such count."""
+        return None
 
     def versions(self) -> dict[str, str]:
         """Versions of the packages this adapter really imported."""
@@ -157,6 +173,7 @@ PRIMARY = {
     "grad": ("output", "grad_input", "grad_gamma", "grad_beta"),
     "set": ("step",),
     "set_weights": ("step",),
+    "reset": ("step",),
 }
 
 
@@ -251,11 +268,14 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
         return
 
     last_optimizer: dict | None = None
+    # every step's output, for later steps whose input is "@N" (this framework's own output)
+    outputs: dict[int, np.ndarray] = {}
+    state_quantities = STATE_QUANTITIES + ((COUNTER,) if scenario.observes_counter else ())
     for step in scenario.steps:
         produced: dict = {}
         status, message, origin = "ok", None, None
         try:
-            produced = _run_step(adapter, scenario, step, last_optimizer)
+            produced = _run_step(adapter, scenario, step, last_optimizer, outputs)
             if step.op == "fit":
                 last_optimizer = asdict(step.optimizer)
             if step.op == "set" and step.trainable is not None:
@@ -267,6 +287,11 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
             origin = exception_origin(exc, own)
             if not isinstance(exc, (ValueError, RuntimeError, TypeError)):
                 message += " | " + traceback.format_exc(limit=2).strip().splitlines()[-1]
+        output = produced.get("output") if status == "ok" else None
+        if output is not None:  # a framework's output is in the dtype already; the reference's
+            # float64 output is rounded as the frameworks' are, and as every input is
+            outputs[step.index] = round_to(np.asarray(
+                output[0] if isinstance(output, tuple) else output, np.float64), layer.dtype)
         scales = adapter.magnitudes()
         for q in primary_quantities(step.op):
             if status != "ok":
@@ -282,12 +307,14 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
                                                                    "no such parameter"))
         try:
             state = adapter.state()
+            if scenario.observes_counter:
+                state[COUNTER] = adapter.batches_tracked()
         except Exception as exc:
-            for q in STATE_QUANTITIES:
+            for q in state_quantities:
                 yield record(step, q, "error", message=f"reading state: {describe_exception(exc)}",
                              origin=exception_origin(exc, own))
             continue
-        for q in STATE_QUANTITIES:
+        for q in state_quantities:
             if state.get(q) is not None:
                 yield record(step, q, "ok", state[q], scale=scales.get(q))
             elif not _exists(layer, q):
@@ -304,10 +331,26 @@ def _exists(layer: Layer, quantity: str) -> bool:
     return layer.track_running_stats
 
 
-def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer) -> dict:
+def _input(scenario: Scenario, step: Step, outputs: dict) -> np.ndarray:
+    """The step's input: a named array, or for "@N" this framework's own output of step N
+    (float64 holding values of the layer's dtype, as every input is)."""
+    n = chained(step.input)
+    if n is None:
+        return scenario.inputs[step.input]
+    if outputs.get(n) is None:
+        raise NotApplicable(f"input {step.input}: step {n} produced no output in this "
+                            "framework (it was error or n/a), so there is nothing to chain")
+    return outputs[n]
+
+
+def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer,
+              outputs: dict | None = None) -> dict:
     inputs = scenario.inputs
     op = step.op
     result: dict = {}
+    if op == "reset":
+        adapter.reset()
+        return result
     if op == "set":
         if step.trainable is not None:
             adapter.set_trainable(step.trainable)
@@ -317,7 +360,7 @@ def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer) 
     if op == "set_weights":
         adapter.set_weights({k: np.asarray(v, dtype=np.float64) for k, v in step.values.items()})
         return result
-    x = inputs[step.input]
+    x = _input(scenario, step, outputs or {})
     for _ in range(step.repeat):
         if op == "call":
             result = {"output": adapter.call(x, step.training)}

@@ -35,7 +35,21 @@ timeout_option = click.option(
     "--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
     help="Seconds a framework's worker may run before its rows become errors.")
 jobs_option = click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-                           help="Workers at once (default: one per framework).")
+                           help="Workers at once (default: one per CPU core, longest first).")
+
+
+cache_option = click.option(
+    "--no-cache", "no_cache", is_flag=True,
+    help="Run every scenario, neither reading nor filling the result cache (`xbn cache`).")
+
+
+def result_cache(no_cache: bool):
+    """The user's result cache (``xbn.cache``), or None with --no-cache."""
+    if no_cache:
+        return None
+    from ..cache import ResultCache
+
+    return ResultCache()
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True,
@@ -52,18 +66,30 @@ def progress_printer(quiet: bool = False):
 
 
 def analyze_with_progress(scenarios: list, frameworks: list[str] | None, reference: str,
-                          k: float | None, timeout: float, jobs: int | None, quiet: bool):
-    """``run_and_analyze`` with the progress display on stderr, stopped even if the run fails."""
-    from ..analysis import run_and_analyze
+                          k: float | None, timeout: float, jobs: int | None, quiet: bool,
+                          cache=None):
+    """Run with the progress display on stderr (stopped even if the run fails), then analyse.
+
+    The workers start first: the analysis' imports (pandas and the comparison code, about half
+    a second of CPU) are made in a thread while the workers import their frameworks, not
+    before they start, so they are off the critical path of a one-framework ``xbn run``."""
+    import threading
+    from contextlib import nullcontext
+    from importlib import import_module
+
+    from ..runner import run
+
+    preload = threading.Thread(target=import_module, args=("xbn.analysis",), daemon=True)
+    display = progress_printer(quiet)
+    with display if display is not None else nullcontext():
+        preload.start()
+        result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=display,
+                     cache=cache)
+    preload.join()
+    from ..analysis import analyze
     from ..comparison import DEFAULT_K
 
-    display = progress_printer(quiet)
-    k = k if k is not None else DEFAULT_K
-    if display is None:
-        return run_and_analyze(scenarios, frameworks, reference, k, timeout=timeout, jobs=jobs)
-    with display:
-        return run_and_analyze(scenarios, frameworks, reference, k, timeout=timeout, jobs=jobs,
-                               progress=display)
+    return analyze(result, reference, k if k is not None else DEFAULT_K, cache)
 
 
 def did_you_mean(word: str, choices) -> str:

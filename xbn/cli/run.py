@@ -10,6 +10,7 @@ import click
 from .common import (
     analyze_with_progress,
     builtin_scenarios,
+    cache_option,
     check_reference,
     did_you_mean,
     emit,
@@ -18,6 +19,7 @@ from .common import (
     jobs_option,
     load_scenarios,
     quiet_option,
+    result_cache,
     timeout_option,
 )
 
@@ -56,9 +58,10 @@ def _note(report, quiet: bool, shown: bool) -> None:
                    "elements, messages cut to a line).")
 @timeout_option
 @jobs_option
+@cache_option
 @quiet_option
 def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, timeout, jobs,
-        quiet) -> None:
+        no_cache, quiet) -> None:
     """Run scenario FILES (paths or built-in names) and print the diff.
 
     Progress goes to stderr: a live display on a terminal, a line per finished scenario and
@@ -69,7 +72,8 @@ def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, 
     check_reference(reference)
     ids = frameworks_to_run(frameworks, reference)
     scenarios = load_scenarios(files)
-    report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs, quiet)
+    report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs, quiet,
+                                   result_cache(no_cache))
     if only_diffs:
         from ..report.views import only_diffs as restrict
 
@@ -122,8 +126,9 @@ def frameworks(fmt) -> None:
 @click.option("--reference", "-r", default="numpy", show_default=True)
 @timeout_option
 @jobs_option
+@cache_option
 @quiet_option
-def report(output_dir, frameworks, reference, timeout, jobs, quiet) -> None:
+def report(output_dir, frameworks, reference, timeout, jobs, no_cache, quiet) -> None:
     """Every built-in scenario through every installed framework: index.html (plots, heatmap,
     whole values on click), index.md, diffs.csv and results.json."""
     from ..profiles import profile_matrix
@@ -132,10 +137,25 @@ def report(output_dir, frameworks, reference, timeout, jobs, quiet) -> None:
     check_reference(reference)
     ids = frameworks_to_run(frameworks, reference)
     scenarios = builtin_scenarios()
-    analyzed = analyze_with_progress(scenarios, ids, reference, None, timeout, jobs, quiet)
+    store = result_cache(no_cache)
+    key = None
+    if store is not None:  # unchanged results, versions and xbn: the same files, copied
+        from ..cache import report_key
+
+        key = report_key(scenarios, ids, reference)
+        kept = store.restore_files(key, Path(output_dir))
+        if kept:
+            for path in kept:
+                click.echo(f"wrote {path} (unchanged: from the cache)", err=True)
+            return
+    analyzed = analyze_with_progress(scenarios, ids, reference, None, timeout, jobs, quiet,
+                                     store)
     _note(analyzed, quiet, shown=False)
-    for path in write_report(analyzed, Path(output_dir), profile_matrix()):
+    written = write_report(analyzed, Path(output_dir), profile_matrix())
+    for path in written:
         click.echo(f"wrote {path}", err=True)
+    if key and not any(meta.get("error") for meta in analyzed.frameworks.values()):
+        store.keep_files(key, written)  # a worker's error is kept for no later run
 
 
 @click.command()

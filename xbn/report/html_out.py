@@ -79,8 +79,9 @@ def render(report, matrix: dict | None = None, intro: str = "") -> str:
         "<header><h1>xbn report</h1>",
         f"<p>{escape(intro)}</p>" if intro else "",
         f"<p>Reference: <code>{escape(report.reference)}</code>. A value is <b>same</b> when "
-        f"every element is within {report.k:g} × eps(dtype) × (largest magnitude of the "
-        "reference array); ✗ marks <b>differs</b>. Values show their first elements: click one "
+        f"every element is within {report.k:g} × eps(dtype) × scale, the scale being the "
+        "larger of the reference array's largest magnitude and that of the terms that produced "
+        "it (so a cancellation to zero is not a difference); ✗ marks <b>differs</b>. Values show their first elements: click one "
         "to see the whole array, or an <b>error</b>/<b>n/a</b> to read the message.</p>",
         notes,
         "<nav><b>Contents:</b> <a href='#heatmap'>verdict heatmap</a> · "

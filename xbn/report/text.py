@@ -100,7 +100,8 @@ def render_markdown(report, intro: str = "", profile: str = "", full: bool = Fal
     values = ("every element" if full else "first elements (`… (16)`: 16 elements; "
               "`--full` or the HTML report shows them whole)")
     out += [f"Reference: `{report.reference}`. A value is **same** when every element is within "
-            f"{report.k:g} × eps(dtype) × (largest magnitude of the reference array); ✗ marks "
+            f"{report.k:g} × eps(dtype) × scale (the larger of the reference array's largest "
+            f"magnitude and that of the terms that produced it); ✗ marks "
             f"**differs**; `error [n]` and `n/a [n]` point to message n below the table. "
             f"Values: {values}, 8 significant digits.", ""]
     out += [f"> **Note:** {n}" for n in report.notes] + ([""] if report.notes else [])

@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from ...reference import ReferenceBatchNorm, Semantics
+from ...reference import NoSuchOperation, ReferenceBatchNorm, Semantics
 from ...scenario import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 
@@ -43,6 +43,12 @@ class NumpyAdapter(Adapter):
     def set_mode(self, mode: str) -> None:
         self.bn.module_training = mode == "train"
 
+    def reset(self) -> None:
+        try:
+            self.bn.reset()
+        except NoSuchOperation as exc:
+            raise NotApplicable(str(exc)) from None
+
     def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
         return np.float64(self.bn.fit(x, target, step.optimizer, step.epochs, step.batch_size,
                                       fresh_optimizer))
@@ -58,6 +64,9 @@ class NumpyAdapter(Adapter):
 
     def state(self) -> dict:
         return self.bn.state()
+
+    def batches_tracked(self):
+        return self.bn.batches_tracked()
 
     def magnitudes(self) -> dict[str, float | None]:
         return self.bn.magnitudes()

@@ -30,6 +30,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
           "bfloat16": torch.bfloat16}
 MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
            5: torch.nn.BatchNorm3d}
+# [layer.native.torch] memory_format: how 4-D/5-D inputs are laid out in memory (the scenario
+# loader validates it); torch's CPU kernels have separate channels-last paths
+# (aten/src/ATen/native/cpu/batch_norm_kernel.cpp, *_channels_last_impl)
+MEMORY_FORMAT = "memory_format"
+MEMORY_FORMATS = {
+    "contiguous": dict.fromkeys((2, 3, 4, 5), torch.contiguous_format),
+    "channels_last": {4: torch.channels_last, 5: torch.channels_last_3d},
+}
 STATE = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
          "moving_variance": "running_var"}
 
@@ -90,7 +98,9 @@ class TorchAdapter(Adapter):
             kwargs["bias"] = False  # a weight without a bias
         if not layer.defaults:  # else torch's own momentum=0.1, eps=1e-5
             kwargs.update(momentum=torch_momentum(layer), eps=float(layer.epsilon))
-        kwargs.update(layer.native.get(self.framework_id, {}))
+        native = dict(layer.native.get(self.framework_id, {}))
+        memory_format = native.pop(MEMORY_FORMAT, "contiguous")  # not a constructor argument
+        kwargs.update(native)
         if layer.mixed and not (layer.dtype in ("float16", "bfloat16")
                                 and layer.state_dtype == "float32"):
             raise NotApplicable(
@@ -102,12 +112,16 @@ class TorchAdapter(Adapter):
         self.layer = layer
         self.dtype = DTYPES[layer.dtype]
         self.module = MODULES[layer.rank](layer.features, **kwargs).to(DTYPES[layer.state_dtype])
+        self.memory_format = MEMORY_FORMATS[memory_format].get(layer.rank)
+        if self.memory_format is None:  # the loader refuses it; a Layer built in code may not
+            raise NotApplicable(f"memory_format={memory_format} needs a 4-D or 5-D input")
         self.optimizer: torch.optim.Optimizer | None = None
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        """Scenario-layout float64 -> contiguous channels-first tensor of the layer's dtype."""
+        """Scenario-layout float64 -> channels-first tensor of the layer's dtype, contiguous or
+        in the ``memory_format`` asked for (the same logical NCHW tensor, NHWC strides)."""
         x = np.ascontiguousarray(to_channels_first(np.asarray(x, np.float64), self.layer.layout))
-        return torch.from_numpy(x).to(self.dtype)
+        return torch.from_numpy(x).to(self.dtype).contiguous(memory_format=self.memory_format)
 
     def _result(self, t: torch.Tensor):
         value = _out(t)
@@ -139,6 +153,12 @@ class TorchAdapter(Adapter):
 
     def set_mode(self, mode: str) -> None:
         self.module.train(mode == "train")
+
+    def reset(self) -> None:
+        """``reset_running_stats()``: running_mean 0, running_var 1 and num_batches_tracked 0
+        (torch/nn/modules/batchnorm.py:91-97); weight and bias are kept. A module without
+        running statistics does nothing, as torch does."""
+        self.module.reset_running_stats()
 
     def _make_optimizer(self, step: Step) -> torch.optim.Optimizer:
         o = step.optimizer
@@ -206,6 +226,11 @@ class TorchAdapter(Adapter):
             if t is not None:
                 out[name] = _out(t)
         return out
+
+    def batches_tracked(self):
+        """``num_batches_tracked`` (an int64 scalar; None without running statistics)."""
+        count = getattr(self.module, "num_batches_tracked", None)
+        return None if count is None else count.detach().numpy().copy()
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}

@@ -1,0 +1,90 @@
+"""``xbn repro``: generated scripts run on their own, with xbn unimportable, and state the
+discrepancy in their last line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from xbn.cli import cli
+
+from .test_fuzz import large_mean, need
+
+ROOT = str(Path(__file__).resolve().parents[1])  # the checkout, which holds xbn/
+# Run a script the way a framework's maintainer would: no xbn anywhere (the editable install's
+# import hook removed, the checkout off sys.path), and prove it.
+RUNNER = (
+    "import sys, runpy\n"
+    "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+    f"sys.path = [p for p in sys.path if p not in ('', '.', {ROOT!r}) and '__editable__' not in p]\n"
+    "try:\n"
+    "    import xbn\n"
+    "    raise SystemExit('xbn is importable')\n"
+    "except ModuleNotFoundError:\n"
+    "    pass\n"
+    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
+    "assert 'xbn' not in sys.modules\n"
+)
+
+
+def run_script(path, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-I", "-c", RUNNER, str(path)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def write_doc(tmp_path, doc) -> str:
+    from xbn.fuzz.output import to_toml
+
+    path = tmp_path / f"{doc['name']}.toml"
+    path.write_text(to_toml(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize("framework,expect", [
+    ("keras-torch", "is nan where the exact value is"),
+    ("haiku", "is nan where the exact value is"),
+    ("flax", "relative error"),
+])
+def test_generated_script_runs_without_xbn(tmp_path, framework, expect):
+    need(framework)
+    doc = large_mean("big", 1e4, 1e-1)
+    doc["steps"].append({"op": "predict", "input": "x"})
+    out = tmp_path / "repro.py"
+    r = CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", framework,
+                                 "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "import xbn" not in out.read_text() and "from xbn" not in out.read_text()
+    done = run_script(out, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert any(line.startswith("step 0 output") and "exact" in line for line in lines)
+    assert lines[-1].startswith(f"{framework} (") and expect in lines[-1], lines[-1]
+
+
+def test_script_of_a_framework_that_agrees_says_so(tmp_path):
+    """torch on a well-conditioned batch: the exact values match within rounding."""
+    need("torch")
+    doc = large_mean("calm", 0.0, 1.0, batch=4)
+    doc["layer"]["layout"] = "NLC"
+    doc["inputs"]["x"]["shape"] = [4, 2, 1]
+    doc["steps"] += [{"op": "set", "trainable": False}, {"op": "call", "input": "x",
+                                                          "training": False}]
+    out = tmp_path / "calm.py"
+    assert CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", "torch",
+                                    "-o", str(out)]).exit_code == 0
+    done = run_script(out, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no discrepancy" in done.stdout.strip().splitlines()[-1]
+
+
+def test_unsupported_step_exits_2(tmp_path):
+    doc = large_mean("fit", 0.0, 1.0)
+    doc["steps"] = [{"op": "fit", "input": "x", "target": "x",
+                     "optimizer": {"name": "sgd", "lr": 0.1}}]
+    r = CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", "torch"])
+    assert r.exit_code == 2
+    assert "fit" in r.output and len(r.output.strip().splitlines()) == 1

@@ -1,0 +1,84 @@
+"""``xbn repro`` templates for Flax: linen (``nn.BatchNorm`` with ``init``/``apply`` and the
+``batch_stats`` collection) and NNX (``nnx.BatchNorm``, a stateful module). Both take the
+channel axis as ``axis`` and a Keras-style ``momentum`` (weight of the old value)."""
+
+from __future__ import annotations
+
+from ...scenario import Layer, channel_axis
+
+
+def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
+    """Source defining call, predict, set_trainable, set_weights, state and VERSIONS."""
+    from ...fuzz.repro import ReproUnsupported
+
+    if layer.cumulative or not layer.track_running_stats or layer.mixed or layer.defaults \
+            or layer.native:
+        raise ReproUnsupported("Flax's BatchNorm keeps an exponential average only")
+    x64 = 'jax.config.update("jax_enable_x64", True)\n' if layer.dtype == "float64" else ""
+    common = (f"axis={channel_axis(layer.layout)}, momentum={float(layer.momentum)!r}, "
+              f"epsilon={layer.epsilon!r},\n    use_bias={layer.center}, "
+              f"use_scale={layer.scale}, dtype=jnp.{layer.dtype}, param_dtype=jnp.{layer.dtype}")
+    tail = '''
+
+def predict(x):
+    return call(x, False)
+
+
+def set_trainable(flag):
+    raise SystemExit("Flax has no trainable flag")'''
+    if framework == "flax":
+        return f'''import jax
+{x64}import jax.numpy as jnp
+import flax
+import flax.linen as nn
+
+VERSIONS = f"flax {{flax.__version__}}, jax {{jax.__version__}}"
+bn = nn.BatchNorm({common})
+variables = flax.core.unfreeze(bn.init(jax.random.key(0), jnp.zeros({tuple(shape)!r}, jnp.{layer.dtype}),
+                                       use_running_average=True))
+WHERE = {{"gamma": ("params", "scale"), "beta": ("params", "bias"),
+         "moving_mean": ("batch_stats", "mean"), "moving_variance": ("batch_stats", "var")}}
+
+
+def call(x, training):
+    global variables
+    y, updates = bn.apply(variables, jnp.asarray(x), use_running_average=not training,
+                          mutable=["batch_stats"])
+    variables = {{**variables, **flax.core.unfreeze(updates)}}
+    return np.asarray(y)
+
+
+def set_weights(values):
+    for name, value in values.items():
+        group, key = WHERE[name]
+        old = variables[group][key]
+        variables[group][key] = jnp.broadcast_to(jnp.asarray(value, old.dtype), old.shape)
+
+
+def state():
+    return {{name: np.asarray(variables[g][k]) for name, (g, k) in WHERE.items()
+            if k in variables.get(g, {{}})}}''' + tail
+    return f'''import jax
+{x64}import jax.numpy as jnp
+import flax
+from flax import nnx
+
+VERSIONS = f"flax {{flax.__version__}} (nnx), jax {{jax.__version__}}"
+bn = nnx.BatchNorm({layer.features}, {common},
+    rngs=nnx.Rngs(0))
+WHERE = {{"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}}
+
+
+def call(x, training):
+    return np.asarray(bn(jnp.asarray(x), use_running_average=not training))
+
+
+def set_weights(values):
+    for name, value in values.items():
+        old = getattr(bn, WHERE[name])
+        old.value = jnp.broadcast_to(jnp.asarray(value, old.value.dtype), old.value.shape)
+
+
+def state():
+    return {{name: np.asarray(getattr(bn, attr)[...]) for name, attr in WHERE.items()
+            if getattr(bn, attr, None) is not None}}''' + tail

@@ -1,0 +1,94 @@
+"""``xbn fuzz`` (search for findings with Hypothesis) and ``xbn repro`` (a standalone script).
+
+Hypothesis, pandas and the frameworks are imported inside the commands, never here, so that
+``xbn --help`` and ``xbn fuzz --help`` stay instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import fail, framework_ids
+
+
+@click.command()
+@click.option("--frameworks", "-f", default=None,
+              help="Comma-separated framework ids (default: every installed one).")
+@click.option("--budget", type=click.FloatRange(min=1), default=None,
+              help="Seconds of wall time for the whole campaign (worker start-up included).")
+@click.option("--max-examples", type=click.IntRange(min=1), default=None,
+              help="Stop after this many generated scenarios.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Hypothesis seed: the same seed, frameworks and budget repeat a campaign.")
+@click.option("--out", "out", default="findings", show_default=True,
+              help="Folder for each finding's scenario TOML, summary and repro script.")
+@click.option("--batch", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Scenarios per round trip to each worker.")
+def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None, seed: int,
+         out: str, batch: int) -> None:
+    """Search for scenarios where a framework departs from its own declared profile or hits a
+    numerical hazard (NaN/inf, a negative variance, a collapsed variance, a moving mean outside
+    its data); shrink each, write it under --out. Exit 1 with findings, 0 without."""
+    import sys
+
+    from ..registry import FRAMEWORK_IDS, available
+
+    if budget is not None and max_examples is not None:
+        fail("give --budget or --max-examples, not both")
+    ids = framework_ids(frameworks) or list(FRAMEWORK_IDS)
+    missing = [f for f in ids if not available(f)]
+    if missing:
+        if frameworks:
+            fail(f"not installed: {', '.join(missing)}")
+        ids = [f for f in ids if f not in missing]
+    if budget is None and max_examples is None:
+        budget = 300.0
+
+    from ..fuzz.campaign import Campaign
+    from ..fuzz.output import write
+
+    def log(text: str) -> None:
+        click.echo(f"xbn fuzz: {text}", err=True)
+
+    campaign = Campaign(ids, seed=seed, budget=budget, max_examples=max_examples, batch=batch,
+                        shrink_seconds=max(10.0, (budget or 300.0) / 10), log=log)
+    findings = campaign.run()
+    for finding in findings:
+        versions = campaign.sessions[finding.flag.framework].versions
+        for path in write(finding, Path(out), versions, seed):
+            click.echo(str(path))
+    busy = campaign.seconds - campaign.startup
+    overhead = max(0.0, busy - campaign.worker_seconds)
+    rates = ", ".join(f"{fw} {r:.1f}/s" for fw, r in sorted(campaign.rates().items()))
+    log(f"{campaign.examples} examples in {campaign.seconds:.0f} s (workers' start-up "
+        f"{campaign.startup:.0f} s); examples per second per framework: {rates}; fuzzer "
+        f"overhead {overhead:.1f} s ({100 * overhead / busy if busy else 0:.0f}% of the search)")
+    log(f"{len(findings)} finding(s)" + (f" written to {out}/" if findings else ""))
+    sys.exit(1 if findings else 0)
+
+
+@click.command()
+@click.argument("scenario")
+@click.option("--framework", "framework", required=True, help="The framework id to reproduce.")
+@click.option("--output", "-o", default=None, help="Write the script here (default: stdout).")
+def repro(scenario: str, framework: str, output: str | None) -> None:
+    """Write a standalone Python script (only the framework and numpy, no xbn) that replays
+    SCENARIO with the framework's own API and prints its values next to the exact ones."""
+    from .common import emit, load_scenarios
+
+    ids = framework_ids(framework) or []
+    if len(ids) != 1 or ids[0] == "numpy":
+        fail("--framework takes one framework id (not numpy)")
+    [loaded] = load_scenarios([scenario])
+    from ..fuzz.repro import ReproUnsupported, script
+
+    try:
+        code = script(loaded, ids[0])
+    except ReproUnsupported as exc:
+        fail(f"{scenario}: {exc}")
+    emit(code, output)
+
+
+COMMANDS = [fuzz, repro]

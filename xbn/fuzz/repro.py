@@ -1,0 +1,162 @@
+"""``xbn repro``: a standalone script for a framework's issue tracker.
+
+The script imports only that framework and numpy (never xbn): it builds the layer with the
+framework's own API, replays the scenario's steps, prints every observed value next to the
+exact float64 one, and ends with one line stating the discrepancy. The exact values are
+computed here, by xbn's float64 reference run with the framework's *semantic* switches (its
+momentum convention, its EMA form, ...), and embedded as literals: what remains is the
+framework's arithmetic. Framework knowledge lives in each family's folder
+(``xbn/adapters/<family>/repro.py``, found through ``registry.family_module``), which turns a
+layer into code defining ``call``, ``predict``, ``set_trainable``, ``set_weights`` and
+``state``; this module writes the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import family_module, family_of
+from ..scenario import Scenario, channel_axis
+
+SUPPORTED_OPS = ("call", "predict", "set", "set_weights")
+
+
+class ReproUnsupported(Exception):
+    """This scenario cannot be written as a standalone script for that framework (the message
+    says why): an op without a template (fit, grad), or a family without one."""
+
+
+def _literal(value) -> str:
+    """Python source for a (nested) list of floats, exact (repr round-trips) and NaN-safe."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if value is None:
+        return "None"
+    v = float(value)
+    return f"float({str(v)!r})" if not np.isfinite(v) else repr(v)
+
+
+def template_module(framework: str):
+    family = family_of(framework)
+    if family is None:
+        raise ReproUnsupported(f"{framework} has no family")
+    try:
+        return family_module(family.id, "repro")
+    except ModuleNotFoundError:
+        raise ReproUnsupported(f"no repro template for the {family.id} family "
+                               f"(xbn/adapters/{family.id}/repro.py)") from None
+
+
+def check(scenario: Scenario) -> None:
+    """ReproUnsupported unless every step has a template everywhere."""
+    for step in scenario.steps:
+        if step.op not in SUPPORTED_OPS:
+            raise ReproUnsupported(f"step {step.index}: op {step.op!r} has no standalone form "
+                                   f"(supported: {', '.join(SUPPORTED_OPS)})")
+        if step.op == "call" and step.training is None:
+            raise ReproUnsupported(f"step {step.index}: a bare call (no training flag)")
+        if step.op == "set" and step.mode is not None:
+            raise ReproUnsupported(f"step {step.index}: set mode has no standalone form")
+
+
+def _step_code(step, framework_quantities: tuple[str, ...]) -> list[str]:
+    lines = [f"# step {step.index}: {step.op}"]
+    if step.op in ("call", "predict"):
+        call = f"call(INPUTS[{step.input!r}], {step.training})" if step.op == "call" \
+            else f"predict(INPUTS[{step.input!r}])"
+        if step.repeat > 1:
+            lines += [f"for _ in range({step.repeat - 1}):", f"    {call}"]
+        lines.append(f"show({step.index}, 'output', {call})")
+    elif step.op == "set":
+        lines.append(f"set_trainable({step.trainable})")
+    else:
+        lines.append(f"set_weights({ {k: v for k, v in step.values.items()}!r})")
+    lines.append(f"for name, value in state().items():\n    show({step.index}, name, value)")
+    return lines
+
+
+def script(scenario: Scenario, framework: str, flag=None) -> str:
+    """The standalone script's source. ``flag`` (a ``verdict.Flag``) names the row the closing
+    statement is about; without it the worst row is."""
+    from .verdict import declared, reference
+
+    check(scenario)
+    shape = next(iter(scenario.inputs.values())).shape
+    body = template_module(framework).template(framework, scenario.layer, shape)
+    exact = reference(scenario, declared(framework)[0])
+    rows = {f"{s}|{q}": o["value"] for (s, q), o in exact.items()
+            if o["status"] == "ok" and o["value"] is not None}
+    layer = scenario.layer
+    dtype = layer.dtype
+    inputs = "\n".join(f"    {k!r}: np.array({_literal(v.tolist())}, dtype=np.{dtype}),"
+                       for k, v in scenario.inputs.items())
+    exact_text = "\n".join(f"    {k!r}: {_literal(v)}," for k, v in rows.items())
+    focus = f"{flag.step}|{flag.quantity}" if flag is not None else None
+    steps = "\n".join(line for s in scenario.steps for line in _step_code(s, ()))
+    layer_text = (f"{layer.features} feature(s), layout {layer.layout} (channel axis "
+                  f"{channel_axis(layer.layout)}), {dtype}, momentum {layer.momentum} (weight of "
+                  f"the old value), epsilon {layer.epsilon:g}")
+    return f'''#!/usr/bin/env python3
+# ruff: noqa: E402, E731, I001 - generated: environment set before imports, as a user writes it
+"""{framework} BatchNorm: {scenario.name}. Standalone: needs only {framework}'s packages and numpy.
+
+Layer: {layer_text}. Every observed value is printed next to the exact float64 value of the
+same computation (written in by the generator, computed in float64 with this framework's own
+semantics: momentum convention, moving-average form); the last line states the discrepancy.
+Generated by `xbn repro` (https://github.com/xbn); the script does not need xbn.
+"""
+import numpy as np
+
+{body}
+
+INPUTS = {{
+{inputs}
+}}
+EXACT = {{  # "step|quantity": exact float64 value
+{exact_text}
+}}
+FOCUS = {focus!r}
+OBSERVED = {{}}
+
+
+def show(step, quantity, value):
+    got = np.asarray(value, dtype=np.float64)
+    OBSERVED[f"{{step}}|{{quantity}}"] = got
+    want = EXACT.get(f"{{step}}|{{quantity}}")
+    print(f"step {{step}} {{quantity:<16}} observed {{np.array2string(got.ravel(), precision=9)}}"
+          f"  exact {{np.array2string(np.asarray(want, np.float64).ravel(), precision=9)}}")
+
+
+def statement():
+    """The one-line discrepancy: FOCUS if it is off, else the worst row."""
+    worst, text = -1.0, "no discrepancy: every value is within float rounding of the exact one"
+    for key, got in OBSERVED.items():
+        if key not in EXACT:
+            continue
+        want = np.asarray(EXACT[key], np.float64)
+        step, quantity = key.split("|")
+        where = f"step {{step}} {{quantity}}"
+        with np.errstate(all="ignore"):
+            if (~np.isfinite(got) & np.isfinite(want)).any():
+                score, what = np.inf, (f"{{where}} is {{got.ravel()[~np.isfinite(got.ravel())][0]}} "
+                                       f"where the exact value is "
+                                       f"{{want.ravel()[~np.isfinite(got.ravel())][0]:.9g}}")
+            elif quantity == "moving_variance" and (got < 0).any():
+                score, what = np.inf, f"{{where}} is negative ({{got.min():.9g}})"
+            else:
+                scale = max(float(np.abs(want).max()), 1e-30)
+                score = float(np.abs(got - want).max()) / scale
+                what = (f"{{where}} is {{np.array2string(got.ravel(), precision=9)}}, the exact "
+                        f"value is {{np.array2string(want.ravel(), precision=9)}} (relative "
+                        f"error {{score:.3g}})")
+        if key == FOCUS and score > 0:  # the finding's row, however small the gap
+            worst, text = np.inf, what
+            break
+        if score > worst and score > 1e-6:
+            worst, text = score, what
+    print(f"{framework} ({{VERSIONS}}): {{text}}")
+
+
+{steps}
+statement()
+'''

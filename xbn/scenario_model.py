@@ -1,0 +1,171 @@
+"""What a scenario is, as plain data: the layer, the steps, the layouts and quantities.
+
+The loader (``xbn.scenario``) builds these from a file after checking every key, and
+re-exports all of them; they live apart so that each module stays small enough to read whole.
+A ground-floor module: it imports nothing from xbn but ``xbn.dtypes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .dtypes import wider
+
+SCHEMA = 1
+
+LAYOUTS: dict[str, int] = {
+    "NC": 2, "NCL": 3, "NLC": 3, "NCHW": 4, "NHWC": 4, "NCDHW": 5, "NDHWC": 5,
+}
+OPS = ("call", "predict", "set", "fit", "grad", "set_weights", "reset")
+# ops whose output a later step can take as its input ("@N")
+OUTPUT_OPS = ("call", "predict", "grad")
+STATE_QUANTITIES = ("moving_mean", "moving_variance", "gamma", "beta")
+# observed only in scenarios with a reset step (what torch's reset zeroes; the reference counts
+# its training batches too): every other scenario's observations stay as they were
+COUNTER = "num_batches_tracked"
+QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta",
+              COUNTER)
+FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
+BUILTIN = "builtin:"  # how a built-in scenario's path is recorded: builtin:NAME
+
+
+def chained(name: str | None) -> int | None:
+    """N for an input written "@N" (this framework's own output of step N), else None."""
+    return int(name[1:]) if name and name.startswith("@") and name[1:].isdigit() else None
+
+
+def channels_last(layout: str) -> bool:
+    return layout != "NC" and layout.endswith("C")
+
+
+def channel_axis(layout: str) -> int:
+    return LAYOUTS[layout] - 1 if channels_last(layout) else 1
+
+
+@dataclass
+class Optimizer:
+    name: str = "sgd"
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-7  # Keras' default; passed explicitly to every framework
+
+
+@dataclass
+class Layer:
+    features: int
+    layout: str = "NC"
+    momentum: float | str = 0.99
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    track_running_stats: bool = True
+    dtype: str = "float32"
+    defaults: bool = False
+    native: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param_dtype: str | None = None  # gamma, beta, running statistics; None: the same as dtype
+
+    @property
+    def rank(self) -> int:
+        return LAYOUTS[self.layout]
+
+    @property
+    def state_dtype(self) -> str:
+        """The dtype gamma, beta and the running statistics live in (``param_dtype``)."""
+        return self.param_dtype or self.dtype
+
+    @property
+    def mixed(self) -> bool:
+        """param_dtype differs from dtype (16-bit inputs, float32 parameters: mixed precision)."""
+        return self.state_dtype != self.dtype
+
+    @property
+    def cumulative(self) -> bool:
+        return self.momentum == "cumulative"
+
+
+@dataclass
+class Step:
+    index: int
+    op: str
+    input: str | None = None
+    training: bool | None = None
+    repeat: int = 1
+    trainable: bool | None = None
+    mode: str | None = None
+    target: str | None = None
+    loss: str = "mse"
+    optimizer: Optimizer | None = None
+    epochs: int = 1
+    batch_size: int | None = None
+    weights: str | None = None
+    values: dict[str, list[float]] = field(default_factory=dict)  # set_weights
+    expect: dict[str, Any] | None = None  # {"source": str, quantity: nested list}
+
+
+@dataclass
+class Scenario:
+    name: str
+    layer: Layer
+    inputs: dict[str, np.ndarray]
+    steps: list[Step]
+    title: str = ""
+    description: str = ""
+    path: str = "<memory>"  # as recorded_path() writes it: builtin:NAME or relative
+
+    @property
+    def observes_counter(self) -> bool:
+        """Whether ``COUNTER`` is observed: in scenarios that reset the statistics."""
+        return any(s.op == "reset" for s in self.steps)
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of a named input, or of the output of step N for "@N" (its input's)."""
+        while (n := chained(name)) is not None:
+            name = self.steps[n].input
+        return tuple(self.inputs[name].shape)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (sent to workers, hashed into snapshots). Optional keys that are not
+        set are left out, so a scenario that does not use them keeps its digest."""
+        data = asdict(self)
+        data["inputs"] = {k: v.tolist() for k, v in self.inputs.items()}
+        if data["layer"]["param_dtype"] is None:
+            del data["layer"]["param_dtype"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scenario:
+        layer = Layer(**data["layer"])
+        steps = []
+        for s in data["steps"]:
+            s = dict(s)
+            if s.get("optimizer") is not None:
+                s["optimizer"] = Optimizer(**s["optimizer"])
+            steps.append(Step(**s))
+        inputs = {k: np.asarray(v, dtype=np.float64) for k, v in data["inputs"].items()}
+        return cls(data["name"], layer, inputs, steps, data.get("title", ""),
+                   data.get("description", ""), data.get("path", "<memory>"))
+
+    @property
+    def digest(self) -> str:
+        body = self.to_dict()
+        body.pop("path")
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def quantity_dtype(layer: Layer, quantity: str) -> str:
+    """The dtype a quantity lives in: inputs, outputs and their gradients in ``dtype``; gamma,
+    beta, the running statistics and the parameters' gradients in ``param_dtype``; the loss
+    in at least float32 (a mean over every element, reduced in float32 or wider)."""
+    if quantity in ("output", "grad_input"):
+        return layer.dtype
+    if quantity == "loss":
+        return wider(layer.dtype, "float32")
+    return layer.state_dtype
