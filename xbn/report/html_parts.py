@@ -18,6 +18,8 @@ from .views import (
     differences,
     framework_order,
     is_cut,
+    measure_text,
+    published_explanation,
     summarize,
     verdict_counts,
 )
@@ -124,14 +126,6 @@ def values_table(report, scenario: str) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _num(v) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return ""
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return f"{v:.3g}"
-
-
 def differences_table(report, scenario: str) -> str:
     """What differs, errs or is n/a in one scenario, with the explanation and the framework's
     whole message."""
@@ -141,11 +135,11 @@ def differences_table(report, scenario: str) -> str:
     rows = []
     for r in d.itertuples(index=False):
         expected = r.framework == "expected"
-        explanation = f"published ({r.message}); {r.explanation}" if expected else r.explanation
+        explanation = published_explanation(r) if expected else r.explanation
         rows.append(f"<tr><td>{r.step}</td>"
                     f"<td>{escape(r.quantity)}</td><td>{escape(r.framework)}</td>"
-                    f"<td class='{_vclass(r.verdict)}'>{escape(r.verdict)}</td><td class='num'>{_num(r.max_abs)}</td>"
-                    f"<td class='num'>{_num(r.max_ulp)}</td><td>{escape(explanation)}</td>"
+                    f"<td class='{_vclass(r.verdict)}'>{escape(r.verdict)}</td><td class='num'>{measure_text(r.max_abs)}</td>"
+                    f"<td class='num'>{measure_text(r.max_ulp)}</td><td>{escape(explanation)}</td>"
                     f"<td class='msg'>{'' if expected else escape(r.message)}</td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("step", "quantity", "framework", "verdict",
                                              "max_abs", "max_ulp", "explanation", "message"))

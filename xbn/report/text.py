@@ -10,6 +10,8 @@ from .views import (
     column_order,
     differences,
     framework_lines,
+    measure_text,
+    published_explanation,
     side_by_side,
     summarize,
     verdict_counts,
@@ -19,18 +21,10 @@ MESSAGE_WIDTH = 120
 """Terminal footnotes are cut here (one line each); ``--full`` prints them whole."""
 
 
-def _fmt_num(v) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return ""
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return f"{v:.3g}"
-
-
 def _detail(r, notes: Footnotes) -> str:
     """The detail column: the explanation, and for error and n/a the message's number."""
     if r.framework == "expected":
-        return f"published ({r.message}); {r.explanation}"
+        return published_explanation(r)
     if r.verdict in ("error", "n/a") and r.message:
         key = f"[{notes.key(r.framework, r.message)}]"
         return f"{r.explanation} {key}" if r.explanation else key
@@ -40,8 +34,8 @@ def _detail(r, notes: Footnotes) -> str:
 def _noteworthy(rows: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
     rows = rows.copy()
     rows["detail"] = [_detail(r, notes) for r in rows.itertuples(index=False)]
-    rows["max_abs"] = rows["max_abs"].map(_fmt_num)
-    rows["max_ulp"] = rows["max_ulp"].map(_fmt_num)
+    rows["max_abs"] = rows["max_abs"].map(measure_text)
+    rows["max_ulp"] = rows["max_ulp"].map(measure_text)
     return rows[["step", "quantity", "framework", "verdict", "max_abs", "max_ulp", "detail"]]
 
 

@@ -176,6 +176,20 @@ def side_by_side(obs: pd.DataFrame, diffs: pd.DataFrame, scenario: str,
     return frame.reindex(columns=[c for c in cols if c in frame.columns]).fillna("")
 
 
+def measure_text(v) -> str:
+    """A max_abs or max_ulp for a table: '' when missing, whole numbers without a point."""
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.3g}"
+
+
+def published_explanation(r) -> str:
+    """The explanation of a published value ("expected" row), led by its source."""
+    return f"published ({r.message}); {r.explanation}"
+
+
 def _text(v) -> str:
     return v if isinstance(v, str) and v != "NaN" else ""
 
