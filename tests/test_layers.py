@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "xbn"
 
 # The ground floor: plain data and the specification. They import only each other.
-GROUND = ("xbn._version", "xbn.dtypes", "xbn.scenario", "xbn.scenario_model", "xbn.registry",
+GROUND = ("xbn._version", "xbn.dtypes", "xbn.scenario", "xbn.scenario_model",
+          "xbn.scenario_additions", "xbn.registry",
           "xbn.strict", "xbn.semantics",
           "xbn.jsonio", "xbn.reference", "xbn.numerics")
 MAX_LINES = 420

@@ -15,15 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from . import scenario_additions as additions
 from .dtypes import DTYPES
 from .scenario_model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     BUILTIN,
     COUNTER,
     FRAMEWORK_NAME,
     LAYOUTS,
+    MAX_REPLICAS,
     OPS,
     OUTPUT_OPS,
     QUANTITIES,
+    REPLICA_QUANTITIES,
     SCHEMA,
     STATE_QUANTITIES,
     Layer,
@@ -59,7 +62,8 @@ class _Checker(Fields):
 # the loader
 
 _LAYER_KEYS = {"features", "layout", "momentum", "epsilon", "center", "scale",
-               "track_running_stats", "dtype", "param_dtype", "defaults", "native"}
+               "track_running_stats", "dtype", "param_dtype", "defaults", "native",
+               *additions.LAYER_KEYS}
 MAX_ELEMENTS = 1 << 24  # per input array: a scenario is a handful of batches, not a data set
 MAX_FEATURES = 1 << 16
 _STEP_KEYS = {
@@ -110,6 +114,7 @@ def _parse_layer(c: _Checker, raw) -> Layer:
                    f"layer.native.{fid}")
             layer.native[fid] = dict(kwargs)
     _check_memory_format(c, layer)
+    additions.parse_layer(c, t, layer)
     return layer
 
 
@@ -125,9 +130,13 @@ def _check_memory_format(c: _Checker, layer: Layer) -> None:
         c.fail(f"channels_last needs a 4-D or 5-D layout, got {layer.layout}", key)
 
 
-def _parse_input(c: _Checker, name: str, raw, layer: Layer) -> np.ndarray:
+def _parse_input(c: _Checker, name: str, raw, layer: Layer, mask: bool = False) -> np.ndarray:
+    """Input ``name``; a ``mask`` (named by a step's mask key) has the input's rank less one
+    and is checked against the step's input there (``scenario_additions``)."""
     key = f"inputs.{name}"
     arr = c.generated(raw, key, MAX_ELEMENTS) if isinstance(raw, dict) else c.array(raw, key)
+    if mask:
+        return arr
     if arr.ndim != layer.rank:
         c.fail(f"layout {layer.layout} needs a rank-{layer.rank} array, got shape "
                f"{list(arr.shape)}", key)
@@ -172,7 +181,7 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs, steps: list[Step
     if "op" not in raw:
         c.fail(c.missing, "op")
     op = c.string(raw["op"], "op", OPS)
-    c.keys(raw, {"op", "expect"} | _STEP_KEYS[op])
+    c.keys(raw, {"op", "expect"} | _STEP_KEYS[op] | additions.step_keys(op))
     step = Step(index=i, op=op)
     source = None  # the named input whose shape the step's input has (through "@N" chains)
     if op in ("call", "predict", "fit", "grad"):
@@ -182,13 +191,18 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs, steps: list[Step
             step.input, source = _chained_ref(c, raw["input"], "input", steps)
         else:
             step.input = source = _input_ref(c, raw["input"], "input", inputs)
+        if inputs[source].ndim != layer.rank:
+            c.fail(f"input {source!r} has rank {inputs[source].ndim} (it is a mask); layout "
+                   f"{layer.layout} needs rank {layer.rank}", "input")
+    additions.parse_step(c, raw, step, layer, inputs,
+                         None if source is None else tuple(inputs[source].shape))
     if "training" in raw:
         step.training = c.boolean(raw["training"], "training")
     if "repeat" in raw:
         step.repeat = c.integer(raw["repeat"], "repeat")
     if op == "set":
-        if "trainable" not in raw and "mode" not in raw:
-            c.fail("give trainable and/or mode")
+        if not {"trainable", "mode", "momentum", "epsilon"} & set(raw):
+            c.fail("give at least one of trainable, mode, momentum, epsilon")
         if "trainable" in raw:
             step.trainable = c.boolean(raw["trainable"], "trainable")
         if "mode" in raw:
@@ -246,13 +260,17 @@ def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step,
     for q, v in t.items():
         if q == "source":
             continue
-        if q not in STATE_QUANTITIES and q not in _RECORDS[step.op]:
+        if q in REPLICA_QUANTITIES and not layer.replicas:
+            c.fail("only observed in scenarios with replicas", f"expect.{q}")
+        if q not in STATE_QUANTITIES + REPLICA_QUANTITIES and q not in _RECORDS[step.op]:
             c.fail(f"a {step.op} step records no {q}", f"expect.{q}")
         arr = c.array(v, f"expect.{q}", finite=False)
         if q in ("output", "grad_input"):
             want = inputs[source].shape
         elif q == "loss":
             want = ()
+        elif q in REPLICA_QUANTITIES:
+            want = (len(layer.replicas), layer.features)
         else:
             want = (layer.features,)
         if arr.ndim == 0 and want != ():
@@ -282,10 +300,11 @@ def parse(data: dict, file: str = "<memory>") -> Scenario:
     description = c.string(data.get("description", ""), "description")
     layer = _parse_layer(c, data["layer"])
     raw_inputs = c.expect(data.get("inputs", {}), (dict,), "inputs")
-    inputs = {k: _parse_input(c, k, v, layer) for k, v in raw_inputs.items()}
     steps_raw = data["steps"]
     if not isinstance(steps_raw, list) or not steps_raw:
         c.fail("expected a non-empty list of [[steps]]", "steps")
+    masks = {s["mask"] for s in steps_raw if isinstance(s, dict) and isinstance(s.get("mask"), str)}
+    inputs = {k: _parse_input(c, k, v, layer, mask=k in masks) for k, v in raw_inputs.items()}
     steps: list[Step] = []
     for i, s in enumerate(steps_raw):
         steps.append(_parse_step(c, i, s, layer, inputs, steps))

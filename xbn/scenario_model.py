@@ -29,8 +29,15 @@ STATE_QUANTITIES = ("moving_mean", "moving_variance", "gamma", "beta")
 # observed only in scenarios with a reset step (what torch's reset zeroes; the reference counts
 # its training batches too): every other scenario's observations stay as they were
 COUNTER = "num_batches_tracked"
+# observed only in scenarios with replicas: every replica's copy of the running statistics,
+# shape [R, C] (``moving_mean``/``moving_variance`` are what the framework reads back on the host)
+REPLICA_QUANTITIES = ("replica_moving_mean", "replica_moving_variance")
 QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta",
-              COUNTER)
+              COUNTER, *REPLICA_QUANTITIES)
+MAX_REPLICAS = 8  # host devices a worker asks its engine for (XLA flag, logical CPU devices)
+# layer keys of the "Additions" that an adapter must declare it expresses
+# (``Adapter.layer_features``); any other adapter reports n/a rather than ignore them
+LAYER_FEATURES = ("renorm", "virtual_batch_size")
 FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
 BUILTIN = "builtin:"  # how a built-in scenario's path is recorded: builtin:NAME
 
@@ -70,6 +77,15 @@ class Layer:
     defaults: bool = False
     native: dict[str, dict[str, Any]] = field(default_factory=dict)
     param_dtype: str | None = None  # gamma, beta, running statistics; None: the same as dtype
+    # Batch Renormalization (Keras): the keys given of momentum, rmax, rmin, dmax ({}: defaults)
+    renorm: dict[str, float] | None = None
+    virtual_batch_size: int | None = None  # tf-keras ghost batches
+    replicas: list[int] | None = None  # rows of every input per replica, in batch order
+    synchronized: bool = False  # with replicas: cross-replica statistics
+
+    def features_used(self) -> list[str]:
+        """Which of ``LAYER_FEATURES`` this layer uses."""
+        return [f for f in LAYER_FEATURES if getattr(self, f) is not None]
 
     @property
     def rank(self) -> int:
@@ -107,6 +123,10 @@ class Step:
     weights: str | None = None
     values: dict[str, list[float]] = field(default_factory=dict)  # set_weights
     expect: dict[str, Any] | None = None  # {"source": str, quantity: nested list}
+    mask: str | None = None  # call/predict/grad: a named 0/1 input, shape = input without channels
+    trace: bool = False  # with repeat: observations after every repetition ("rep": k)
+    momentum: float | str | None = None  # set: the layer's new momentum (Keras convention)
+    epsilon: float | None = None  # set: the layer's new epsilon
 
 
 @dataclass
@@ -118,6 +138,11 @@ class Scenario:
     title: str = ""
     description: str = ""
     path: str = "<memory>"  # as recorded_path() writes it: builtin:NAME or relative
+
+    @property
+    def replicated(self) -> bool:
+        """Whether the layer runs on replicas (a real distributed engine per framework)."""
+        return bool(self.layer.replicas)
 
     @property
     def observes_counter(self) -> bool:
@@ -135,8 +160,13 @@ class Scenario:
         set are left out, so a scenario that does not use them keeps its digest."""
         data = asdict(self)
         data["inputs"] = {k: v.tolist() for k, v in self.inputs.items()}
-        if data["layer"]["param_dtype"] is None:
-            del data["layer"]["param_dtype"]
+        for key, unset in _UNSET_LAYER.items():
+            if data["layer"][key] == unset:
+                del data["layer"][key]
+        for step in data["steps"]:
+            for key, unset in _UNSET_STEP.items():
+                if step[key] == unset:
+                    del step[key]
         return data
 
     @classmethod
@@ -158,6 +188,12 @@ class Scenario:
         body.pop("path")
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+# optional keys that are left out of ``to_dict`` when unset, so that old scenarios keep digests
+_UNSET_LAYER = {"param_dtype": None, "renorm": None, "virtual_batch_size": None,
+                "replicas": None, "synchronized": False}
+_UNSET_STEP = {"mask": None, "trace": False, "momentum": None, "epsilon": None}
 
 
 def quantity_dtype(layer: Layer, quantity: str) -> str:

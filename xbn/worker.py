@@ -28,6 +28,22 @@ DETERMINISM_ENV = {
 }
 
 
+REPLICAS_ENV = "XBN_REPLICAS"  # how many host devices the worker's engine should offer
+
+
+def prepare_replicas(scenarios: list[dict]) -> None:
+    """Before the framework is imported: offer as many host devices as the request's
+    scenarios have replicas (JAX reads ``--xla_force_host_platform_device_count`` once, at
+    start; TensorFlow's logical CPU devices are configured by the keras engine from
+    ``XBN_REPLICAS`` before its first op). A request without replicas changes nothing."""
+    count = max((len(s["layer"].get("replicas") or ()) for s in scenarios), default=0)
+    if count < 2:
+        return
+    os.environ[REPLICAS_ENV] = str(count)
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
 def _protocol_stream():
     """Keep the real stdout for the protocol; point fd 1 at stderr for everything else."""
     proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -67,6 +83,7 @@ def main() -> int:
     request = json.loads(sys.stdin.read())
     framework = request["framework"]
     random.seed(0)
+    prepare_replicas(request["scenarios"])
 
     from .adapters.base import run_scenario
     from .registry import load_adapter
@@ -81,6 +98,7 @@ def main() -> int:
             proto.write(json.dumps({"type": "obs", **obs}, allow_nan=True) + "\n")
         proto.write(json.dumps({"type": "scenario_done", "scenario": scenario.name,
                                 "notes": adapter.notes}) + "\n")
+    adapter.close()
     proto.write(json.dumps({"type": "done"}) + "\n")
     proto.flush()
     return 0

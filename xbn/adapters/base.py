@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 
 import numpy as np
 
 from ..dtypes import round_to
-from ..registry import Capabilities, capabilities
-from ..scenario import COUNTER, STATE_QUANTITIES, Layer, Scenario, Step, chained, channel_axis
+from ..registry import Capabilities, capabilities, family_module, family_of
+from ..scenario import (
+    COUNTER,
+    REPLICA_QUANTITIES,
+    STATE_QUANTITIES,
+    Layer,
+    Scenario,
+    Step,
+    chained,
+    channel_axis,
+)
+from .errors import (  # noqa: F401 - re-exported: where exceptions come from
+    REFERENCE,
+    XBN,
+    adapter_modules,
+    describe_exception,
+    exception_origin,
+)
 
 
 class NotApplicable(Exception):
@@ -58,6 +74,9 @@ class Adapter(ABC):
 
     framework_id: str = ""
     notes: list[str]
+    # the contract's "Additions" layer keys (scenario_model.LAYER_FEATURES) this adapter
+    # expresses; a layer using any other is n/a before build, never silently ignored
+    layer_features: frozenset[str] = frozenset()
 
     def __init__(self, framework_id: str):
         self.framework_id = framework_id
@@ -98,6 +117,48 @@ class Adapter(ABC):
         raise NotApplicable(f"{self.framework_id}'s BatchNorm has no reset of its running "
                             "statistics (users re-initialize the layer or assign the values: "
                             "set_weights)")
+
+    def set_hyper(self, momentum: float | str | None, epsilon: float | None) -> None:
+        """``set`` with ``momentum``/``epsilon``: change the built layer the way the
+        framework's users do (an attribute, Flax ``clone`` with the same variables); None
+        leaves that one alone. ``momentum`` is in the Keras convention, as in ``Layer``."""
+        raise NotApplicable(f"{self.framework_id}: changing momentum/epsilon after "
+                            "construction is not expressed")
+
+    def call_masked(self, x: Array, training: bool | None, mask: Array):
+        """``call`` with ``mask`` (the input's shape without the channel axis, 1 = valid):
+        the framework's own mask argument."""
+        raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
+
+    def predict_masked(self, x: Array, mask: Array):
+        raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
+
+    def grad_masked(self, x: Array, training: bool | None, weights: Array, mask: Array) -> dict:
+        raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
+
+    def replicated(self) -> Adapter:
+        """The adapter that runs this framework's scenarios with ``replicas`` on its own
+        distributed engine: ``make_replicated(self)`` of ``xbn.adapters.<family>.replicas``,
+        made once per worker (process groups and devices are set up once). Its ``state()``
+        adds ``replica_moving_mean``/``replica_moving_variance`` ([R, C])."""
+        if getattr(self, "_replicated", None) is None:
+            family = family_of(self.framework_id)
+            try:
+                module = family_module(family.id, "replicas") if family else None
+            except ModuleNotFoundError:
+                module = None
+            if module is None:
+                raise NotApplicable(f"{self.framework_id}: no distributed engine is wired up "
+                                    "for replicas")
+            self._replicated = module.make_replicated(self)
+        return self._replicated
+
+    def close(self) -> None:
+        """Release what the adapter holds outside its process (a replicated engine's
+        processes and ports). The worker calls it once at the end."""
+        engine = getattr(self, "_replicated", None)
+        if engine is not None and engine is not self:
+            engine.close()
 
     @abstractmethod
     def fit(self, x: Array, target: Array, step: Step, fresh_optimizer: bool) -> float:
@@ -193,51 +254,6 @@ def _as_record(value) -> tuple[list | float | None, str | None]:
     return arr.tolist(), dtype
 
 
-def describe_exception(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()
-    first = message[0] if message else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-XBN = "xbn"  # the origin of an exception raised by xbn's own code (an adapter, the driver)
-REFERENCE = "reference"  # xbn/reference.py, which raises where it models a framework's refusal
-
-
-def _innermost_frame(exc: BaseException):
-    tb = exc.__traceback__
-    # JAX hides its own frames from tracebacks that cross a transformation (jit, grad) and
-    # keeps the whole one on the cause it attaches (jax._src.traceback_util)
-    cause = exc.__cause__
-    if cause is not None and type(cause).__name__ == "UnfilteredStackTrace" and \
-            cause.__traceback__ is not None:
-        tb = cause.__traceback__
-    last = None
-    while tb is not None:
-        last, tb = tb, tb.tb_next
-    return None if last is None else last.tb_frame
-
-
-def exception_origin(exc: BaseException, own: Iterable[str] = ()) -> str:
-    """Where ``exc`` was raised: the top-level package of the innermost traceback frame
-    ("torch", "keras", "jax", "flax", ...), "reference" for xbn/reference.py and "xbn" for the
-    rest of xbn and for the modules in ``own`` (an adapter's own code, plugins included). An
-    exception from xbn's code is a defect of the adapter, never the framework's answer."""
-    frame = _innermost_frame(exc)
-    if frame is None:
-        return "unknown"
-    module = frame.f_globals.get("__name__") or ""
-    if module == "xbn.reference":
-        return REFERENCE
-    if module in set(own) or module == XBN or module.startswith(XBN + "."):
-        return XBN
-    return module.split(".")[0] or "unknown"
-
-
-def adapter_modules(adapter: Adapter) -> set[str]:
-    """The modules that define the adapter's class and its bases (its own code)."""
-    return {cls.__module__ for cls in type(adapter).__mro__}
-
-
 def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
     """Walk the scenario's steps; yield one observation dict per quantity after each step."""
     layer = scenario.layer
@@ -256,6 +272,13 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
         return obs
 
     try:
+        if layer.replicas:
+            adapter = adapter.replicated()
+            own = own | adapter_modules(adapter)
+        for feature in layer.features_used():
+            if feature not in adapter.layer_features:
+                raise NotApplicable(f"{adapter.framework_id}'s BatchNorm has no "
+                                    f"{feature.replace('_', ' ')}")
         adapter.build(layer)
     except Exception as exc:  # every step reports why the layer could not be built
         status = "n/a" if isinstance(exc, NotApplicable) else "error"
@@ -270,7 +293,8 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
     last_optimizer: dict | None = None
     # every step's output, for later steps whose input is "@N" (this framework's own output)
     outputs: dict[int, np.ndarray] = {}
-    state_quantities = STATE_QUANTITIES + ((COUNTER,) if scenario.observes_counter else ())
+    state_quantities = STATE_QUANTITIES + ((COUNTER,) if scenario.observes_counter else ()) + \
+        (REPLICA_QUANTITIES if scenario.replicated else ())
     for step in scenario.steps:
         produced: dict = {}
         status, message, origin = "ok", None, None
@@ -328,7 +352,7 @@ def _exists(layer: Layer, quantity: str) -> bool:
         return layer.scale
     if quantity == "beta":
         return layer.center
-    return layer.track_running_stats
+    return layer.track_running_stats  # the running statistics, their replicas' copies, the count
 
 
 def _input(scenario: Scenario, step: Step, outputs: dict) -> np.ndarray:
@@ -356,22 +380,28 @@ def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer,
             adapter.set_trainable(step.trainable)
         if step.mode is not None:
             adapter.set_mode(step.mode)
+        if step.momentum is not None or step.epsilon is not None:
+            adapter.set_hyper(step.momentum, step.epsilon)
         return result
     if op == "set_weights":
         adapter.set_weights({k: np.asarray(v, dtype=np.float64) for k, v in step.values.items()})
         return result
     x = _input(scenario, step, outputs or {})
+    mask = None if step.mask is None else inputs[step.mask]
     for _ in range(step.repeat):
         if op == "call":
-            result = {"output": adapter.call(x, step.training)}
+            result = {"output": adapter.call(x, step.training) if mask is None
+                      else adapter.call_masked(x, step.training, mask)}
         elif op == "predict":
-            result = {"output": adapter.predict(x)}
+            result = {"output": adapter.predict(x) if mask is None
+                      else adapter.predict_masked(x, mask)}
         elif op == "fit":
             fresh = last_optimizer != asdict(step.optimizer)
             result = {"loss": adapter.fit(x, inputs[step.target], step, fresh)}
             last_optimizer = asdict(step.optimizer)
         elif op == "grad":
-            result = adapter.grad(x, step.training, inputs[step.weights])
+            result = adapter.grad(x, step.training, inputs[step.weights]) if mask is None \
+                else adapter.grad_masked(x, step.training, inputs[step.weights], mask)
         else:  # pragma: no cover - the loader rejects unknown ops
             raise AssertionError(op)
     return result
