@@ -16,7 +16,7 @@ import pytest
 
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
-from xbn.comparison import agreement
+from xbn.comparison import agreement, row_at
 from xbn.profiles import error_problems, known_divergence, known_divergences, semantics_of
 from xbn.registry import FRAMEWORK_IDS
 from xbn.runner import run
@@ -43,7 +43,7 @@ def _profiled(semantics, scenario) -> dict:
     profiles, and the switch search asks again: computed once)."""
     key = (semantics, scenario.digest)
     if key not in _PROFILED:
-        _PROFILED[key] = {(o["step"], o["quantity"]): o
+        _PROFILED[key] = {row_at(o): o
                           for o in run_scenario(NumpyAdapter("numpy", semantics), scenario)}
     return _PROFILED[key]
 
@@ -87,13 +87,13 @@ def test_framework_matches_its_profile(observed, framework):
         # an error raised by xbn's own code fails wherever it is; where the profile refuses
         # too, the framework's exception must be the type its profile declares (ERRORS)
         problems += error_problems(
-            framework, {(scenario.name, o["step"], o["quantity"]): o
+            framework, {(scenario.name, *row_at(o)): o
                         for o in rows.get((framework, scenario.name), [])},
             {(scenario.name, *key): o for key, o in want.items()})
         for got in _checked(framework, scenario, rows):
             if _known(framework, scenario, got):
                 continue
-            why = _departure(got, want.get((got["step"], got["quantity"])))
+            why = _departure(got, want.get(row_at(got)))
             if why:
                 problems.append(f"{(scenario.name, got['step'], got['quantity'])}: {why}")
     if problems:
@@ -120,7 +120,7 @@ def _which_switch(framework: str, scenarios, rows: dict) -> str:
 def _reproduces(semantics, scenario, framework: str, rows: dict) -> bool:
     want = _profiled(semantics, scenario)
     return all(_known(framework, scenario, got)
-               or _departure(got, want.get((got["step"], got["quantity"]))) is None
+               or _departure(got, want.get(row_at(got))) is None
                for got in _checked(framework, scenario, rows))
 
 
@@ -135,7 +135,7 @@ def test_known_divergences_are_still_real(observed):
             want = _profiled(semantics_of(fw), scenario)
             for o in _checked(fw, scenario, rows):
                 if _known(fw, scenario, o) is d and \
-                        _departure(o, want.get((o["step"], o["quantity"]))):
+                        _departure(o, want.get(row_at(o))):
                     departed.add(o["quantity"])
         stale += [f"{q} no longer departs: remove it from {d}"
                   for q in d["quantity"] if q not in departed]

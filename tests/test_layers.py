@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[1] / "xbn"
 
 # The ground floor: plain data and the specification. They import only each other.
 GROUND = ("xbn._version", "xbn.dtypes", "xbn.scenario", "xbn.scenario_model",
-          "xbn.scenario_additions", "xbn.registry",
+          "xbn.scenario_additions", "xbn.scenario_ddp", "xbn.registry",
           "xbn.strict", "xbn.semantics",
-          "xbn.jsonio", "xbn.reference", "xbn.numerics")
+          "xbn.jsonio", "xbn.reference", "xbn.numerics", "xbn.reference_replicas",
+          "xbn.profiles_replicas", "xbn.reference_renorm", "xbn.reference_mask",
+          "xbn.reference_edges", "xbn.profiles_edges")
 MAX_LINES = 420
 
 

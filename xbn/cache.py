@@ -16,11 +16,14 @@ An entry is keyed by everything that can change its bits, so a stale entry is ne
 - the device and determinism settings: Python, OS, machine, the CPU's model and feature
   flags (fused multiply-adds change float32 bits), the environment the worker is given
   (``worker.DETERMINISM_ENV`` and the framework's own), and the variables of the caller's
-  environment that a worker inherits and that change numerics.
+  environment that a worker inherits and that change numerics;
+- for an ``ID@DEVICE`` id (``torch@cuda``), the id itself, the device's worker environment and
+  the accelerator (GPU models and driver read from /proc, ``devices.accelerator``).
 
 ``xbn check`` and ``xbn snapshot`` never use the cache: a check exists to re-run. The cache
 lives in the user cache directory (``$XBN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xbn``, else
-``~/.cache/xbn``); ``--no-cache`` bypasses it and ``xbn cache clear`` empties it. Entries are
+``~/.cache/xbn``), next to JAX's compilation cache of the JAX workers (``compile_env``);
+``--no-cache`` bypasses both and ``xbn cache clear`` empties both. Entries are
 plain JSON written through a rename, so an interrupted write leaves no half entry; an entry
 that cannot be read is a miss (and is removed).
 """
@@ -40,7 +43,8 @@ from pathlib import Path
 from ._version import __version__
 
 ENTRY_SCHEMA = 1
-KINDS = ("results", "explanations", "reports", "timings")  # the folders under the cache directory
+# the folders under the cache directory ("jax": JAX's own compilation cache, ``compile_env``)
+KINDS = ("results", "explanations", "reports", "timings", "jax")
 # Inherited by the workers (not overwritten by DETERMINISM_ENV) and able to change results.
 NUMERIC_ENV = ("TF_ENABLE_ONEDNN_OPTS", "JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION",
                "JAX_DEFAULT_DTYPE_BITS", "ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES",
@@ -92,9 +96,10 @@ def device() -> dict:
 def _versions(framework: str) -> dict[str, str | None]:
     """Installed versions of every distribution the framework names, and numpy's (read once
     per process: a run's keys are made for every scenario)."""
+    from .devices import base_id
     from .registry import FRAMEWORKS
 
-    info = FRAMEWORKS[framework]
+    info = FRAMEWORKS[base_id(framework)]
     names = {"numpy"} | {d for spec in (*info.distributions, *info.requires)
                          for d in spec.split("|")}
     found = {}
@@ -108,21 +113,26 @@ def _versions(framework: str) -> dict[str, str | None]:
 
 def key_fields(scenario, framework: str) -> dict:
     """Everything an entry depends on (see the module docstring), as plain data."""
+    from .devices import accelerator, base_id, device_env
     from .registry import FRAMEWORKS, module_path
     from .worker import DETERMINISM_ENV
 
-    return {
+    base = base_id(framework)
+    fields = {
         "entry_schema": ENTRY_SCHEMA,
         "scenario": scenario.digest,
         "framework": framework,
-        "adapter": module_path(framework),
+        "adapter": module_path(base),
         "versions": _versions(framework),
         "xbn": __version__,
         "xbn_source": source_digest(),
         "device": device(),
-        "determinism": {**DETERMINISM_ENV, **FRAMEWORKS[framework].env},
+        "determinism": device_env(framework, {**DETERMINISM_ENV, **FRAMEWORKS[base].env}),
         "environment": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ},
     }
+    if base != framework:  # ID@DEVICE: which accelerator (a CPU id's key is unchanged)
+        fields["accelerator"] = accelerator(framework)
+    return fields
 
 
 def derived_key(*parts) -> str:
@@ -148,12 +158,13 @@ def report_key(scenarios, frameworks: list[str] | None, reference: str) -> str:
     """The key of a whole written report (``xbn report``): the result entries' keys of every
     scenario x framework it shows, what is installed (an unavailable framework is a column),
     and the reference; ``derived_key`` adds xbn's source, which makes the report from them."""
+    from .devices import base_id
     from .registry import availability
 
     avail = availability()
     ids = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
-    keys = [[fid, avail[fid]["available"]] + ([entry_key(s, fid) for s in scenarios]
-                                             if avail[fid]["available"] else [])
+    keys = [[fid, avail[base_id(fid)]["available"]] + ([entry_key(s, fid) for s in scenarios]
+                                                      if avail[base_id(fid)]["available"] else [])
             for fid in ids]
     return derived_key("report", reference, [s.name for s in scenarios], keys)
 
@@ -257,6 +268,19 @@ class ResultCache:
     def note_seconds(self, framework: str, seconds: float) -> None:
         kept = self.get_json("timings", "framework-seconds") or {}
         self.put_json("timings", "framework-seconds", {**kept, framework: round(seconds, 3)})
+
+    def compile_env(self) -> dict[str, str]:
+        """The environment that points a JAX worker at JAX's persistent compilation cache in
+        this cache directory, every executable kept (minimum compile time 0 s): the JAX
+        adapters run op by op, and each small primitive they compile for a new shape is worth
+        keeping for the next run that misses the result cache (an edit of xbn re-runs
+        everything). JAX keys each executable by its program, the compile options, the XLA
+        flags and jax/jaxlib's versions, and a kept executable gives the bits a fresh compile
+        gives (``tests/test_worker_groups.py``). Emptied by ``clear``; never used by a run
+        without this cache (``--no-cache``, ``xbn check``)."""
+        return {"JAX_COMPILATION_CACHE_DIR": str(self.root / "jax"),
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
     def entries(self) -> list[Path]:
         return sorted((self.root / "results").glob("*/*.json"))

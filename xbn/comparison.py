@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from .dtypes import EPS, ulp_distance
-from .scenario import COUNTER, STATE_QUANTITIES
+from .scenario import COUNTER, RENORM_QUANTITIES, REPLICA_QUANTITIES, STATE_QUANTITIES
 
 QUANTITY_ORDER = ("output", "loss", "grad_input", "grad_gamma", "grad_beta", *STATE_QUANTITIES,
-                  COUNTER)
+                  COUNTER, *REPLICA_QUANTITIES, *RENORM_QUANTITIES)
 
 DEFAULT_K = 16.0
 # "scale": the magnitude of the terms behind the value (the reference records it; else None)
@@ -36,20 +36,48 @@ COLUMNS = ["scenario", "step", "op", "framework", "quantity", "status", "value",
 DIFF_COLUMNS = ["scenario", "step", "op", "quantity", "framework", "reference", "dtype",
                 "max_abs", "max_rel", "max_ulp", "tolerance", "verdict", "explanation", "message"]
 VERDICTS = ("same", "differs", "error", "n/a")
+# a traced step's observations carry "rep" (0-based repetition); frames get the column only
+# when some row has one, so untraced runs keep their columns (and reports) as they were
+REP = "rep"
+
+
+def rep_of(obs) -> int | None:
+    """The repetition a traced observation records; None for an untraced one (no key, or an
+    empty cell of a frame's ``rep`` column)."""
+    rep = _field(obs, REP)
+    return None if rep is None or pd.isna(rep) else int(rep)
+
+
+def row_at(obs) -> tuple:
+    """Where an observation sits in its scenario's run: (step, quantity), with the repetition
+    appended for a traced step. Rows of two runs pair up by it (with scenario, framework)."""
+    at = (int(_field(obs, "step")), _field(obs, "quantity"))
+    rep = rep_of(obs)
+    return at if rep is None else (*at, rep)
+
+
+def with_rep(columns: list[str]) -> list[str]:
+    """``columns`` with ``rep`` after ``step``: a table's columns when some row is traced."""
+    i = columns.index("step") + 1
+    return [*columns[:i], REP, *columns[i:]]
 
 
 def observations_frame(records: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    traced = any(r.get(REP) is not None for r in records)
+    frame = pd.DataFrame.from_records(records, columns=with_rep(COLUMNS) if traced else COLUMNS)
     if frame.empty:
         return frame
     frame["step"] = frame["step"].astype(int)
+    if traced:  # None where untraced (never NaN), so that keys compare
+        frame[REP] = pd.Series([rep_of(r) for r in records], dtype=object)
     frame["scale"] = pd.Series([_scale(s) for s in frame["scale"]], index=frame.index,
                                dtype=object)  # None where unknown, never NaN
     order = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
     frame["_q"] = frame["quantity"].map(lambda q: order.get(q, len(order)))
-    frame = frame.sort_values(["scenario", "step", "_q", "framework"], kind="stable",
+    frame["_r"] = [-1 if r is None else r for r in frame[REP]] if traced else 0
+    frame = frame.sort_values(["scenario", "step", "_r", "_q", "framework"], kind="stable",
                               ignore_index=True)
-    return frame.drop(columns="_q")
+    return frame.drop(columns=["_q", "_r"])
 
 
 def less_precise(a: str | None, b: str | None) -> str:
@@ -110,14 +138,16 @@ def measure(value, ref, dtype: str, k: float = DEFAULT_K, terms: float | None = 
 
 
 def _row_key(frame: pd.DataFrame) -> pd.Series:
-    return list(zip(frame["scenario"], frame["step"], frame["quantity"], strict=True))
+    reps = frame[REP] if REP in frame.columns else [None] * len(frame)
+    return list(zip(frame["scenario"], frame["step"], frame["quantity"], reps, strict=True))
 
 
 def diff_table(obs: pd.DataFrame, reference: str = "numpy", k: float = DEFAULT_K) -> pd.DataFrame:
     """One row per (scenario, step, quantity, framework other than the reference)."""
     rows = []
+    columns = with_rep(DIFF_COLUMNS) if REP in obs.columns else DIFF_COLUMNS
     if obs.empty:
-        return pd.DataFrame(columns=DIFF_COLUMNS)
+        return pd.DataFrame(columns=columns)
     keyed = list(zip(_row_key(obs), obs.itertuples(index=False), strict=True))
     refs = {key: row for key, row in keyed if row.framework == reference}
     # another reference is compared at the scale of the float64 reference's terms, if it ran
@@ -126,7 +156,12 @@ def diff_table(obs: pd.DataFrame, reference: str = "numpy", k: float = DEFAULT_K
         if row.framework == reference:
             continue
         rows.append(_diff_row(row, refs.get(key), reference, k, terms.get(key)))
-    return pd.DataFrame.from_records(rows, columns=DIFF_COLUMNS)
+        if REP in obs.columns:
+            rows[-1][REP] = key[3]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    if REP in columns:
+        frame[REP] = pd.Series([r.get(REP) for r in rows], dtype=object)
+    return frame
 
 
 def _diff_row(row, ref, reference: str, k: float, terms: float | None = None) -> dict:

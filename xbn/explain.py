@@ -26,11 +26,14 @@ import pandas as pd
 
 from .adapters.base import run_scenario
 from .adapters.numpy.adapter import NumpyAdapter
-from .comparison import agreement
+from .comparison import agreement, row_at
+from .devices import base_id
 from .explain_bounds import ALGORITHMS, bound_text, corner_changes, within
 from .profiles import PROFILES, differences, error_mismatch, known_divergence
 from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
+from .reference_edges import relevant_edges
 from .scenario import Scenario
+from .semantics import EDGE_SWITCHES, REPLICA_SWITCHES
 
 UNEXPLAINED = ("unexplained: no single switch, pair, native rounding, declared profile or "
                "rounding bound reproduces it")
@@ -72,14 +75,24 @@ def relevant_switches(scenario: Scenario) -> set[str]:
         found |= {"default_momentum", "default_epsilon"}
     elif not layer.cumulative:
         found.add("momentum_convention")
+    found |= relevant_edges(scenario)  # an empty input; a set of momentum/epsilon
+    if layer.replicas:  # elsewhere the replica switches change nothing: never tried
+        found.add("replica_readback")
+        if training:
+            found |= {"synchronized_statistics", "replica_variance_count"} \
+                if layer.synchronized else {"unsynchronized_statistics"}
     return found
 
 
-def _profile(framework: str | None) -> list[dict]:
-    """The framework's declared profile: its semantic switches, then with its arithmetic."""
+def _profile(framework: str | None, only: set[str] | None = None) -> list[dict]:
+    """The framework's declared profile: its semantic switches, then with its arithmetic.
+    The replica switches only where ``only`` (``relevant_switches``) names them: in a
+    scenario without replicas they would cost a minimization rerun each and change nothing."""
+    framework = base_id(framework) if framework else framework  # torch@cuda: torch's
     if framework not in PROFILES:
         return []
-    declared = differences(framework)
+    declared = {k: v for k, v in differences(framework).items()
+                if k not in REPLICA_SWITCHES + EDGE_SWITCHES or (only is not None and k in only)}
     return [{k: v for k, v in declared.items() if k in SWITCH_VALUES}, declared]
 
 
@@ -88,7 +101,7 @@ def candidates(framework: str | None = None, only: set[str] | None = None) -> li
     switches, native rounding, the declared profile, pairs, a switch with native rounding)."""
     singles = _flips(SWITCH_VALUES, only)
     native = [NATIVE] + [{**NATIVE, **f} for f in _flips(NUMERIC_SWITCH_VALUES)]
-    profile = _profile(framework)
+    profile = _profile(framework, only)
     numeric = {k: v for k, v in profile[-1].items() if k not in SWITCH_VALUES} if profile else {}
     pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2) if set(a).isdisjoint(b)]
     mixed = [{**s, **n} for s in singles for n in ([NATIVE, numeric] if numeric else [NATIVE])]
@@ -98,7 +111,7 @@ def candidates(framework: str | None = None, only: set[str] | None = None) -> li
 def explanation_order(framework: str | None, only: set[str] | None = None) -> list[dict]:
     """``candidates`` with the framework's declared profile first: among settings that
     reproduce every row, the framework's own (the part of it that matters) is the cause."""
-    return _unique(_profile(framework) + candidates(framework, only))
+    return _unique(_profile(framework, only) + candidates(framework, only))
 
 
 def _unique(changes: list[dict]) -> list[dict]:
@@ -133,8 +146,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
     if reference != "numpy" or diffs.empty:
         return diffs
     by_name = {s.name: s for s in scenarios}
-    values = {(r.scenario, r.step, r.quantity, r.framework): r
-              for r in obs.itertuples(index=False)}
+    values = {(r.scenario, r.framework, *row_at(r)): r for r in obs.itertuples(index=False)}
     runs: dict[tuple, _LazyRun] = {}
 
     def observe(name: str, change: dict) -> _LazyRun:
@@ -153,7 +165,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         scenario = by_name[name]
         mine, targets = {}, []
         for i, r in zip(rows.index, rows.itertuples(index=False), strict=True):
-            o = values.get((name, r.step, r.quantity, framework))
+            o = values.get((name, framework, *row_at(r)))
             if o is None or r.verdict not in ("same", "differs", "error") or \
                     (r.verdict != "same" and not pd.isna(r.explanation)):
                 continue
@@ -182,7 +194,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
 
 
 def _row_name(o) -> str:
-    return f"{o.step}/{o.quantity}"
+    return "/".join(str(v) for v in row_at(o))  # step/quantity[/rep]
 
 
 def _search_key(scenario: Scenario, framework: str, mine: dict, targets: list, k: float) -> str:
@@ -214,7 +226,7 @@ class _LazyRun:
         if o is None:
             self._source = iter(())
             return False
-        self._rows[(o["step"], o["quantity"])] = o
+        self._rows[row_at(o)] = o
         self._last = o["step"]
         return True
 
@@ -248,7 +260,7 @@ class _Search:
         matched = self.rows.setdefault(key, {})
         if i not in matched:
             m = self.mine[i]
-            matched[i] = _match(m, self.observe(change).get((m.step, m.quantity)), self.k)
+            matched[i] = _match(m, self.observe(change).get(row_at(m)), self.k)
         return matched[i]
 
     def covers(self, change: dict, need) -> bool:
@@ -271,7 +283,7 @@ class _Search:
         corners = [self.observe(c).full() for c in corner_changes(centre_change)]
         found = {}
         for i, m in self.mine.items():
-            row = (m.step, m.quantity)
+            row = row_at(m)
             w = within(m, centre.get(row), [c.get(row) for c in corners], self.k)
             if w is not None:
                 found[i] = w
@@ -322,7 +334,7 @@ class _Search:
                                                 getattr(scenario.layer, "state_dtype", None)) \
             else "float32"
         if "variance_update" in relevant_switches(scenario):  # batch statistics are computed
-            for base, algorithm in self._bound_options(framework):
+            for base, algorithm in self._bound_options(framework, relevant_switches(scenario)):
 
                 def hits_of(b, algorithm=algorithm):
                     return self.bound_hits(b, algorithm)
@@ -336,11 +348,11 @@ class _Search:
                 self.bounds.append((base, algorithm, hits))
         return self._partial(targets, arithmetic)
 
-    def _bound_options(self, framework: str) -> list[tuple[dict, str]]:
+    def _bound_options(self, framework: str, only: set[str]) -> list[tuple[dict, str]]:
         """(semantic switches, variance formula) to bound: the two-pass variance's rounding,
         then the one-pass formula only where the framework declares it (a bound that can
         reach a negative variance holds nearly anything: it explains only what it names)."""
-        profile = _profile(framework)
+        profile = _profile(framework, only)
         bases = _unique(profile[:1]) + [{}]
         declared = profile[-1].get("variance_algorithm") if profile else None
         algorithms = ["two_pass"] + [a for a in ALGORITHMS if a == declared != "two_pass"]
@@ -379,8 +391,9 @@ class _Search:
         return kind, change, algorithm, self.bound_hits(change, algorithm)
 
     def _missed(self, hits: dict) -> str:
-        missed = sorted((m.step, m.quantity) for i, m in self.mine.items() if i not in hits)
-        names = [f"step {s} {q}" for s, q in missed[:MISSED_SHOWN]]
+        missed = sorted(row_at(m) for i, m in self.mine.items() if i not in hits)
+        names = [f"step {s} {q}" + "".join(f" rep {r}" for r in rep)
+                 for s, q, *rep in missed[:MISSED_SHOWN]]
         more = f" and {len(missed) - MISSED_SHOWN} more" if len(missed) > MISSED_SHOWN else ""
         return (f"; partial: reproduces {len(hits)} of {len(self.mine)} rows, not "
                 + ", ".join(names) + more)
@@ -402,6 +415,6 @@ def _match(mine, cand: dict | None, k: float) -> bool | None:
     if cand is not None and mine.status == "error" and cand["status"] == "error" \
             and mine.framework in PROFILES:  # else (plugins, tests): the exception type decides
         got = mine._asdict() if hasattr(mine, "_asdict") else dict(mine)
-        return False if error_mismatch(mine.framework, got, cand) is None else None
+        return False if error_mismatch(base_id(mine.framework), got, cand) is None else None
     a = agreement(mine, cand, k)
     return a.exact if a.agree else None

@@ -65,6 +65,7 @@ def within(mine, centre: dict | None, corners: list[dict | None], k: float):
         dtype = less_precise(mine.dtype, centre["dtype"])
         tol = k * EPS[dtype] * tolerance_scale(mid, centre.get("scale"))
         inside = ((value >= low - tol) & (value <= high + tol)) | (np.isnan(value) & open_)
+        inside &= ~(np.isnan(mid) & ~np.isnan(value))  # the centre's NaN bounds nothing finite
         if not inside.all():
             return None
         gap = np.abs(value - mid)

@@ -43,6 +43,7 @@ class Change:
     max_ulp: float | None = None
     tolerance: float | None = None
     explanation: str = ""
+    rep: int | None = None  # the repetition of a traced step
 
 
 @dataclass
@@ -163,7 +164,7 @@ def compare_run(snapshot: Snapshot, observations: list[dict], now: dict[str, dic
 
 
 def _key(o: dict) -> tuple:
-    return (o["scenario"], o["step"], o["framework"], o["quantity"])
+    return (o["scenario"], o["step"], o["framework"], o["quantity"], o.get("rep"))
 
 
 def classify(old: dict | None, new: dict | None, k: float = 0.0) -> Change | None:
@@ -173,7 +174,8 @@ def classify(old: dict | None, new: dict | None, k: float = 0.0) -> Change | Non
 
     def change(kind: str, **extra) -> Change:
         return Change(some["scenario"], some["step"], some["op"], some["framework"],
-                      some["quantity"], kind, _side(old), _side(new), **extra)
+                      some["quantity"], kind, _side(old), _side(new), rep=some.get("rep"),
+                      **extra)
 
     if new is None:
         return change("missing")

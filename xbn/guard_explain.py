@@ -19,7 +19,7 @@ import numpy as np
 
 from .adapters.base import run_scenario
 from .adapters.numpy.adapter import NumpyAdapter
-from .comparison import DEFAULT_K, agreement
+from .comparison import DEFAULT_K, agreement, row_at
 from .explain import candidates, relevant_switches
 from .profiles import PROFILES, semantics_of
 from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
@@ -115,7 +115,7 @@ class Explainer:
             # an answer ("this setting does not reproduce it"), not something to print.
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                self._runs[key] = {(o["step"], o["quantity"]): o
+                self._runs[key] = {row_at(o): o
                                    for o in run_scenario(adapter, self.by_name[scenario])}
         return self._runs[key]
 
@@ -165,7 +165,7 @@ class Explainer:
         also say so when only one of them is reproduced)."""
         if change.scenario not in self.by_name:
             return None
-        key = (change.step, change.quantity)
+        key = row_at(change)
 
         def hit(sem: Semantics, obs: dict) -> bool:
             return reproduces(obs, self.observe(change.scenario, sem).get(key))

@@ -25,7 +25,7 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from . import registry
+from . import profiles_edges, profiles_replicas, registry
 from .dtypes import DTYPES
 from .reference import Semantics
 from .scenario import OPS, QUANTITIES
@@ -58,6 +58,7 @@ _keras3 = {
     "momentum_convention": Fact("keras", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
     "frozen_fit": Fact("runs", "keras/src/backend/tensorflow/trainer.py:86 warns 'The model does not have any trainable weights' and trains nothing"),
     "reset": Fact("none", f"{KERAS3}: BatchNormalization defines no reset; users assign the variables"),
+    "mask": Fact("weighted", f"{KERAS3}:434-466 _moments: sum over valid / (count + backend.epsilon()): a fully masked batch gives 0, 0"),
     "zero_epsilon": Fact("accepted", f"{KERAS3}:192 self.epsilon = float(epsilon), unchecked"),
     "default_momentum": Fact(0.99, f"{KERAS3} __init__"),
     "default_epsilon": Fact(1e-3, f"{KERAS3} __init__"),
@@ -74,6 +75,7 @@ _flax_common = {
     "momentum_convention": Fact("keras", f"{FLAX}:402-404"),
     "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
     "reset": Fact("none", "flax has no reset: the statistics are the 'batch_stats' collection, re-initialized by init()"),
+    "mask": Fact("weighted_nan", f"{FLAX}:119-122 x.mean(axes, where=mask): 0/0 = NaN for a fully masked batch"),
     "zero_epsilon": Fact("accepted", f"{FLAX}: epsilon is added to the variance unchecked (rsqrt(var + epsilon))"),
     "default_momentum": Fact(0.99, f"{FLAX}:310"),
     "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
@@ -95,6 +97,7 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "frozen_fit": Fact("error", "torch/autograd: backward() raises 'element 0 of tensors does not require grad' after the forward pass updated the running statistics"),
         "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to torch's 1 - m; a native torch momentum is read in torch's convention (momentum_convention=torch)"),
         "reset": Fact("running_stats", f"{TORCH}:91-97 reset_running_stats(): running_mean 0, running_var 1, num_batches_tracked 0"),
+        "mask": Fact("none", f"{TORCH}:176 forward(self, input): no mask argument"),
         "zero_epsilon": Fact("error", "torch/nn/functional.py:2891-2894 batch_norm: `if training and eps <= 0.0: raise ValueError` (training: batch statistics, also eval without running statistics)"),
         "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
         "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
@@ -107,6 +110,7 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "bare_call": Fact("inference", f"{TFK}:1312 backend.learning_phase() is 0 in eager mode"),
         "adam_form": Fact("eps_hat", "tf_keras/src/optimizers/adam.py:179,213"),
         "reset": Fact("none", f"{TFK}: BatchNormalizationBase defines no reset"),
+        "mask": Fact("weighted_unfused", f"{TFK}:1132-1149 tf.nn.weighted_moments (div_no_nan); {TFK}:896-905 the fused kernel warns and ignores the mask"),
         "zero_epsilon": Fact("accepted", f"{TFK}:214 self.epsilon = epsilon, unchecked; tf.compat.v1.nn.fused_batch_norm accepts 0 on CPU (experiment)"),
         "default_momentum": Fact(0.99, f"{TFK}:1462"),
         "default_epsilon": Fact(1e-3, f"{TFK}:1463"),
@@ -129,6 +133,7 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", "haiku/_src/moving_averages.py: hidden*decay + value*(1-decay)"),
         "reset": Fact("none", f"{HK}: no reset; the statistics are haiku state, re-initialized by init()"),
+        "mask": Fact("none", f"{HK}:127-134 __call__(inputs, is_training, test_local_stats, scale, offset): no mask"),
         "zero_epsilon": Fact("accepted", f"{HK}: eps is added to the variance unchecked"),
         "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
         "default_epsilon": Fact(1e-5, f"{HK}:69"),
@@ -145,6 +150,7 @@ SEMANTICS: dict[str, dict[str, Fact]] = {
         "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
         "momentum_convention": Fact("keras", f"{EQX}:235-236 (1-m)*batch + m*running"),
         "reset": Fact("none", f"{EQX}: no reset; the statistics are eqx.nn.State, re-made by make_with_state()"),
+        "mask": Fact("none", f"{EQX}:174-181 __call__(x, state, *, key, inference): no mask"),
         "zero_epsilon": Fact("accepted", f"{EQX}: eps is added to the variance unchecked"),
         "default_momentum": Fact(0.99, f"{EQX}:101"),
         "default_epsilon": Fact(1e-5, f"{EQX}:102"),
@@ -167,7 +173,8 @@ class Raises:
 
 # Switch values that make a framework refuse.
 REFUSING = {"batch_of_one": "error", "bare_call": "error", "frozen_fit": "error",
-            "zero_epsilon": "error"}
+            "zero_epsilon": "error", "synchronized_statistics": "error",
+            "unsynchronized_statistics": "error", **profiles_edges.REFUSING}
 
 # Per implementation (the keys of SEMANTICS): switch -> what is raised.
 ERRORS: dict[str, dict[str, Raises]] = {
@@ -202,6 +209,8 @@ ERRORS: dict[str, dict[str, Raises]] = {
                             "is_training has no default"),
     },
 }
+for _table, _raises in (*profiles_replicas.ERRORS.items(), *profiles_edges.ERRORS.items()):
+    ERRORS.setdefault(_table, {}).update({k: Raises(*v) for k, v in _raises.items()})
 
 
 def declared_error(framework_id: str, switch: str) -> Raises | None:
@@ -306,7 +315,9 @@ NUMERICS: dict[str, dict[str, Fact]] = {
 
 
 def _profile(p: registry.Profile) -> dict[str, Fact]:
-    return {**SEMANTICS[p.semantics], **(NUMERICS[p.numerics] if p.numerics else {})}
+    extra = profiles_edges.outside_facts(p.semantics, p.numerics)  # replica and edge switches
+    return {**SEMANTICS[p.semantics], **{k: Fact(*v) for k, v in extra.items()},
+            **(NUMERICS[p.numerics] if p.numerics else {})}
 
 
 # framework id -> switch -> Fact, for every registered framework (all have a profile).

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import numerics
+from . import reference_edges as edges
 from .dtypes import round_to
 from .numerics import channels_last_2d as _channels_last_2d
 from .numerics import restore as _restore
+from .reference_renorm import Renorm, compose, ghost_groups, ghost_moments, group_sum
 from .scenario import Layer, Optimizer
 from .semantics import (  # noqa: F401 - re-exported: the reference's vocabulary
     INTERVAL_FIELDS,
@@ -68,6 +70,10 @@ class ReferenceBatchNorm:
         self.moving_variance = np.full(c, self.sem.initial_variance, ft) if self.track else None
         # the EMA's own accumulators: equal to the moving statistics unless debiased
         self.hidden_mean, self.hidden_variance = self.moving_mean, self.moving_variance
+        # Keras' Batch Renormalization and tf-keras' ghost batches (xbn.reference_renorm)
+        self.renorm = Renorm(layer.renorm, c, self.sem.initial_variance, ft) \
+            if layer.renorm is not None and self.track else None
+        self.virtual_batch_size = layer.virtual_batch_size
         self.num_batches = 0
         # term magnitudes (xbn.numerics) of the last operation's values and the running mean
         self._terms: dict = {}
@@ -75,6 +81,7 @@ class ReferenceBatchNorm:
         self.trainable = True
         self.module_training = True  # torch modules start in train mode
         self.optimizer: _OptimizerState | None = None
+        self.traced = edges.TracedFunctions(self.sem.traced_functions)  # Keras' cached functions
 
     # -- mode resolution -------------------------------------------------------------
     def effective_training(self, training: bool | None) -> bool:
@@ -91,6 +98,8 @@ class ReferenceBatchNorm:
 
     # -- forward -----------------------------------------------------------------------
     def _batch_stats(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "rows", None) is not None:  # a mask's valid rows: xbn.reference_mask
+            return self.rows.moments(self, x2)
         n = x2.shape[0]
         if n == 1 and self.sem.batch_of_one == "error":
             raise ValueError(
@@ -114,16 +123,25 @@ class ReferenceBatchNorm:
 
     def _bessel(self) -> bool:
         rule = self.sem.variance_update
-        fused = self.layer.rank in (4, 5) and self.layer.dtype != "float64"
+        fused = self.layer.rank in (4, 5) and self.layer.dtype != "float64" and \
+            not self.layer.features_used()  # tf-keras: no fused kernel for these
         return rule == "unbiased" or (rule == "fused" and fused)
 
     def _update(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
         if not self.track:
             return
+        if edges.skips_update(n, self.sem.empty_batch):  # torch: counted, not averaged
+            self.num_batches += 1
+            return
         ft = self.ft
         if self._bessel():
             var = (var * ft(n / max(n - 1, 1))).astype(ft)
         self.num_batches += 1
+        if self.renorm is not None:  # moving_variance derived from moving_stddev
+            self.moving_mean = self.hidden_mean = self._ema(self.moving_mean, mean, self.momentum)
+            self.moving_variance = self.hidden_variance = self.renorm.update(
+                mean, var, self.epsilon, self.momentum, self._ema)
+            return
         if self.momentum is None:  # cumulative average
             factor = 1.0 / self.num_batches
             self.moving_mean = (1 - factor) * self.moving_mean + factor * mean
@@ -152,11 +170,22 @@ class ReferenceBatchNorm:
         # weight of the batch statistics in the statistics used (1: batch, 0: running only)
         weight = 0.0
         batch_mean = np.zeros(x2.shape[1])
+        groups, scale, offset, rd = None, self.gamma, self.beta, {}
         if training or not self.track:
-            batch_mean, batch_var = self._batch_stats(x2)
+            if training and self.virtual_batch_size:  # per ghost batch; their average updates
+                groups = ghost_groups(x.shape[0], n // max(x.shape[0], 1),
+                                      self.virtual_batch_size)
+                batch_mean, batch_var, avg_mean, avg_var = ghost_moments(
+                    x2, groups, self.ft, self._batch_stats)
+            else:
+                batch_mean, batch_var = avg_mean, avg_var = self._batch_stats(x2)
             mean, var, weight = batch_mean, batch_var, 1.0
-            if training and update and self.track:
-                self._update(batch_mean, batch_var, n)
+            if training and self.renorm is not None:  # before the renorm statistics move
+                r, d = self.renorm.correction(avg_mean, avg_var, self.epsilon)
+                rd = {"r": r, "d": d}
+                scale, offset = compose(rd["r"], rd["d"], self.gamma, self.beta, self.ft)
+            if training and update and self.track:  # fed the ghost batches' average
+                self._update(avg_mean, avg_var, n)
                 self._mean_terms = numerics.average_magnitude(
                     self._mean_terms, np.abs(x2.astype(np.float64)).mean(axis=0),
                     self.momentum, self.sem.ema, self.num_batches)
@@ -166,13 +195,14 @@ class ReferenceBatchNorm:
                     weight = 1.0 if seeded_now or self.momentum is None else 1 - self.momentum
         else:
             mean, var = self.moving_mean, self.moving_variance
-        y2 = numerics.normalize(x2, mean, var, self.epsilon, self.gamma, self.beta, self.ft,
+        y2 = numerics.normalize(x2, mean, var, self.epsilon, scale, offset, self.ft,
                                 self.sem.inference_form)
         f64 = np.float64
         inv = 1.0 / np.sqrt(var.astype(f64) + self.epsilon)
         cache = {"centered": x2.astype(f64) - mean.astype(f64), "inv": inv, "weight": weight,
-                 "deviation": x2.astype(f64) - batch_mean.astype(f64), "shape": shape}
-        self._terms = {"forward": (cache, self.gamma, self.beta)}  # for magnitudes()
+                 "deviation": x2.astype(f64) - batch_mean.astype(f64), "shape": shape,
+                 "groups": groups, **rd}
+        self._terms = {"forward": (cache, scale, offset)}  # for magnitudes()
         return _restore(y2, shape, self.axis), cache
 
     def backward(self, dy: np.ndarray, cache: dict) -> dict:
@@ -180,16 +210,23 @@ class ReferenceBatchNorm:
         dy2, _ = _channels_last_2d(np.asarray(dy, np.float64), self.axis)
         self._terms["backward"] = dy2
         centered, inv, a = cache["centered"], cache["inv"], cache["weight"]
-        n = dy2.shape[0]
+        groups = cache.get("groups")  # ghost batches: the sums run over each row's own
+        n = dy2.shape[0] // (1 if groups is None else len(np.unique(groups)))
+        if "rows" in cache:  # a mask: only the valid rows' inputs moved the statistics
+            a, n = cache["rows"].weights(a)
+        # renorm: r and d are constants (stop_gradient), r scales gamma, d shifts x_hat
+        r, d = (np.asarray(cache[k], np.float64) if k in cache else v for k, v in
+                (("r", 1.0), ("d", 0.0)))
         gamma = self.gamma if self.gamma is not None else 1.0
-        dxhat = dy2 * gamma
+        dxhat = dy2 * gamma * r
         dx2 = inv * dxhat
-        if a:
-            dx2 = dx2 - a * inv / n * dxhat.sum(axis=0) \
-                - a * inv**3 / n * cache["deviation"] * (dxhat * centered).sum(axis=0)
+        if np.any(a):
+            dx2 = dx2 - a * inv / n * group_sum(dxhat, groups) \
+                - a * inv**3 / n * cache["deviation"] * group_sum(dxhat * centered, groups)
         grads = {"grad_input": _restore(dx2, cache["shape"], self.axis)}
         if self.gamma is not None:
-            grads["grad_gamma"] = (dy2 * centered * inv).sum(axis=0)
+            grads["grad_gamma"] = edges.gamma_gradient((dy2 * (centered * inv * r + d)).sum(
+                axis=0), inv, dy2.shape[0], self.sem.empty_gradient)
         if self.beta is not None:
             grads["grad_beta"] = dy2.sum(axis=0)
         return grads
@@ -199,7 +236,9 @@ class ReferenceBatchNorm:
         return self.forward(x, self.effective_training(training))[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x, False)[0]
+        edges.refuse_empty_predict(x, self.sem.empty_predict)
+        with self.traced.use(self, "predict", ("epsilon",), np.shape(x)):
+            return self.forward(x, False)[0]
 
     def grad(self, x: np.ndarray, training: bool | None, weights: np.ndarray) -> dict:
         y, cache = self.forward(x, self.effective_training(training))
@@ -217,8 +256,9 @@ class ReferenceBatchNorm:
     def fit(self, x: np.ndarray, target: np.ndarray, optimizer: Optimizer, epochs: int,
             batch_size: int | None, fresh_optimizer: bool) -> float:
         """MSE training loop, unshuffled batches; returns the last epoch's mean loss."""
-        if fresh_optimizer or self.optimizer is None:
+        if fresh_optimizer or self.optimizer is None:  # what xbn's Keras adapters compile at
             self.optimizer = _OptimizerState(optimizer)
+            self.traced.compile()
         if self.sem.bare_call == "module_mode":
             self.module_training = True  # torch loops call model.train()
         training = self.effective_training(True)
@@ -229,7 +269,8 @@ class ReferenceBatchNorm:
             total, count = 0.0, 0
             for start in range(0, n, size):
                 xb, tb = x[start:start + size], target[start:start + size]
-                y, cache = self.forward(xb, training)
+                with self.traced.use(self, "train", ("momentum", "epsilon"), xb.shape):
+                    y, cache = self.forward(xb, training)
                 if self.sem.frozen_fit == "error" and not self._has_trainable():
                     raise RuntimeError("element 0 of tensors does not require grad and does not "
                                        "have a grad_fn")
@@ -300,6 +341,16 @@ class ReferenceBatchNorm:
             moving = np.abs(self.moving_mean.astype(np.float64))
             self._mean_terms = (moving * debias, moving)
 
+    def set_hyper(self, momentum: float | str | None, epsilon: float | None) -> None:
+        """``set`` with momentum/epsilon: the next operation uses them (a Keras-convention
+        momentum read as at construction; "cumulative": the average over ``num_batches``)."""
+        if momentum is not None:
+            m = None if momentum == "cumulative" else float(momentum)
+            self.momentum = 1.0 - m if m is not None and \
+                self.sem.momentum_convention == "torch" else m
+        if epsilon is not None:
+            self.epsilon = float(epsilon)
+
     def reset(self) -> None:
         """torch's ``reset_running_stats()`` (torch/nn/modules/batchnorm.py:91-97): running mean
         0, running variance back to its initial value, the batch count 0 (a cumulative
@@ -313,6 +364,8 @@ class ReferenceBatchNorm:
         self.moving_variance = self.hidden_variance = np.full(c, self.sem.initial_variance, ft)
         self.num_batches = 0
         self._mean_terms = (np.zeros(c), np.zeros(c))
+        if self.renorm is not None:
+            self.renorm.reset(c)
 
     def magnitudes(self) -> dict[str, float | None]:
         """The largest term magnitude (``xbn.numerics``) of each value the last operation
@@ -323,8 +376,9 @@ class ReferenceBatchNorm:
         return out
 
     def state(self) -> dict:
+        renorm = self.renorm.state() if self.renorm is not None else {}
         return {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
-                "moving_variance": self.moving_variance}
+                "moving_variance": self.moving_variance, **renorm}
 
     def batches_tracked(self) -> np.ndarray | None:
         """How many training batches updated the running statistics since the last reset

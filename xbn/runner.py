@@ -1,7 +1,8 @@
-"""Spawn one worker process per framework, in parallel, and gather their observations.
+"""Spawn worker processes, in parallel, and gather their observations.
 
 Each framework runs in its own process so that TensorFlow and PyTorch never share one, and a
-crash or a hang costs only that framework's rows. Workers run one per CPU core at a time, the
+crash or a hang costs only that framework's rows; the JAX family shares one worker, which runs
+its frameworks one after the other (``worker_groups``, ``xbn.spawn``). Workers run one per CPU core at a time, the
 slowest framework first: they are CPU-bound, so more at once only shares the cores and holds
 every framework in memory together. With a result cache (``xbn.cache``) a worker runs only the
 scenarios the cache does not hold, and none starts for a framework it holds entirely.
@@ -13,63 +14,27 @@ draw a live display on a terminal and print plain lines in a CI log from the sam
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ._version import __version__
-from .adapters.base import primary_quantities
 from .cache import ResultCache
-from .registry import FRAMEWORKS, availability, module_path
+from .devices import base_id
+from .registry import FRAMEWORKS, availability
 from .scenario import Scenario, quantity_dtype
-from .worker import DETERMINISM_ENV
+from .spawn import Progress, ProgressCallback, WorkerResult, group_env, run_group, run_worker
+from .spawn import worker_env as _worker_env
+
+__all__ = ["Progress", "ProgressCallback", "RunResult", "WorkerResult", "run", "run_group",
+           "run_worker", "_worker_env"]
 
 DEFAULT_TIMEOUT = 1800.0
 TF_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tf-keras"}
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress event. ``kind``: "unavailable", "queued" (runs when a worker slot is free),
-    "start" (the worker has imported its framework), "step" (``step`` of ``scenario`` is
-    running), "scenario" (``scenario`` is done: ``done`` of ``count``), "done", "error"
-    (``message``), "finished" (the whole run; ``framework`` empty). ``elapsed``: seconds since
-    the framework's worker started."""
-
-    kind: str
-    framework: str = ""
-    scenario: str = ""
-    done: int = 0
-    count: int = 0
-    step: int | None = None
-    steps: int = 0
-    op: str = ""
-    repeat: int = 1
-    elapsed: float = 0.0
-    message: str = ""
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass
-class WorkerResult:
-    framework: str
-    observations: list[dict] = field(default_factory=list)
-    versions: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None
-    seconds: float = 0.0
-    completed: list[str] = field(default_factory=list)  # scenarios the worker finished
-    scenario_notes: dict[str, list[str]] = field(default_factory=dict)  # notes at each end
+# a framework that requires one of these runs on JAX (flax, haiku, equinox name only themselves
+# and optax, which are built on it)
+JAX_DISTRIBUTIONS = {"jax", "optax", "flax", "dm-haiku", "equinox"}
 
 
 @dataclass
@@ -87,148 +52,6 @@ class RunResult:
         return {"xbn_version": __version__, "frameworks": self.frameworks}
 
 
-def _worker_env(framework: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(DETERMINISM_ENV)
-    env.update(FRAMEWORKS[framework].env)
-    return env
-
-
-class _Tracker:
-    """Turns a worker's protocol messages into ``Progress`` events for one framework. The
-    worker reports a step's observations once the step is done, so the first observation of
-    step j means the step after j is now running."""
-
-    def __init__(self, framework: str, scenarios: list[Scenario], notify: ProgressCallback | None):
-        self.framework, self.notify = framework, notify
-        self.scenarios = {s.name: s for s in scenarios}
-        self.order = [s.name for s in scenarios]
-        self.start = time.monotonic()
-        self.done = 0
-        self.seen: set[tuple[str, int]] = set()
-
-    def emit(self, kind: str, **fields) -> None:
-        if self.notify:
-            self.notify(Progress(kind, self.framework, count=len(self.order), done=self.done,
-                                 elapsed=time.monotonic() - self.start, **fields))
-
-    def _running(self, name: str, position: int) -> None:
-        steps = self.scenarios[name].steps
-        if position < len(steps):
-            step = steps[position]
-            self.emit("step", scenario=name, step=step.index, steps=len(steps), op=step.op,
-                      repeat=step.repeat)
-
-    def hello(self) -> None:
-        self.emit("start")
-        if self.order:
-            self._running(self.order[0], 0)
-
-    def observation(self, msg: dict) -> None:
-        key = (msg.get("scenario"), msg.get("step"))
-        if key in self.seen or key[0] not in self.scenarios:
-            return
-        self.seen.add(key)
-        steps = [s.index for s in self.scenarios[key[0]].steps]
-        if key[1] in steps:
-            self._running(key[0], steps.index(key[1]) + 1)
-
-    def scenario_done(self, name: str) -> None:
-        self.done += 1
-        self.emit("scenario", scenario=name)
-        if self.done < len(self.order):
-            self._running(self.order[self.done], 0)
-
-
-def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
-               notify: ProgressCallback | None = None) -> WorkerResult:
-    """Run all scenarios through one framework in a fresh process."""
-    result = WorkerResult(framework)
-    tracker = _Tracker(framework, scenarios, notify)
-    request = json.dumps({"framework": framework, "module": module_path(framework),
-                          "scenarios": [s.to_dict() for s in scenarios]})
-    start = time.monotonic()
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xbn.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=stderr, env=_worker_env(framework), text=True, start_new_session=True)
-        done: set[str] = set()
-        finished = threading.Event()
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                kind = msg.pop("type", None)
-                if kind == "obs":
-                    result.observations.append(msg)
-                    tracker.observation(msg)
-                elif kind == "hello":
-                    result.versions = msg.get("versions", {})
-                    result.notes = list(msg.get("notes", []))
-                    tracker.hello()
-                elif kind == "scenario_done":
-                    done.add(msg["scenario"])
-                    result.completed.append(msg["scenario"])
-                    result.scenario_notes[msg["scenario"]] = list(msg.get("notes", []))
-                    result.notes = list(dict.fromkeys(result.notes + msg.get("notes", [])))
-                    tracker.scenario_done(msg["scenario"])
-            finished.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(request)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        timed_out = not finished.wait(timeout)
-        if timed_out:
-            _kill(proc)
-        proc.wait()
-        reader.join(5)
-        result.seconds = time.monotonic() - start
-        stderr.seek(0)
-        tail = [ln for ln in stderr.read().splitlines() if ln.strip()]
-    if timed_out:
-        result.error = f"TimeoutError: worker exceeded {timeout:g} s"
-    elif proc.returncode != 0:
-        last = tail[-1].strip() if tail else "no output"
-        result.error = f"WorkerCrashed: exit status {proc.returncode}: {last}"
-    missing = [s for s in scenarios if s.name not in done]
-    if missing:
-        reason = result.error or "WorkerCrashed: worker ended early"
-        result.observations.extend(_error_rows(framework, missing, result.observations, reason))
-    if result.error:
-        tracker.emit("error", message=result.error)
-    else:
-        tracker.emit("done")
-    return result
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-
-
-def _error_rows(framework: str, scenarios: list[Scenario], seen: list[dict], reason: str):
-    have = {(o["scenario"], o["step"]) for o in seen}
-    for s in scenarios:
-        for step in s.steps:
-            if (s.name, step.index) in have:
-                continue
-            for q in primary_quantities(step.op):
-                yield {"scenario": s.name, "step": step.index, "op": step.op,
-                       "framework": framework, "quantity": q, "status": "error", "value": None,
-                       "dtype": None, "message": reason}
-
-
 def expected_rows(scenario: Scenario) -> list[dict]:
     """Published values carried by the scenario, as the pseudo-framework ``expected``."""
     rows = []
@@ -243,6 +66,8 @@ def expected_rows(scenario: Scenario) -> list[dict]:
                          "value": value,  # rounded by the loader to where q lives
                          "dtype": quantity_dtype(scenario.layer, q),
                          "message": step.expect["source"]})
+            if step.trace:  # published values are those after the last repetition
+                rows[-1]["rep"] = step.repeat - 1
     return rows
 
 
@@ -261,7 +86,7 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     meta: dict[str, dict] = {}
     runnable = []
     for fid in wanted:
-        info = avail[fid]
+        info = avail[base_id(fid)]
         meta[fid] = {"available": info["available"], "version": info["version"]}
         if info["available"]:
             runnable.append(fid)
@@ -284,17 +109,29 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     seconds: dict[str, float] = {}
     for fid in runnable:
         notify(Progress("queued", fid, count=len(todo[fid])))
-    # longest first, so that the slowest framework is not the one that starts last
-    pending = sorted((f for f in runnable if todo[f]),
-                     key=lambda f: -_estimate(cache, f, len(todo[f])))
-    with ThreadPoolExecutor(max_workers=jobs or default_jobs(len(pending))) as pool:
-        futures = {fid: pool.submit(run_worker, fid, todo[fid], timeout, notify)
-                   for fid in pending}
+    # longest first, so that the slowest worker is not the one that starts last
+    plan = sorted(worker_groups([f for f in runnable if todo[f]]),
+                  key=lambda g: -sum(_estimate(cache, f, len(todo[f])) for f in g))
+    with ThreadPoolExecutor(max_workers=jobs or default_jobs(len(plan))) as pool:
+        futures: dict[str, Future] = {}
+        for group in plan:
+            # JAX workers keep their compiled executables next to the results
+            env = cache.compile_env() if cache is not None and _is_jax(group[0]) else None
+            if len(group) == 1:
+                futures[group[0]] = pool.submit(run_worker, group[0], todo[group[0]], timeout,
+                                                notify, env=env)
+            else:
+                shared = pool.submit(run_group, {f: todo[f] for f in group}, timeout, notify,
+                                     env=env)
+                futures.update(dict.fromkeys(group, shared))
         for fid in runnable:
-            res = futures[fid].result() if fid in futures else WorkerResult(fid)
+            res = _result(futures[fid], fid) if fid in futures else WorkerResult(fid)
             if fid not in futures:
                 notify(Progress("done", fid, count=len(scenarios), done=len(scenarios),
                                 message="from the cache"))
+            if res.unavailable is not None:  # ID@DEVICE without its device: as if missing
+                meta[fid].update({"available": False, "reason": res.unavailable})
+                continue
             observations.extend(_merge(res, scenarios, hits[fid], cache))
             meta[fid].update({"versions": res.versions, "notes": res.notes})
             seconds[fid] = round(res.seconds, 2)
@@ -306,6 +143,40 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     for s in scenarios:
         observations.extend(expected_rows(s))
     return RunResult(observations, meta, scenarios, seconds)
+
+
+SEPARATE_ENV = "XBN_SEPARATE_WORKERS"  # "1": every framework in a worker of its own
+
+
+def worker_groups(frameworks: list[str]) -> list[list[str]]:
+    """The workers to start: one per framework, except that the CPU ids of the JAX family
+    (every id that requires a ``JAX_DISTRIBUTIONS`` one: flax, flax-nnx, haiku, equinox, keras-jax) share one, so
+    that JAX is imported and its primitives compiled once for all of them (``xbn.spawn``).
+    A JAX id whose worker environment differs from the group's (``KERAS_BACKEND`` set by the
+    caller) keeps its own, as does every ``ID@DEVICE``; ``XBN_SEPARATE_WORKERS=1`` gives every
+    framework its own worker."""
+    jax_ids = [f for f in frameworks if base_id(f) == f and _is_jax(f)]
+    group: list[str] = []
+    if os.environ.get(SEPARATE_ENV) != "1":
+        for fid in jax_ids:
+            if group_env([*group, fid]) is not None:
+                group.append(fid)
+    if len(group) < 2:
+        group = []
+    return [group] * bool(group) + [[f] for f in frameworks if f not in group]
+
+
+def _is_jax(fid: str) -> bool:
+    return bool(_needs(fid) & JAX_DISTRIBUTIONS)
+
+
+def _needs(fid: str) -> set[str]:
+    return {d for spec in FRAMEWORKS[base_id(fid)].requires for d in spec.split("|")}
+
+
+def _result(future: Future, fid: str) -> WorkerResult:
+    result = future.result()
+    return result[fid] if isinstance(result, dict) else result
 
 
 def default_jobs(workers: int) -> int:
@@ -321,8 +192,8 @@ def _estimate(cache: ResultCache | None, fid: str, count: int) -> float:
     Keras ~1.5 s; the rest less)."""
     known = cache.seconds(fid) if cache is not None else None
     if known is None:
-        needs = {d for spec in FRAMEWORKS[fid].requires for d in spec.split("|")}
-        known = 2.0 if "jax" in needs else 1.5 if needs & TF_DISTRIBUTIONS else 1.0
+        needs = _needs(fid)
+        known = 2.0 if _is_jax(fid) else 1.5 if needs & TF_DISTRIBUTIONS else 1.0
     return known * count
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import scenario_additions as additions
 from .dtypes import DTYPES
+from .scenario_ddp import check_ddp_options
 from .scenario_model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     BUILTIN,
     COUNTER,
@@ -26,6 +27,7 @@ from .scenario_model import (  # noqa: F401 - re-exported: the scenario's vocabu
     OPS,
     OUTPUT_OPS,
     QUANTITIES,
+    RENORM_QUANTITIES,
     REPLICA_QUANTITIES,
     SCHEMA,
     STATE_QUANTITIES,
@@ -115,6 +117,7 @@ def _parse_layer(c: _Checker, raw) -> Layer:
             layer.native[fid] = dict(kwargs)
     _check_memory_format(c, layer)
     additions.parse_layer(c, t, layer)
+    check_ddp_options(c, layer)
     return layer
 
 
@@ -134,7 +137,7 @@ def _parse_input(c: _Checker, name: str, raw, layer: Layer, mask: bool = False) 
     """Input ``name``; a ``mask`` (named by a step's mask key) has the input's rank less one
     and is checked against the step's input there (``scenario_additions``)."""
     key = f"inputs.{name}"
-    arr = c.generated(raw, key, MAX_ELEMENTS) if isinstance(raw, dict) else c.array(raw, key)
+    arr = _generated(c, raw, key) if isinstance(raw, dict) else c.array(raw, key)
     if mask:
         return arr
     if arr.ndim != layer.rank:
@@ -144,6 +147,16 @@ def _parse_input(c: _Checker, name: str, raw, layer: Layer, mask: bool = False) 
         c.fail(f"channel axis ({layer.layout}) has size {arr.shape[channel_axis(layer.layout)]}, "
                f"but layer.features = {layer.features}", key)
     return c.rounded(arr, layer.dtype, key)
+
+
+def _generated(c: _Checker, raw: dict, key: str) -> np.ndarray:
+    """A generated input; ``shape = [0, ...]`` is a zero-size batch (torch's suite feeds
+    BatchNorm one), passed to the frameworks whose own validation decides: drawn with one row,
+    which is then dropped."""
+    shape = raw.get("shape")
+    if isinstance(shape, list) and len(shape) > 1 and type(shape[0]) is int and shape[0] == 0:
+        return c.generated({**raw, "shape": [1, *shape[1:]]}, key, MAX_ELEMENTS)[:0]
+    return c.generated(raw, key, MAX_ELEMENTS)
 
 
 def _input_ref(c: _Checker, value, key: str, inputs, like: str | None = None) -> str:
@@ -227,6 +240,8 @@ def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs, steps: list[Step
         step.optimizer = opt
         step.epochs = c.integer(raw.get("epochs", 1), "epochs")
         n = inputs[step.input].shape[0]
+        if n == 0:  # a training loop over no batch has no loss to report
+            c.fail("a zero-size batch has no rows to train on", "input")
         if "batch_size" in raw:
             step.batch_size = c.integer(raw["batch_size"], "batch_size")
             if step.batch_size > n:
@@ -262,7 +277,10 @@ def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step,
             continue
         if q in REPLICA_QUANTITIES and not layer.replicas:
             c.fail("only observed in scenarios with replicas", f"expect.{q}")
-        if q not in STATE_QUANTITIES + REPLICA_QUANTITIES and q not in _RECORDS[step.op]:
+        if q in RENORM_QUANTITIES and layer.renorm is None:
+            c.fail("only observed in scenarios with renorm", f"expect.{q}")
+        if q not in STATE_QUANTITIES + REPLICA_QUANTITIES + RENORM_QUANTITIES and \
+                q not in _RECORDS[step.op]:
             c.fail(f"a {step.op} step records no {q}", f"expect.{q}")
         arr = c.array(v, f"expect.{q}", finite=False)
         if q in ("output", "grad_input"):

@@ -21,6 +21,8 @@ TRACE_OPS = ("call", "predict", "fit")
 # ops that are not supported on replicas yet: how an engine reduces gradients across replicas
 # (DDP averages, MirroredStrategy sums per-replica losses, pmean by hand) is its own topic
 REPLICA_REFUSED_OPS = ("fit", "grad")
+# frameworks whose replicated path takes [layer.native.<id>] replicas_engine = "shard_map" | "jit"
+JAX_REPLICA_IDS = ("flax", "flax-nnx", "haiku", "equinox")
 
 
 def parse_layer(c, t: dict, layer: Layer) -> None:
@@ -30,7 +32,11 @@ def parse_layer(c, t: dict, layer: Layer) -> None:
         renorm: dict[str, float] = {}
         for key in RENORM_KEYS:
             if key in r:
-                renorm[key] = c.number(r[key], f"layer.renorm.{key}", positive=key != "momentum")
+                # Keras accepts dmax = 0 (no shift); rmin and rmax scale, so they must be > 0
+                renorm[key] = c.number(r[key], f"layer.renorm.{key}",
+                                       positive=key in ("rmax", "rmin"))
+        if renorm.get("dmax", 0.0) < 0:
+            c.fail(f"must be >= 0, got {renorm['dmax']}", "layer.renorm.dmax")
         if "momentum" in renorm and not 0.0 <= renorm["momentum"] <= 1.0:
             c.fail(f"must be in [0, 1], got {renorm['momentum']}", "layer.renorm.momentum")
         if "rmin" in renorm and "rmax" in renorm and renorm["rmin"] > renorm["rmax"]:
@@ -48,6 +54,13 @@ def parse_layer(c, t: dict, layer: Layer) -> None:
         if "replicas" not in t:
             c.fail("only meaningful with replicas", "layer.synchronized")
         layer.synchronized = c.boolean(t["synchronized"], "layer.synchronized")
+    for fid in JAX_REPLICA_IDS:  # a native option of the replicated path only
+        native = layer.native.get(fid, {})
+        if "replicas_engine" in native:
+            key = f"layer.native.{fid}.replicas_engine"
+            c.string(native["replicas_engine"], key, ("shard_map", "jit"))
+            if not layer.replicas:
+                c.fail("only meaningful with replicas", key)
     if layer.replicas and (layer.renorm is not None or layer.virtual_batch_size is not None):
         c.fail("renorm and virtual_batch_size are not supported with replicas yet",
                "layer.replicas")

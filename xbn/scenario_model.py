@@ -32,8 +32,11 @@ COUNTER = "num_batches_tracked"
 # observed only in scenarios with replicas: every replica's copy of the running statistics,
 # shape [R, C] (``moving_mean``/``moving_variance`` are what the framework reads back on the host)
 REPLICA_QUANTITIES = ("replica_moving_mean", "replica_moving_variance")
+# observed only in scenarios with ``renorm``: Keras' Batch Renormalization variables (Keras 3
+# and tf-keras name them so), shape [C]; moving_variance is derived from moving_stddev there
+RENORM_QUANTITIES = ("renorm_mean", "renorm_stddev", "moving_stddev")
 QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta",
-              COUNTER, *REPLICA_QUANTITIES)
+              COUNTER, *REPLICA_QUANTITIES, *RENORM_QUANTITIES)
 MAX_REPLICAS = 8  # host devices a worker asks its engine for (XLA flag, logical CPU devices)
 # layer keys of the "Additions" that an adapter must declare it expresses
 # (``Adapter.layer_features``); any other adapter reports n/a rather than ignore them
@@ -145,6 +148,11 @@ class Scenario:
         return bool(self.layer.replicas)
 
     @property
+    def observes_renorm(self) -> bool:
+        """Whether ``RENORM_QUANTITIES`` are observed: in scenarios whose layer renormalizes."""
+        return self.layer.renorm is not None
+
+    @property
     def observes_counter(self) -> bool:
         """Whether ``COUNTER`` is observed: in scenarios that reset the statistics."""
         return any(s.op == "reset" for s in self.steps)
@@ -159,7 +167,9 @@ class Scenario:
         """JSON-able form (sent to workers, hashed into snapshots). Optional keys that are not
         set are left out, so a scenario that does not use them keeps its digest."""
         data = asdict(self)
-        data["inputs"] = {k: v.tolist() for k, v in self.inputs.items()}
+        # an empty array keeps its shape ({"empty": shape}); every other input is a nested list
+        data["inputs"] = {k: ({"empty": list(v.shape)} if v.size == 0 else v.tolist())
+                          for k, v in self.inputs.items()}
         for key, unset in _UNSET_LAYER.items():
             if data["layer"][key] == unset:
                 del data["layer"][key]
@@ -178,7 +188,8 @@ class Scenario:
             if s.get("optimizer") is not None:
                 s["optimizer"] = Optimizer(**s["optimizer"])
             steps.append(Step(**s))
-        inputs = {k: np.asarray(v, dtype=np.float64) for k, v in data["inputs"].items()}
+        inputs = {k: (np.zeros(v["empty"]) if isinstance(v, dict) else
+                      np.asarray(v, dtype=np.float64)) for k, v in data["inputs"].items()}
         return cls(data["name"], layer, inputs, steps, data.get("title", ""),
                    data.get("description", ""), data.get("path", "<memory>"))
 

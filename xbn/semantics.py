@@ -65,6 +65,39 @@ class Semantics:
     # Haiku, Equinox: re-initialize or assign). Not Keras 3's: the reference performs every op
     # some framework has, so that the frameworks that have it are compared
     reset: str = "running_stats"  # running_stats | none
+    # a step's mask (xbn.reference_mask): moments of the valid positions, a fully masked batch
+    # giving 0 and 0 (Keras 3) or NaN (flax); tf-keras ignores it where its fused kernel runs;
+    # "none": the BatchNorm takes no mask (torch, haiku, equinox)
+    mask: str = "weighted"  # weighted | weighted_nan | weighted_unfused | none
+    # replicas (data parallel; xbn.reference_replicas): the batch statistics of a replica with
+    # synchronized = true: count-weighted over every replica's rows ("global"), the mean of the
+    # replicas' means and E[x^2] (what a pmean of local moments gives: "equal_weight"), or its
+    # own rows ("local": the flag ignored), or refused ("error": Keras 3 off TensorFlow); with
+    # synchronized = false: "local", or "global" (an engine that computes over the global batch
+    # anyway, a jit over a sharded array)
+    synchronized_statistics: str = "global"  # global | equal_weight | local | error
+    unsynchronized_statistics: str = "local"  # local | global | error (no data parallelism)
+    # the n of Bessel's correction (variance_update unbiased) with cross-replica statistics
+    replica_variance_count: str = "global"  # global | local
+    # what the host reads: replica 0's copy, the mean of the copies (tf ON_READ MEAN), replica
+    # 0's copy broadcast to every replica before each forward (DDP broadcast_buffers), or one
+    # copy for all (every replica's copy set to their mean after each training step)
+    replica_readback: str = "first_replica"  # first_replica | mean_of_replicas | broadcast_from_first | global
+    # a training batch of no rows (xbn.reference_edges): its mean and variance are NaN and
+    # become the running statistics ("nan": Keras, Flax, Haiku, Equinox), or the update is
+    # skipped while the batch is still counted ("skip": torch's kernel returns early);
+    # grad_gamma on it: a sum over no rows ("zero": torch, Equinox), or that sum times the
+    # batch statistics' NaN factor ("nan": Keras, Flax, Haiku); predict on it runs or is
+    # refused ("error": tf-keras' data handler)
+    empty_batch: str = "nan"  # nan | skip
+    empty_gradient: str = "zero"  # zero | nan
+    empty_predict: str = "runs"  # runs | error
+    # momentum/epsilon changed by `set` (xbn.reference_edges): every operation uses the new
+    # values ("none"), or predict and fit keep the values their functions were traced with
+    # until the next compile, a fit with a fresh optimizer, or a new batch shape retraces:
+    # tf.function's one relaxed trace after the first shape (Keras 3 on TF, tf-keras) or
+    # jax.jit's trace per shape (Keras 3 on JAX)
+    traced_functions: str = "none"  # none | until_compile | until_compile_per_shape
     # constructor defaults used when a scenario sets defaults = true
     default_momentum: float | None = 0.99
     default_epsilon: float = 1e-3
@@ -96,10 +129,28 @@ SWITCH_VALUES: dict[str, tuple] = {
     "frozen_fit": ("runs", "error"),
     "momentum_convention": ("keras", "torch"),
     "reset": ("running_stats", "none"),
+    "mask": ("weighted", "weighted_nan", "weighted_unfused", "none"),
+    "synchronized_statistics": ("global", "equal_weight", "local", "error"),
+    "unsynchronized_statistics": ("local", "global", "error"),
+    "replica_variance_count": ("global", "local"),
+    "replica_readback": ("first_replica", "mean_of_replicas", "broadcast_from_first", "global"),
     "zero_epsilon": ("accepted", "error"),
+    "empty_batch": ("nan", "skip"),
+    "empty_gradient": ("zero", "nan"),
+    "empty_predict": ("runs", "error"),
+    "traced_functions": ("none", "until_compile", "until_compile_per_shape"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
 }
+
+# Switches that matter only in scenarios with replicas: the explanation search tries them
+# (single, or in a declared profile) only there (xbn.explain.relevant_switches)
+REPLICA_SWITCHES = ("synchronized_statistics", "unsynchronized_statistics",
+                    "replica_variance_count", "replica_readback")
+
+# Switches that matter only in scenarios with an empty input or a `set` of momentum/epsilon:
+# tried, alone or in a declared profile, only there (xbn.explain.relevant_switches)
+EDGE_SWITCHES = ("empty_batch", "empty_gradient", "empty_predict", "traced_functions")
 
 # Switches that only change rounding: tried together with precision="native".
 NUMERIC_SWITCH_VALUES: dict[str, tuple] = {

@@ -32,8 +32,8 @@ from .strict import JSON_NAMES, Fields, StrictError, join, read_text
 KIND = "xbn-snapshot"
 SCHEMA = 1
 STATUSES = ("ok", "error", "n/a")
-OBSERVATION_KEYS = ("scenario", "step", "op", "framework", "quantity", "status", "value",
-                    "dtype", "message", "origin")
+OBSERVATION_KEYS = ("scenario", "step", "rep", "op", "framework", "quantity", "status", "value",
+                    "dtype", "message", "origin")  # rep, origin: only where the run has them
 # What a snapshot keeps of a framework's run metadata (a run's timings are left out).
 FRAMEWORK_META = ("available", "version", "versions", "notes", "error", "extra", "missing")
 
@@ -72,10 +72,12 @@ def snapshot_document(result) -> dict:
     fw_pos = {fid: i for i, fid in enumerate(frameworks)}
     q_pos = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
     observations = sorted(
-        ({k: o.get(k) for k in OBSERVATION_KEYS if k != "origin" or o.get(k)} for o in result.observations
-         if o["framework"] in frameworks),
+        ({k: o.get(k) for k in OBSERVATION_KEYS
+          if (k != "origin" or o.get(k)) and (k != "rep" or o.get(k) is not None)}
+         for o in result.observations if o["framework"] in frameworks),
         key=lambda o: (scenario_pos.get(o["scenario"], len(scenario_pos)), o["step"],
-                       fw_pos[o["framework"]], q_pos.get(o["quantity"], len(q_pos))))
+                       o.get("rep", -1), fw_pos[o["framework"]],
+                       q_pos.get(o["quantity"], len(q_pos))))
     return {
         "kind": KIND,
         "snapshot_schema": SCHEMA,
@@ -244,7 +246,13 @@ def _parse_observations(f: _Fields, raw: list, scenarios: dict[str, Scenario],
             rec["value"] = f.numbers(o["value"], f"{where}.value")
         elif status == "ok" and rec["quantity"] != "step":
             f.fail("an ok observation needs a value", f"{where}.value")
-        key = (name, step, fid, rec["quantity"])
+        rep = f.get(o, "rep", (int,), where, optional=True)
+        if rep is not None:  # a traced step's repetition
+            s = scenarios[name].steps[step]
+            if not s.trace or not 0 <= rep < s.repeat:
+                f.fail(f"step {step} of {name!r} records no repetition {rep}", f"{where}.rep")
+            rec["rep"] = rep
+        key = (name, step, fid, rec["quantity"], rep)
         if key in seen:
             f.fail(f"duplicate observation {key}", where)
         seen.add(key)

@@ -7,28 +7,20 @@ that the child passed. Nothing is skipped: a missing framework fails the child.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.adapters.keras_child import run_in_backend
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("framework_id", ["keras", "keras-jax", "keras-torch"])
 def test_keras_backend(framework_id: str) -> None:
-    from xbn.registry import FRAMEWORKS
-    from xbn.worker import DETERMINISM_ENV
-
-    env = {**os.environ, **DETERMINISM_ENV, **FRAMEWORKS[framework_id].env,
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, framework_id], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    assert f"OK {framework_id}" in proc.stdout
+    run_in_backend(__file__, framework_id)
 
 
 # ---------------------------------------------------------------------------------------

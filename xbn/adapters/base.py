@@ -10,7 +10,7 @@ from __future__ import annotations
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from ..dtypes import round_to
 from ..registry import Capabilities, capabilities, family_module, family_of
 from ..scenario import (
     COUNTER,
+    RENORM_QUANTITIES,
     REPLICA_QUANTITIES,
     STATE_QUANTITIES,
     Layer,
@@ -260,11 +261,13 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
     own = adapter_modules(adapter)
 
     def record(step: Step, quantity: str, status: str, value=None, message=None, origin=None,
-               scale=None):
+               scale=None, rep=None):
         values, dtype = _as_record(value) if status == "ok" else (None, None)
         obs = {"scenario": scenario.name, "step": step.index, "op": step.op,
                "framework": adapter.framework_id, "quantity": quantity, "status": status,
                "value": values, "dtype": dtype, "message": message}
+        if rep is not None:  # a traced step's repetition; untraced observations have no "rep"
+            obs["rep"] = rep
         if scale is not None:
             obs["scale"] = scale
         if status == "error":
@@ -284,22 +287,24 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
         status = "n/a" if isinstance(exc, NotApplicable) else "error"
         message = str(exc) if status == "n/a" else describe_exception(exc)
         origin = exception_origin(exc, own) if status == "error" else None
-        for step in scenario.steps:
+        for step, rep in ((s, r) for s in scenario.steps for r in _reps(s)):
             for q in primary_quantities(step.op):
                 yield record(step, q, status, message=f"layer not built: {message}",
-                             origin=origin)
+                             origin=origin, rep=rep)
         return
 
     last_optimizer: dict | None = None
     # every step's output, for later steps whose input is "@N" (this framework's own output)
     outputs: dict[int, np.ndarray] = {}
     state_quantities = STATE_QUANTITIES + ((COUNTER,) if scenario.observes_counter else ()) + \
-        (REPLICA_QUANTITIES if scenario.replicated else ())
-    for step in scenario.steps:
+        (REPLICA_QUANTITIES if scenario.replicated else ()) + \
+        (RENORM_QUANTITIES if scenario.observes_renorm else ())
+    for step, rep in ((s, r) for s in scenario.steps for r in _reps(s)):
         produced: dict = {}
         status, message, origin = "ok", None, None
-        try:
-            produced = _run_step(adapter, scenario, step, last_optimizer, outputs)
+        try:  # a traced step runs one repetition at a time, observed after each
+            run = step if rep is None else replace(step, repeat=1)
+            produced = _run_step(adapter, scenario, run, last_optimizer, outputs)
             if step.op == "fit":
                 last_optimizer = asdict(step.optimizer)
             if step.op == "set" and step.trainable is not None:
@@ -319,16 +324,16 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
         scales = adapter.magnitudes()
         for q in primary_quantities(step.op):
             if status != "ok":
-                yield record(step, q, status, message=message, origin=origin)
+                yield record(step, q, status, message=message, origin=origin, rep=rep)
             elif q == "step":
-                yield record(step, q, "ok")
+                yield record(step, q, "ok", rep=rep)
             elif q in produced and produced[q] is not None:
-                yield record(step, q, "ok", produced[q], scale=scales.get(q))
+                yield record(step, q, "ok", produced[q], scale=scales.get(q), rep=rep)
             elif q in ("grad_gamma", "grad_beta"):
                 if not _exists(layer, q.removeprefix("grad_")):
                     continue  # a parameter the layer does not have has no gradient either
-                yield record(step, q, "n/a", message=produced.get(f"{q}_reason",
-                                                                   "no such parameter"))
+                yield record(step, q, "n/a", rep=rep, message=produced.get(
+                    f"{q}_reason", "no such parameter"))
         try:
             state = adapter.state()
             if scenario.observes_counter:
@@ -336,18 +341,26 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
         except Exception as exc:
             for q in state_quantities:
                 yield record(step, q, "error", message=f"reading state: {describe_exception(exc)}",
-                             origin=exception_origin(exc, own))
+                             origin=exception_origin(exc, own), rep=rep)
             continue
         for q in state_quantities:
             if state.get(q) is not None:
-                yield record(step, q, "ok", state[q], scale=scales.get(q))
+                yield record(step, q, "ok", state[q], scale=scales.get(q), rep=rep)
             elif not _exists(layer, q):
                 continue
             else:
-                yield record(step, q, "n/a", message=f"{adapter.framework_id} exposes no {q}")
+                yield record(step, q, "n/a", message=f"{adapter.framework_id} exposes no {q}",
+                             rep=rep)
+
+
+def _reps(step: Step) -> range | tuple[None]:
+    """Each repetition of a traced step, run and observed alone (a failed one too), else None."""
+    return range(step.repeat) if step.trace else (None,)
 
 
 def _exists(layer: Layer, quantity: str) -> bool:
+    if quantity in RENORM_QUANTITIES:
+        return layer.renorm is not None and layer.track_running_stats
     if quantity == "gamma":
         return layer.scale
     if quantity == "beta":

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# Keras wraps an exception raised inside a layer's call in one whose first line only says so
+# (keras/src/utils/traceback_utils.py:193, tf_keras/src/utils/traceback_utils.py:134); the cause is
+# the next non-empty line, which an error row must keep (e.g. tf-keras' "[Op:Reshape]")
+KERAS_WRAPPER = "Exception encountered when calling"
+
 
 def describe_exception(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()
-    first = message[0] if message else ""
+    """``Type: first line of the message`` (with the cause for Keras' call wrapper)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.startswith(KERAS_WRAPPER) and len(lines) > 1:
+        first = f"{first} {lines[1]}"
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
@@ -47,7 +55,7 @@ def exception_origin(exc: BaseException, own: Iterable[str] = ()) -> str:
     if frame is None:
         return "unknown"
     module = frame.f_globals.get("__name__") or ""
-    if module == "xbn.reference":
+    if module == "xbn.reference" or module.startswith("xbn.reference_"):  # its parts too
         return REFERENCE
     if module in set(own) or module == XBN or module.startswith(XBN + "."):
         return XBN

@@ -100,40 +100,68 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def framework_ids(value: str | None) -> list[str] | None:
+def framework_ids(value: str | None, devices: bool = False) -> list[str] | None:
     """The ids of a comma-separated ``--frameworks`` value (None: not given); exit 2 on an
-    unknown id."""
+    unknown id. ``ID@DEVICE`` (``torch@cuda``, ``xbn.devices``) is accepted where ``devices``
+    (the commands that run scenarios for a report) and normalized (``torch@cpu`` is ``torch``);
+    a device the framework has not is a usage error."""
     if value is None:
         return None
+    from ..devices import DeviceError, base_id, parse
     from ..registry import FRAMEWORK_IDS
 
     ids = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [i for i in ids if i not in FRAMEWORK_IDS]
+    unknown = [i for i in ids if base_id(i).strip() not in FRAMEWORK_IDS]
     if unknown:
-        hints = "".join(did_you_mean(u, FRAMEWORK_IDS) for u in unknown)
+        hints = "".join(did_you_mean(base_id(u).strip(), FRAMEWORK_IDS) for u in unknown)
         fail(f"unknown framework id(s) {', '.join(unknown)}{hints}; "
              f"known: {', '.join(FRAMEWORK_IDS)}")
-    return ids
+    parsed = []
+    for i in ids:
+        try:
+            fid = parse(i)
+        except DeviceError as exc:
+            fail(str(exc))
+        if fid != base_id(fid) and not devices:
+            fail(f"{fid}: this command runs frameworks on CPU only (devices are for xbn run "
+                 f"and xbn report); write {base_id(fid)}")
+        parsed.append(fid)
+    return parsed
 
 
 def check_reference(reference: str) -> None:
-    """Exit 2 unless ``reference`` is a known framework id."""
+    """Exit 2 unless ``reference`` is a known framework id (``ID@DEVICE`` included, written
+    as ``xbn.devices.parse`` normalizes it)."""
+    from ..devices import DeviceError, base_id, parse
     from ..registry import FRAMEWORK_IDS
 
-    if reference not in FRAMEWORK_IDS:
-        fail(f"unknown reference {reference!r}{did_you_mean(reference, FRAMEWORK_IDS)}; "
+    base = base_id(reference)
+    if base not in FRAMEWORK_IDS:
+        fail(f"unknown reference {reference!r}{did_you_mean(base, FRAMEWORK_IDS)}; "
              f"known: {', '.join(FRAMEWORK_IDS)}")
+    try:
+        written = parse(reference)
+    except DeviceError as exc:
+        fail(f"reference: {exc}")
+    if written != reference:
+        fail(f"reference {reference!r}: write {written!r}")
 
 
-def frameworks_to_run(value: str | None, reference: str) -> list[str] | None:
+def frameworks_to_run(value: str | None, reference: str,
+                      devices: bool = False) -> list[str] | None:
     """``framework_ids`` with the reference added first when missing; None (every installed
     framework) when not given, after checking that the reference is installed."""
-    ids = framework_ids(value)
+    ids = framework_ids(value, devices)
     if ids is None:
+        from ..devices import base_id
         from ..registry import available
 
-        if not available(reference):
+        if not available(base_id(reference)):
             fail(f"reference framework {reference!r} is not installed")
+        if base_id(reference) != reference:  # every installed framework, and this device
+            from ..registry import availability
+
+            return [reference, *(f for f, a in availability().items() if a["available"])]
         return None
     if reference not in ids:
         ids.insert(0, reference)

@@ -70,7 +70,7 @@ def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, 
     from ..report import render
 
     check_reference(reference)
-    ids = frameworks_to_run(frameworks, reference)
+    ids = frameworks_to_run(frameworks, reference, devices=True)
     scenarios = load_scenarios(files)
     report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs, quiet,
                                    result_cache(no_cache))
@@ -100,16 +100,26 @@ def list_scenarios() -> None:
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def frameworks(fmt) -> None:
-    """Each framework id: installed or not, version, and the pip extra that brings it.
+@click.option("--no-devices", "no_devices", is_flag=True,
+              help="Skip asking the frameworks for their devices (package metadata only).")
+def frameworks(fmt, no_devices) -> None:
+    """Each framework id: installed or not, version, the pip extra that brings it, and the
+    devices it finds (``ID@DEVICE`` runs there: torch@cuda, flax@gpu, keras@gpu).
 
-    Read from package metadata: no framework is imported.
+    Versions come from package metadata; devices are asked of each installed engine (torch,
+    JAX, TensorFlow) in its own process, so this process imports no framework.
     """
     import json
 
+    from ..devices import ENGINES, framework_devices, probe_engines
     from ..registry import FRAMEWORKS, availability
 
     avail = availability()
+    if not no_devices:
+        installed = [f for f, a in avail.items() if a["available"]]
+        probed = probe_engines(sorted({ENGINES[f] for f in installed if f in ENGINES}))
+        for fid, found in framework_devices(installed, probed).items():
+            avail[fid].update(found)
     if fmt == "json":
         click.echo(json.dumps(avail, indent=1))
         return
@@ -117,6 +127,12 @@ def frameworks(fmt) -> None:
         state = "installed" if a["available"] else "missing: " + ", ".join(a["missing"])
         click.echo(f"{fid:12s} {a['version'] or '-':12s} {state:28s} "
                    f"xbn[{a['extra']}]  {FRAMEWORKS[fid].description}")
+        if a.get("devices"):
+            names = a.get("names", {})
+            found = ", ".join(f"{d} ({names[d]})" if d in names else d for d in a["devices"])
+            click.echo(f"{'':12s} devices: {found}")
+            for device, why in a.get("absent", {}).items():
+                click.echo(f"{'':12s} no {fid}@{device}: {why}")
 
 
 @click.command()
@@ -135,7 +151,7 @@ def report(output_dir, frameworks, reference, timeout, jobs, no_cache, quiet) ->
     from ..report.files import write_report
 
     check_reference(reference)
-    ids = frameworks_to_run(frameworks, reference)
+    ids = frameworks_to_run(frameworks, reference, devices=True)
     scenarios = builtin_scenarios()
     store = result_cache(no_cache)
     key = None

@@ -48,9 +48,14 @@ def _cell(side: dict | None) -> str:
     return f"{side['status']}: {message[:60]}" if message else side["status"]
 
 
+def _step(c: Change) -> str:
+    """'3 call', or '3 call rep 2' for a traced step's repetition."""
+    return f"{c.step} {c.op}" + ("" if c.rep is None else f" rep {c.rep}")
+
+
 def _row(result: CheckResult, c: Change) -> list[str]:
     fw = result.frameworks[c.framework]
-    return [c.scenario, f"{c.step} {c.op}", c.framework, c.quantity, _cell(c.old), _cell(c.new),
+    return [c.scenario, _step(c), c.framework, c.quantity, _cell(c.old), _cell(c.new),
             version_change(fw.old, fw.new), c.explanation]
 
 
@@ -132,7 +137,8 @@ def document(result: CheckResult) -> dict:
         "frameworks": {fid: {"status": fw.status, "reason": fw.reason,
                              "snapshot": fw.old, "now": fw.new}
                        for fid, fw in result.frameworks.items()},
-        "changes": [{"scenario": c.scenario, "step": c.step, "op": c.op,
+        "changes": [{"scenario": c.scenario, "step": c.step,
+                     **({} if c.rep is None else {"rep": c.rep}), "op": c.op,
                      "framework": c.framework, "quantity": c.quantity, "kind": c.kind,
                      "old": c.old, "new": c.new, "max_abs": c.max_abs, "max_ulp": c.max_ulp,
                      "tolerance": c.tolerance,
@@ -187,7 +193,7 @@ def render_junit(result: CheckResult) -> str:
                 "message": f"{len(rows)} of {n} observations changed; versions: "
                            f"{version_change(fw.old, fw.new)}"})
             fail.text = "\n".join(
-                f"step {c.step} {c.op} {c.quantity}: {_cell(c.old)} -> {_cell(c.new)}; "
+                f"step {_step(c)} {c.quantity}: {_cell(c.old)} -> {_cell(c.new)}; "
                 f"{c.explanation}" for c in rows)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"

@@ -22,6 +22,9 @@ from .html_parts import (
     values_table,
 )
 from .html_style import CSS
+from .replicas import TITLE as REPLICAS_TITLE
+from .replicas import html as replica_html
+from .replicas import replica_section
 from .views import column_order, framework_lines, framework_order
 
 PLOT_CAPTION = (
@@ -32,7 +35,26 @@ PLOT_CAPTION = (
     "reference); a gap is an error or n/a.")
 
 
+STATS_CAPTION = ("The running mean and running variance of channel 0 as each framework holds "
+                 "them after every recorded repetition (trace = true).")
+
+
 def _plot(report, scenario) -> str:
+    return _drift_plot(report, scenario) + _stats_plot(report, scenario)
+
+
+def _stats_plot(report, scenario) -> str:
+    """The running statistics themselves over a traced scenario's repetitions."""
+    from .plots import stats_figure, to_svg
+
+    fig = stats_figure(report.obs, scenario.name, column_order(report))
+    if fig is None:
+        return ""
+    return (f"<figure class='plot'>{to_svg(fig, anchor(scenario.name) + '-stats-')}"
+            f"<figcaption>{STATS_CAPTION}</figcaption></figure>")
+
+
+def _drift_plot(report, scenario) -> str:
     from .plots import drift_figure, has_drift, to_svg
 
     if not has_drift(report.drift, scenario.name):
@@ -70,6 +92,7 @@ def render(report, matrix: dict | None = None, intro: str = "") -> str:
     notes = "".join(f"<p class='note'><strong>Note:</strong> {escape(n)}</p>"
                     for n in report.notes)
     frameworks = "".join(f"<li>{escape(line)}</li>" for line in framework_lines(report))
+    section = replica_section(report)
     parts = [
         "<!doctype html>",
         "<html lang='en'><head><meta charset='utf-8'>",
@@ -87,6 +110,7 @@ def render(report, matrix: dict | None = None, intro: str = "") -> str:
         "<nav><b>Contents:</b> <a href='#heatmap'>verdict heatmap</a> · "
         "<a href='#verdicts'>verdicts per framework</a> · <a href='#frameworks'>frameworks</a>"
         + (" · <a href='#matrix'>semantics matrix</a>" if matrix else "")
+        + (f" · <a href='#replicas'>{REPLICAS_TITLE[0].lower() + REPLICAS_TITLE[1:]}</a>" if section else "")
         + f"<details><summary>scenarios ({len(report.scenarios)})</summary><ol>{toc}</ol>"
         "</details></nav></header><main>",
         "<section id='heatmap'><h2>Verdict heatmap</h2>",
@@ -105,6 +129,8 @@ def render(report, matrix: dict | None = None, intro: str = "") -> str:
                   "each value). Highlighted: a value other than the reference model's "
                   "(<code>numpy</code>). The explanations search these switches.</p>",
                   matrix_table(matrix, ["numpy", *framework_order(report)]), "</section>"]
+    if section is not None:
+        parts.append(replica_html(section))
     parts += [_scenario(report, s) for s in report.scenarios]
     parts += ["</main></body></html>"]
     return "\n".join(p for p in parts if p) + "\n"

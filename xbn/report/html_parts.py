@@ -117,11 +117,16 @@ def values_table(report, scenario: str) -> str:
     cols = [c for c in column_order(report) if c in present]
     head = "".join(f"<th id='{anchor(scenario, c)}' class='fw'>{escape(c)}</th>" for c in cols)
     body = []
-    for (step, op, quantity), cells in grid.items():
+    reps = any(len(key) == 4 for key in grid)  # a traced step: the step cell says "step·rep"
+    for key, cells in grid.items():
+        step, *rep, op, quantity = key
+        if rep and rep[0] != "":
+            step = f"{step}·{rep[0]}"
         body.append(f"<tr><td class='k0'>{step}</td><td class='k1'>{escape(op)}</td>"
                     f"<td class='k2'>{escape(quantity)}</td>"
                     + "".join(_cell(cells.get(c)) for c in cols) + "</tr>")
-    return ("<div class='scroll'><table class='values'><thead><tr><th class='k0'>step</th>"
+    return ("<div class='scroll'><table class='values'><thead><tr><th class='k0'>"
+            f"{'step·rep' if reps else 'step'}</th>"
             f"<th class='k1'>op</th><th class='k2'>quantity</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
@@ -133,16 +138,18 @@ def differences_table(report, scenario: str) -> str:
     if d.empty:
         return "<p class='agree'>Every framework agrees with the reference at every step.</p>"
     rows = []
+    reps = "rep" in d.columns
     for r in d.itertuples(index=False):
         expected = r.framework == "expected"
         explanation = published_explanation(r) if expected else r.explanation
-        rows.append(f"<tr><td>{r.step}</td>"
+        rows.append(f"<tr><td>{r.step}</td>" + (f"<td>{r.rep}</td>" if reps else "") +
                     f"<td>{escape(r.quantity)}</td><td>{escape(r.framework)}</td>"
                     f"<td class='{_vclass(r.verdict)}'>{escape(r.verdict)}</td><td class='num'>{measure_text(r.max_abs)}</td>"
                     f"<td class='num'>{measure_text(r.max_ulp)}</td><td>{escape(explanation)}</td>"
                     f"<td class='msg'>{'' if expected else escape(r.message)}</td></tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("step", "quantity", "framework", "verdict",
-                                             "max_abs", "max_ulp", "explanation", "message"))
+    head = "".join(f"<th>{h}</th>" for h in ("step", *(["rep"] if reps else []), "quantity",
+                                             "framework", "verdict", "max_abs", "max_ulp",
+                                             "explanation", "message"))
     return (f"<div class='scroll'><table class='diffs'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 

@@ -6,6 +6,7 @@ import math
 
 from .._version import __version__
 from ..jsonio import strict_dumps
+from .replicas import records, replica_section
 
 # Columns that hold data: a NaN there is a value, written "NaN" like the other non-finite
 # numbers (strict JSON has none). Anywhere else a float NaN is how pandas marks an empty cell
@@ -23,6 +24,8 @@ def _records(frame) -> list[dict]:
             if key not in _DATA and isinstance(val, float) and math.isnan(val):
                 val = None
             rec[key] = val
+        if rec.get("rep", 0) is None:  # the contract: untraced observations have no rep
+            del rec["rep"]
         if "max_ulp" in rec and isinstance(rec["max_ulp"], float) and math.isfinite(rec["max_ulp"]):
             rec["max_ulp"] = int(rec["max_ulp"])
         out.append(rec)
@@ -31,6 +34,8 @@ def _records(frame) -> list[dict]:
 
 def document(report) -> dict:
     frameworks = {fid: dict(meta) for fid, meta in report.frameworks.items()}
+    section = replica_section(report)
+    extra = {} if section is None else {"replicas": records(section)}
     return {
         "xbn_version": __version__,
         "schema": 1,
@@ -41,6 +46,7 @@ def document(report) -> dict:
                       for s in report.scenarios],
         "observations": _records(report.obs),
         "diffs": _records(report.diffs),
+        **extra,  # the cross-replica section, only in a report with replicas
     }
 
 

@@ -136,6 +136,46 @@ def drift_figure(drift: pd.DataFrame, scenario: str, frameworks: list[str], refe
     return fig
 
 
+def stats_figure(obs: pd.DataFrame, scenario: str, frameworks: list[str]):
+    """The running mean and variance of channel 0 as each framework holds them after every
+    recorded repetition of the scenario's traced steps (their values, not distances: a
+    debiased or seeded average sits at the batch statistics from the first repetition while a
+    plain one climbs towards them); None when the scenario has no traced step."""
+    if "rep" not in obs.columns:
+        return None
+    d = obs[(obs["scenario"] == scenario) & obs["rep"].notna() & (obs["status"] == "ok")
+            & obs["quantity"].isin(["moving_mean", "moving_variance"])]
+    if d.empty:
+        return None
+    from matplotlib.figure import Figure
+
+    def at(rows: pd.DataFrame) -> list[tuple[int, int]]:
+        return [(int(s), int(r)) for s, r in zip(rows["step"], rows["rep"], strict=True)]
+
+    x = {k: i for i, k in enumerate(sorted(set(at(d))))}
+    with _matplotlib().rc_context(STYLE):
+        fig = Figure(figsize=(8, 2.6), layout="constrained")
+        for ax, quantity in zip(fig.subplots(1, 2), ("moving_mean", "moving_variance"),
+                                strict=True):
+            for i, f in enumerate(f for f in frameworks if f in set(d["framework"])):
+                rows = d[(d["framework"] == f) & (d["quantity"] == quantity)]
+                ax.plot([x[k] for k in at(rows)],
+                        [float(np.ravel(v)[0]) for v in rows["value"]],
+                        marker=MARKERS[i % len(MARKERS)], markerfacecolor="none",
+                        linestyle=LINES[i % len(LINES)], linewidth=1.2, label=f)
+            ax.set_title(f"{quantity.replace('_', ' ')}, channel 0", loc="left")
+            ax.set_xlabel("repetition (traced steps)")
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside right upper",
+                   frameon=False)
+    return fig
+
+
+def _matplotlib():
+    import matplotlib
+
+    return matplotlib
+
+
 def to_svg(fig, prefix: str = "") -> str:
     """The figure as an inline ``<svg>`` element (no XML prolog, no date: reproducible).
     matplotlib names clip paths and markers by a hash of their content, so two figures of one

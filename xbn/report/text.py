@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .replicas import markdown_lines, replica_section, text_lines
 from .views import (
     Footnotes,
     column_order,
@@ -36,7 +37,8 @@ def _noteworthy(rows: pd.DataFrame, notes: Footnotes) -> pd.DataFrame:
     rows["detail"] = [_detail(r, notes) for r in rows.itertuples(index=False)]
     rows["max_abs"] = rows["max_abs"].map(measure_text)
     rows["max_ulp"] = rows["max_ulp"].map(measure_text)
-    return rows[["step", "quantity", "framework", "verdict", "max_abs", "max_ulp", "detail"]]
+    return rows[["step", *(["rep"] if "rep" in rows.columns else []), "quantity", "framework",
+                 "verdict", "max_abs", "max_ulp", "detail"]]
 
 
 def scenario_tables(report, name: str, full: bool = False):
@@ -54,6 +56,9 @@ def render_table(report, full: bool = False) -> str:
     out += ["frameworks: " + ", ".join(framework_lines(report))]
     width = None if full else MESSAGE_WIDTH
     cut = False
+    section = replica_section(report)
+    if section is not None:
+        out += ["", *text_lines(section)]
     for s in report.scenarios:
         out.append("")
         out.append(f"== {s.name}: {s.title}" if s.title else f"== {s.name}")
@@ -103,6 +108,9 @@ def render_markdown(report, intro: str = "", profile: str = "", full: bool = Fal
     out += ["## Verdicts per framework", "", _md_table(verdict_counts(report)), ""]
     if profile:
         out += [profile, ""]
+    section = replica_section(report)
+    if section is not None:
+        out += markdown_lines(section, _md_table)
     for s in report.scenarios:
         out += [f"## {s.name}", ""]
         if s.title:

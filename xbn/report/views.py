@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..comparison import QUANTITY_ORDER
+from ..comparison import QUANTITY_ORDER, REP, row_at
 from ..scenario import STATE_QUANTITIES
 
 MARK = {"same": "", "differs": " ✗", "error": "", "n/a": ""}
@@ -66,6 +66,8 @@ def framework_lines(report) -> list[str]:
             extra = f" ({'; '.join(meta['notes'])})" if meta.get("notes") else ""
             err = f" — {meta['error']}" if meta.get("error") else ""
             lines.append(f"{fid} {meta.get('version') or ''}{extra}{err}")
+        elif meta.get("reason"):  # an absent device (ID@DEVICE)
+            lines.append(f"{fid}: unavailable ({meta['reason']})")
         else:
             lines.append(f"{fid}: unavailable (pip install \"xbn[{meta.get('extra')}]\")")
     return lines
@@ -89,22 +91,33 @@ def _message(value) -> str | None:
     return value if isinstance(value, str) and value and value != "NaN" else None
 
 
-Grid = dict[tuple[int, str, str], dict[str, Cell]]
+Grid = dict[tuple, dict[str, Cell]]
+
+
+def traced(frame: pd.DataFrame) -> bool:
+    """Whether some row of ``frame`` records a traced step's repetition: only then do the
+    tables show a ``rep`` column."""
+    return REP in frame.columns and bool(frame[REP].notna().any())
 
 
 def cell_grid(obs: pd.DataFrame, diffs: pd.DataFrame, scenario: str) -> Grid:
-    """(step, op, quantity) -> framework -> Cell for one scenario, in observation order;
-    a state row is kept only at its first step and where some framework's value changed."""
+    """(step, op, quantity) -> framework -> Cell for one scenario, in observation order, or
+    (step, rep, op, quantity) when it has a traced step (rep '' elsewhere); a state row is
+    kept only at its first step and where some framework's value changed."""
     o = obs[obs["scenario"] == scenario]
     d = diffs[diffs["scenario"] == scenario]
-    verdict = {(r.step, r.quantity, r.framework): r.verdict for r in d.itertuples(index=False)}
+    verdict = {(*row_at(r), r.framework): r.verdict for r in d.itertuples(index=False)}
+    reps = traced(o)
     grid: Grid = {}
     for r in o.itertuples(index=False):
         if r.quantity == "step" and r.status == "ok":
             continue
+        at = row_at(r)
         cell = Cell(r.status, r.value if r.status == "ok" else None, _message(r.message),
-                    verdict.get((r.step, r.quantity, r.framework), ""))
-        grid.setdefault((r.step, r.op, r.quantity), {})[r.framework] = cell
+                    verdict.get((*at, r.framework), ""))
+        key = (r.step, at[2] if len(at) > 2 else "", r.op, r.quantity) if reps else \
+            (r.step, r.op, r.quantity)
+        grid.setdefault(key, {})[r.framework] = cell
     return _drop_unchanged_state(grid)
 
 
@@ -113,7 +126,7 @@ def _drop_unchanged_state(grid: Grid) -> Grid:
     last: dict[str, dict] = {}
     kept: Grid = {}
     for key, cells in grid.items():
-        quantity = key[2]
+        quantity = key[-1]
         if quantity in STATE_QUANTITIES:
             shown = {f: (c.short(), c.verdict) for f, c in cells.items() if f != "expected"}
             if last.get(quantity) == shown and "expected" not in cells:
@@ -171,7 +184,9 @@ def side_by_side(obs: pd.DataFrame, diffs: pd.DataFrame, scenario: str,
     grid = cell_grid(obs, diffs, scenario)
     cols = frameworks or list(dict.fromkeys(f for cells in grid.values() for f in cells))
     rows = [{f: cell_text(c, f, notes, full) for f, c in cells.items()} for cells in grid.values()]
-    index = pd.MultiIndex.from_tuples(list(grid), names=["step", "op", "quantity"])
+    names = ["step", "op", "quantity"] if all(len(k) == 3 for k in grid) else \
+        ["step", REP, "op", "quantity"]
+    index = pd.MultiIndex.from_tuples(list(grid), names=names)
     frame = pd.DataFrame(rows, index=index)
     return frame.reindex(columns=[c for c in cols if c in frame.columns]).fillna("")
 
@@ -196,8 +211,8 @@ def _text(v) -> str:
 
 def differences(report, scenario: str) -> pd.DataFrame:
     """The rows of one scenario that differ, err or are n/a (an n/a that repeats one reason
-    for every step is kept once), sorted by step, quantity and ``column_order``; explanation
-    and message as text ('' when missing)."""
+    for every step is kept once), sorted by step, rep, quantity and ``column_order``;
+    explanation and message as text ('' when missing); a ``rep`` column where it is traced."""
     d = report.diffs[(report.diffs["scenario"] == scenario)
                      & report.diffs["verdict"].isin(["differs", "error", "n/a"])]
     d = d.assign(explanation=d["explanation"].map(_text), message=d["message"].map(_text))
@@ -205,11 +220,15 @@ def differences(report, scenario: str) -> pd.DataFrame:
     d = pd.concat([d[d["verdict"] != "n/a"], na])
     order = {f: i for i, f in enumerate(column_order(report))}
     quantities = {q: i for i, q in enumerate(QUANTITY_ORDER)}
+    reps = traced(d)
     d = d.assign(_order=d["framework"].map(lambda f: order.get(f, len(order))),
-                 _q=d["quantity"].map(lambda q: quantities.get(q, len(quantities))))
-    d = d.sort_values(["step", "_q", "_order"], kind="stable")
-    return d[["step", "quantity", "framework", "verdict", "max_abs", "max_ulp", "explanation",
-              "message"]].reset_index(drop=True)
+                 _q=d["quantity"].map(lambda q: quantities.get(q, len(quantities))),
+                 _r=[-1 if r is None or pd.isna(r) else r for r in d[REP]] if reps else 0)
+    d = d.sort_values(["step", "_r", "_q", "_order"], kind="stable")
+    if reps:
+        d[REP] = ["" if r is None or pd.isna(r) else int(r) for r in d[REP]]
+    return d[["step", *([REP] if reps else []), "quantity", "framework", "verdict", "max_abs",
+              "max_ulp", "explanation", "message"]].reset_index(drop=True)
 
 
 def verdict_counts(report) -> pd.DataFrame:
@@ -229,12 +248,11 @@ def only_diffs(report):
     """The report restricted to (scenario, step, quantity) rows where some verdict is not
     'same', and to the scenarios that have such a row."""
     d = report.diffs
-    keys = set(zip(*(d.loc[d["verdict"] != "same", c] for c in ("scenario", "step", "quantity")),
-                   strict=True))
+    keys = {(r.scenario, *row_at(r)) for r in d[d["verdict"] != "same"].itertuples(index=False)}
 
     def keep(frame: pd.DataFrame) -> pd.Series:
-        return pd.Series([k in keys for k in zip(frame["scenario"], frame["step"],
-                                                 frame["quantity"], strict=True)],
+        return pd.Series([(r.scenario, *row_at(r)) in keys
+                          for r in frame.itertuples(index=False)],
                          index=frame.index, dtype=bool)
 
     names = {k[0] for k in keys}

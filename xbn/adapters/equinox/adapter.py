@@ -74,6 +74,7 @@ class EquinoxAdapter(Adapter):
             if note not in self.notes:
                 self.notes.append(note)
         self.layer = layer
+        self.kwargs = kwargs
         self.trainable = True
         self.opt = None
         self.opt_state = None
@@ -107,6 +108,31 @@ class EquinoxAdapter(Adapter):
     def set_trainable(self, trainable: bool) -> None:
         """JAX has no trainable flag: frozen parameters get zero updates in the optimizer."""
         self.trainable = trainable
+
+    def set_hyper(self, momentum, epsilon) -> None:
+        """``momentum`` and ``eps`` are static fields (equinox/nn/_batch_norm.py:92-94), which
+        ``eqx.tree_at`` cannot replace ("Operation undefined, 0.99 is not a leaf of the
+        pytree"), so an Equinox user builds the layer anew with the new arguments and moves the
+        old one's arrays and state indices into it with ``eqx.tree_at`` (the indices keep the
+        state valid). The new static fields are a new treedef, so ``filter_jit`` traces again:
+        the next call uses them."""
+        if momentum == "cumulative":
+            raise NotApplicable("eqx.nn.BatchNorm keeps an exponential moving average only")
+        kwargs = dict(self.kwargs)
+        if momentum is not None:
+            kwargs["momentum"] = float(momentum)
+        if epsilon is not None:
+            kwargs["eps"] = float(epsilon)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the mode warning, already in the notes
+            fresh = eqx.nn.BatchNorm(**kwargs)
+        old = self.model
+        names = [n for n in ("weight", "bias", "ema_first_time_index", "ema_state_index",
+                             "batch_counter", "batch_state_index", "inference")
+                 if getattr(old, n) is not None]
+        self.model = eqx.tree_at(lambda m: [getattr(m, n) for n in names], fresh,
+                                 [getattr(old, n) for n in names])
+        self.kwargs = kwargs
 
     def set_mode(self, mode: str) -> None:
         """The module's ``inference`` field is Equinox's closest thing to a module mode."""

@@ -20,6 +20,7 @@ import optax
 from ...scenario import Layer, Step, channel_axis
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
+from .masking import FlaxMask
 
 # xbn name -> (collection, linen variable name)
 VARIABLES = {
@@ -32,7 +33,7 @@ FROZEN_REASON = ("frozen in the optimizer (optax.set_to_zero): linen has no trai
                  "so jax.grad still differentiates it but fit never applies it")
 
 
-class FlaxLinenAdapter(Adapter):
+class FlaxLinenAdapter(FlaxMask, Adapter):
     def build(self, layer: Layer) -> None:
         kwargs = jc.flax_batchnorm_kwargs(layer, self.framework_id, "flax.linen.BatchNorm")
         jc.enable_x64_if_needed(jc.widest(layer), self.notes)
@@ -58,7 +59,7 @@ class FlaxLinenAdapter(Adapter):
     def _flag(self, training: bool | None) -> dict:
         return {} if training is None else {"use_running_average": not training}
 
-    def _apply(self, params, batch_stats, x, training: bool | None):
+    def _apply(self, params, batch_stats, x, training: bool | None, mask=None):
         """One forward pass; returns (output, new batch_stats).
 
         ``mutable=["batch_stats"]`` always: a no-op in inference, and what lets a bare call work
@@ -66,23 +67,40 @@ class FlaxLinenAdapter(Adapter):
         """
         variables = {"params": params, "batch_stats": batch_stats}
         y, mutated = self.module.apply(variables, x, mutable=["batch_stats"],
-                                       **self._flag(training))
+                                       **self._flag(training), **self._mask(mask))
         return y, mutated.get("batch_stats", batch_stats)
 
-    def call(self, x, training):
+    def call(self, x, training, mask=None):
         y, stats = self._apply(self.variables["params"], self.variables["batch_stats"],
-                               jc.to_jax(x, self.layer.dtype), training)
+                               jc.to_jax(x, self.layer.dtype), training, mask)
         self.variables["batch_stats"] = stats
         return jc.to_numpy(y)
 
-    def predict(self, x):
+    def predict(self, x, mask=None):
         xj = jc.to_jax(x, self.layer.dtype)
-        return jc.to_numpy(self.module.apply(self.variables, xj, use_running_average=True))
+        return jc.to_numpy(self.module.apply(self.variables, xj, use_running_average=True,
+                                             **self._mask(mask)))
+
+    # -- masks: FlaxMask (xbn/adapters/flax/masking.py)
 
     # -- training
 
     def set_trainable(self, trainable: bool) -> None:
         self.trainable = trainable
+
+    def set_hyper(self, momentum, epsilon) -> None:
+        """``module.clone(momentum=..., epsilon=...)`` applied to the same ``variables``, as
+        linen users change a dataclass attribute. The jitted fit step traced the old module
+        (its attributes are Python constants of that trace), so it is traced anew for the new
+        one, as a ``TrainState`` holding the new ``apply_fn`` would be; the optimizer state is
+        kept."""
+        if momentum == "cumulative":
+            raise NotApplicable("flax.linen.BatchNorm has only an exponential moving average")
+        changes = {k: float(v) for k, v in (("momentum", momentum), ("epsilon", epsilon))
+                   if v is not None}
+        self.module = self.module.clone(**changes)
+        if self._opt is not None:
+            self._step_fn = jax.jit(self._make_step(self._opt[1]))
 
     def set_mode(self, mode: str) -> None:
         raise NotApplicable("linen modules are stateless: the mode is the use_running_average "
@@ -121,12 +139,12 @@ class FlaxLinenAdapter(Adapter):
         self._opt = (self._opt[0], self._opt[1], opt_state)
         return loss
 
-    def grad(self, x, training, weights) -> dict:
+    def grad(self, x, training, weights, mask=None) -> dict:
         xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
         batch_stats = self.variables["batch_stats"]
 
         def objective(xv, params):
-            y, stats = self._apply(params, batch_stats, xv, training)
+            y, stats = self._apply(params, batch_stats, xv, training, mask)
             return jnp.sum(y * wj), (y, stats)
 
         (gx, gp), (y, stats) = jax.grad(objective, argnums=(0, 1), has_aux=True)(

@@ -18,6 +18,7 @@ from flax import nnx
 from ...scenario import Layer, Step
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
+from .masking import FlaxMask
 
 # xbn name -> attribute of nnx.BatchNorm
 VARIABLES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
@@ -28,7 +29,7 @@ F64_NOTE = ("flax-nnx float64: BatchNorm creates mean/var as float32 BatchStats 
             "statistics back to float32 (JAX FutureWarning: will become an error)")
 
 
-class FlaxNnxAdapter(Adapter):
+class FlaxNnxAdapter(FlaxMask, Adapter):
     def build(self, layer: Layer) -> None:
         kwargs = jc.flax_batchnorm_kwargs(layer, self.framework_id, "flax.nnx.BatchNorm")
         jc.enable_x64_if_needed(jc.widest(layer), self.notes)
@@ -42,17 +43,33 @@ class FlaxNnxAdapter(Adapter):
         self.trainable = True
         self._opt = None  # (trainable when built, nnx.Optimizer)
 
-    def _forward(self, model, x, training: bool | None):
-        return model(x) if training is None else model(x, use_running_average=not training)
+    def _forward(self, model, x, training: bool | None, mask=None):
+        kwargs = self._mask(mask)
+        return model(x, **kwargs) if training is None else \
+            model(x, use_running_average=not training, **kwargs)
 
-    def call(self, x, training):
-        return jc.to_numpy(self._forward(self.bn, jc.to_jax(x, self.layer.dtype), training))
+    def call(self, x, training, mask=None):
+        return jc.to_numpy(self._forward(self.bn, jc.to_jax(x, self.layer.dtype), training, mask))
 
-    def predict(self, x):
-        return jc.to_numpy(self.bn(jc.to_jax(x, self.layer.dtype), use_running_average=True))
+    def predict(self, x, mask=None):
+        return jc.to_numpy(self.bn(jc.to_jax(x, self.layer.dtype), use_running_average=True,
+                                   **self._mask(mask)))
+
+    # -- masks: FlaxMask (xbn/adapters/flax/masking.py)
 
     def set_trainable(self, trainable: bool) -> None:
         self.trainable = trainable
+
+    def set_hyper(self, momentum, epsilon) -> None:
+        """``bn.momentum = ...``/``bn.epsilon = ...`` on the live module, as NNX users change
+        it. They are static attributes of the module's graph definition (not Variables), so an
+        ``nnx.jit`` function sees a new graphdef and traces again: the next call uses them."""
+        if momentum == "cumulative":
+            raise NotApplicable("flax.nnx.BatchNorm has only an exponential moving average")
+        if momentum is not None:
+            self.bn.momentum = float(momentum)
+        if epsilon is not None:
+            self.bn.epsilon = float(epsilon)
 
     def set_mode(self, mode: str) -> None:
         if mode == "train":
@@ -86,11 +103,11 @@ class FlaxNnxAdapter(Adapter):
                                   lambda xb, tb: (train_step(self.bn, optimizer, xb, tb),))
         return loss
 
-    def grad(self, x, training, weights) -> dict:
+    def grad(self, x, training, weights, mask=None) -> dict:
         xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
 
         def objective(model, xv):
-            y = self._forward(model, xv, training)
+            y = self._forward(model, xv, training, mask)
             return jnp.sum(y * wj), y
 
         (gp, gx), y = nnx.grad(objective, argnums=(nnx.DiffState(0, nnx.Param), 1),

@@ -72,25 +72,43 @@ class HaikuAdapter(Adapter):
             raise NotApplicable("hk.BatchNorm has no default decay_rate (a required argument); "
                                 "give one in [layer.native.haiku]")
         self.layer = layer
-        self.kwargs = kwargs
         self.trainable = True
         self.opt = None
         self.opt_state = None
 
-        def forward(x, **call_kwargs):
-            # call kwargs pass through untouched, so a call without is_training reaches
-            # hk.BatchNorm.__call__ and fails there, as it does for a Haiku user
-            return hk.BatchNorm(**kwargs)(x, **call_kwargs)
-
-        self.fn = hk.transform_with_state(forward)
-        # jitted as Haiku users do; eager mode would compile decay**t anew at every step t
-        self.jit_apply = jax.jit(self.fn.apply, static_argnames=("is_training",))
+        self._transform(kwargs)
         shape = [1] * layer.rank
         shape[channel_axis(layer.layout)] = layer.features
         zeros = jnp.zeros(shape, jc.jax_dtype(layer.dtype))
         self.params, self.bn_state = self.fn.init(None, zeros, is_training=True)
         if INIT_NOTE not in self.notes:
             self.notes.append(INIT_NOTE)
+
+    def _transform(self, kwargs: dict) -> None:
+        """The transformed forward for these constructor arguments (and its jitted apply)."""
+        def forward(x, **call_kwargs):
+            # call kwargs pass through untouched, so a call without is_training reaches
+            # hk.BatchNorm.__call__ and fails there, as it does for a Haiku user
+            return hk.BatchNorm(**kwargs)(x, **call_kwargs)
+
+        self.kwargs = kwargs
+        self.fn = hk.transform_with_state(forward)
+        # jitted as Haiku users do; eager mode would compile decay**t anew at every step t
+        self.jit_apply = jax.jit(self.fn.apply, static_argnames=("is_training",))
+
+    def set_hyper(self, momentum, epsilon) -> None:
+        """A transformed function has no attribute to change: Haiku users rebuild the
+        transform with the new ``decay_rate``/``eps`` and apply it to the same params and
+        state (the module names, hence the dict keys, are unchanged). The next call uses them;
+        the EMA keeps its counter, so Haiku's debiasing divides by 1 - new_decay**counter."""
+        if momentum == "cumulative":
+            raise NotApplicable("hk.BatchNorm keeps an exponential moving average only")
+        kwargs = dict(self.kwargs)
+        if momentum is not None:
+            kwargs["decay_rate"] = float(momentum)
+        if epsilon is not None:
+            kwargs["eps"] = float(epsilon)
+        self._transform(kwargs)
 
     # -- helpers ---------------------------------------------------------------------
     def _x(self, x) -> jax.Array:

@@ -53,6 +53,22 @@ def policy_name(layer: Layer) -> str:
     return name
 PARAMS = ("gamma", "beta")
 STATS = ("moving_mean", "moving_variance")
+# Batch Renormalization's variables (keras/src/layers/normalization/batch_normalization.py
+# build(): moving_stddev, renorm_mean, renorm_stddev), observed as xbn's RENORM_QUANTITIES
+RENORM = ("renorm_mean", "renorm_stddev", "moving_stddev")
+
+
+def renorm_kwargs(layer: Layer) -> dict:
+    """``renorm=True`` with ``renorm_clipping`` of the bounds given and ``renorm_momentum`` if
+    given (Keras' defaults otherwise: no clipping, 0.99); {} without renorm. tf-keras takes
+    the same arguments."""
+    if layer.renorm is None:
+        return {}
+    kwargs: dict = {"renorm": True, "renorm_clipping": {
+        k: float(v) for k, v in layer.renorm.items() if k in ("rmax", "rmin", "dmax")}}
+    if "momentum" in layer.renorm:
+        kwargs["renorm_momentum"] = float(layer.renorm["momentum"])
+    return kwargs
 
 
 def _backend_module():
@@ -85,6 +101,9 @@ def _tensor(values: np.ndarray, dtype) -> object:
 
 
 class KerasAdapter(Adapter):
+    # renorm=True (Keras 3 has no virtual_batch_size: that was tf-keras only)
+    layer_features = frozenset({"renorm"})
+
     def __init__(self, framework_id: str):
         super().__init__(framework_id)
         expected = BACKENDS[framework_id]
@@ -112,7 +131,7 @@ class KerasAdapter(Adapter):
                          "keras BatchNormalization has no cumulative-average momentum (only an "
                          "exponential moving average)")
             kwargs.update(momentum=layer.momentum, epsilon=layer.epsilon)
-        kwargs.update(center=layer.center, scale=layer.scale)
+        kwargs.update(center=layer.center, scale=layer.scale, **renorm_kwargs(layer))
         kwargs.update(native)
         self.in_dtype = layer.dtype
         if self.backend == "jax":
@@ -178,6 +197,20 @@ class KerasAdapter(Adapter):
         raise NotApplicable("Keras layers have no module-wide train/eval mode; the training "
                             "call argument (or fit/predict) decides")
 
+    def set_hyper(self, momentum, epsilon) -> None:
+        """``layer.momentum = ...``/``layer.epsilon = ...``: plain Python floats that
+        ``BatchNormalization.call`` reads (keras/src/layers/normalization/
+        batch_normalization.py), so an eager call uses them at once, while a function Keras
+        already traced (``predict_function``/``train_function``, kept until ``compile()`` or
+        ``make_*_function(force=True)``) keeps the value it was traced with; nothing is reset
+        here, as a user's assignment resets nothing."""
+        if momentum == "cumulative":
+            raise NotApplicable("keras BatchNormalization has no cumulative-average momentum")
+        if momentum is not None:
+            self.bn.momentum = float(momentum)
+        if epsilon is not None:
+            self.bn.epsilon = float(epsilon)
+
     def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
         if fresh_optimizer or not self.compiled:
             opt = step.optimizer
@@ -199,8 +232,31 @@ class KerasAdapter(Adapter):
         loss_dtype = self.model.metrics[0].dtype  # the loss tracker accumulates in this dtype
         return np.asarray(history.history["loss"][-1], dtype=loss_dtype)
 
-    def grad(self, x, training, weights) -> dict:
+    # -- masks: ``Model.__call__(x, training=..., mask=m)`` hands a boolean mask to
+    # ``BatchNormalization.call(inputs, training, mask)``, whose ``_moments`` weighs the
+    # positions (keras/src/layers/normalization/batch_normalization.py:434-466): the mask is
+    # ``expand_dims(mask, -1)`` broadcast to the input, so it must be the channels-last
+    # input's shape without its last axis; for channels-first layouts Keras' broadcast fails
+    # and that error is the answer. Every position's output is normalized; a fully masked
+    # batch gives mean 0 and variance 0 (count 0 + backend.epsilon()).
+    def _mask(self, mask):
+        return ops.convert_to_tensor(np.asarray(mask) != 0)
+
+    def call_masked(self, x, training, mask):
+        return _numpy(self.model(self._tensor(x), mask=self._mask(mask),
+                                 **self._training_kwargs(training)))
+
+    def predict_masked(self, x, mask):
+        raise NotApplicable("keras Model.predict(x) takes no mask argument; a mask reaches "
+                            "BatchNormalization only from an upstream layer (Masking, Embedding)")
+
+    def grad_masked(self, x, training, weights, mask) -> dict:
+        return self.grad(x, training, weights, mask)
+
+    def grad(self, x, training, weights, mask=None) -> dict:
         kwargs = self._training_kwargs(training)
+        if mask is not None:
+            kwargs["mask"] = self._mask(mask)
         params = [(name, getattr(self.bn, name)) for name in PARAMS
                   if getattr(self.bn, name) is not None]
         live = [(name, v) for name, v in params if v.trainable and self.bn.trainable]
@@ -275,7 +331,8 @@ class KerasAdapter(Adapter):
             variable.assign(_tensor(value, variable.dtype))
 
     def state(self) -> dict:
-        return {name: _numpy(getattr(self.bn, name)) for name in (*PARAMS, *STATS)
+        names = (*PARAMS, *STATS, *(RENORM if self.bn.renorm else ()))
+        return {name: _numpy(getattr(self.bn, name)) for name in names
                 if getattr(self.bn, name) is not None}
 
     def versions(self) -> dict[str, str]:
@@ -283,4 +340,11 @@ class KerasAdapter(Adapter):
 
 
 def make_adapter(framework_id: str) -> Adapter:
-    return KerasAdapter(framework_id)
+    adapter = KerasAdapter(framework_id)
+    if adapter.backend == "tensorflow":  # before any op: TF fixes its devices at start
+        from .replicas_devices import configure_logical_devices
+
+        note = configure_logical_devices()
+        if note:
+            adapter.notes.append(note)
+    return adapter

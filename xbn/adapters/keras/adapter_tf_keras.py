@@ -9,6 +9,8 @@ Bessel-corrected, n/(n-1)), ``tf.nn.moments`` otherwise (biased). Each build rec
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -31,6 +33,20 @@ except RuntimeError:  # the runtime was already started (tests importing tensorf
 MIXED = {("float16", "float32"): "mixed_float16", ("bfloat16", "float32"): "mixed_bfloat16"}
 PARAM_DTYPE = "tf_keras/src/layers/normalization/batch_normalization.py:319-324 _param_dtype"
 WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
+# Batch Renormalization's variables (tf_keras/src/layers/normalization/batch_normalization.py
+# build(): moving_stddev, renorm_mean, renorm_stddev), observed as xbn's RENORM_QUANTITIES
+RENORM = ("renorm_mean", "renorm_stddev", "moving_stddev")
+
+
+def _renorm_kwargs(layer: Layer) -> dict:
+    """``renorm=True``, ``renorm_clipping`` of the bounds given, ``renorm_momentum`` if given
+    (tf-keras' defaults otherwise: no clipping, 0.99); {} without renorm."""
+    if layer.renorm is None:
+        return {}
+    clipping = {k: float(v) for k, v in layer.renorm.items() if k != "momentum"}
+    momentum = {"renorm_momentum": float(layer.renorm["momentum"])} \
+        if "momentum" in layer.renorm else {}
+    return {"renorm": True, "renorm_clipping": clipping, **momentum}
 
 
 def _output(value) -> np.ndarray | tuple[np.ndarray, str]:
@@ -42,6 +58,10 @@ def _output(value) -> np.ndarray | tuple[np.ndarray, str]:
 
 
 class TfKerasAdapter(Adapter):
+    # renorm=True, and ghost batches: virtual_batch_size=N (training reshapes the batch to
+    # [N, -1, ...], so ghost batch g holds rows g, g + B/N, ...; variables get shape [1, 1, C])
+    layer_features = frozenset({"renorm", "virtual_batch_size"})
+
     def build(self, layer: Layer) -> None:
         self.notes = []
         self.require(layer, "cumulative_momentum",
@@ -65,6 +85,9 @@ class TfKerasAdapter(Adapter):
                         "dtype": policy}
         if not layer.defaults:
             kwargs.update(momentum=float(layer.momentum), epsilon=float(layer.epsilon))
+        kwargs.update(_renorm_kwargs(layer))
+        if layer.virtual_batch_size is not None:
+            kwargs["virtual_batch_size"] = layer.virtual_batch_size
         kwargs.update(layer.native.get(self.framework_id, {}))
         self.bn = tf_keras.layers.BatchNormalization(**kwargs)
         shape: list[int | None] = [None] * (layer.rank - 1)
@@ -101,6 +124,19 @@ class TfKerasAdapter(Adapter):
         self.bn.trainable = trainable
         self.compiled = False  # Keras: a trainable change takes effect at the next compile()
 
+    def set_hyper(self, momentum, epsilon) -> None:
+        """``layer.momentum = ...``/``layer.epsilon = ...``, as a tf.keras user changes a built
+        layer: ``call`` reads both as Python numbers (fused path: ``1.0 - self.momentum``,
+        tf_keras/src/layers/normalization/batch_normalization.py ``_fused_batch_norm``), so an
+        eager call sees them; a ``predict``/``fit`` function already traced by tf.function
+        keeps the traced constants until ``compile()`` (nothing here forces a retrace)."""
+        if momentum == "cumulative":
+            raise NotApplicable("tf_keras BatchNormalization has no cumulative-average momentum")
+        if momentum is not None:
+            self.bn.momentum = float(momentum)
+        if epsilon is not None:
+            self.bn.epsilon = float(epsilon)
+
     def _make_optimizer(self, step: Step):
         opt = step.optimizer
         if opt.name == "sgd":
@@ -121,7 +157,44 @@ class TfKerasAdapter(Adapter):
         # the loss tracker is a float32 Mean weighted by batch size; history holds its value
         return np.float32(history.history["loss"][-1])
 
-    def grad(self, x, training, weights) -> dict:
+    # -- masks: ``Model.__call__(x, training=..., mask=m)`` hands the boolean mask to
+    # ``BatchNormalization.call(inputs, training, mask)``. Its non-fused path weighs the
+    # positions (tf_keras/src/layers/normalization/batch_normalization.py:1132-1149,
+    # tf.nn.weighted_moments with div_no_nan: a fully masked batch gives 0 and 0); the fused
+    # kernel (4-D/5-D float inputs, ``fused=None``) warns "Masking is not supported with
+    # fused=True" and ignores the mask (:896-905). Both are what a user gets; the warning is
+    # kept in ``notes``, and the comparison shows the difference.
+    def _call_kwargs(self, training, mask) -> dict:
+        kwargs = {} if training is None else {"training": training}
+        if mask is not None:
+            kwargs["mask"] = tf.constant(np.asarray(mask) != 0)
+        return kwargs
+
+    def call_masked(self, x, training, mask):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = self.model(self._tensor(x), **self._call_kwargs(training, mask))
+        self._warned(caught)
+        return _output(y)
+
+    def predict_masked(self, x, mask):
+        raise NotApplicable("tf_keras Model.predict(x) takes no mask argument; a mask reaches "
+                            "BatchNormalization only from an upstream layer (Masking, Embedding)")
+
+    def grad_masked(self, x, training, weights, mask) -> dict:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = self.grad(x, training, weights, mask)
+        self._warned(caught)
+        return out
+
+    def _warned(self, caught) -> None:
+        for message in sorted({str(w.message) for w in caught if "Masking" in str(w.message)}):
+            note = f"tf-keras warned: {message}"
+            if note not in self.notes:
+                self.notes.append(note)
+
+    def grad(self, x, training, weights, mask=None) -> dict:
         xt = self._tensor(x)
         wide = tf.float64 if self.dtype == tf.float64 else tf.float32
         w = tf.constant(np.asarray(weights, np.float64), dtype=wide)
@@ -129,14 +202,14 @@ class TfKerasAdapter(Adapter):
                   if v is not None}
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            y = self.model(xt) if training is None else self.model(xt, training=training)
+            y = self.model(xt, **self._call_kwargs(training, mask))
             # summed in at least float32 so 16-bit outputs cannot overflow; d/dy is w exactly
             objective = tf.reduce_sum(tf.cast(y, wide) * w)
         live = {q: v for q, v in params.items() if self.bn.trainable}
         grads = tape.gradient(objective, [xt, *live.values()])
         out = {"output": _output(y), "grad_input": _output(grads[0])}
         for q, g in zip(live, grads[1:], strict=True):
-            out[q] = _output(g)
+            out[q] = _output(tf.reshape(g, [-1]))  # [1, 1, C] with virtual_batch_size
         for q in params.keys() - live.keys():
             out[f"{q}_reason"] = "parameters frozen (layer.trainable = False)"
         return out
@@ -146,10 +219,14 @@ class TfKerasAdapter(Adapter):
             var = getattr(self.bn, name, None)
             if var is None:
                 raise NotApplicable(f"the layer has no {name}")
-            var.assign(np.asarray(value, np.float64).astype(var.dtype.as_numpy_dtype))
+            # with virtual_batch_size the variables have shape [1, 1, C]
+            var.assign(np.asarray(value, np.float64).astype(var.dtype.as_numpy_dtype)
+                       .reshape(var.shape))
 
     def state(self) -> dict:
-        return {name: getattr(self.bn, name).numpy() for name in WEIGHTS
+        names = (*WEIGHTS, *(RENORM if self.bn.renorm else ()))
+        # reshaped: with virtual_batch_size tf-keras' variables have shape [1, 1, C]
+        return {name: getattr(self.bn, name).numpy().reshape(-1) for name in names
                 if getattr(self.bn, name, None) is not None}
 
     def versions(self) -> dict[str, str]:
@@ -157,4 +234,10 @@ class TfKerasAdapter(Adapter):
 
 
 def make_adapter(framework_id: str) -> Adapter:
-    return TfKerasAdapter(framework_id)
+    from .replicas_devices import configure_logical_devices
+
+    note = configure_logical_devices()  # before any op: TF fixes its devices at start
+    adapter = TfKerasAdapter(framework_id)
+    if note:
+        adapter.notes.append(note)
+    return adapter

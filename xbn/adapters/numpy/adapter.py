@@ -10,25 +10,36 @@ from dataclasses import fields
 
 import numpy as np
 
+from ... import reference_mask
 from ...reference import NoSuchOperation, ReferenceBatchNorm, Semantics
 from ...scenario import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 
 
 class NumpyAdapter(Adapter):
+    # Keras' Batch Renormalization and tf-keras' ghost batches (xbn.reference_renorm)
+    layer_features = frozenset({"renorm", "virtual_batch_size"})
+
     def __init__(self, framework_id: str = "numpy", semantics: Semantics | None = None):
         super().__init__(framework_id)
         self.semantics = semantics or Semantics()
 
-    def build(self, layer: Layer) -> None:
-        semantics = self.semantics
+    def semantics_for(self, layer: Layer) -> Semantics:
+        """The adapter's semantics with the layer's ``[layer.native.<id>]`` switches set."""
         native = layer.native.get(self.framework_id, {})
-        if native:
-            known = {f.name for f in fields(Semantics)}
-            unknown = sorted(set(native) - known)
-            if unknown:
-                raise TypeError(f"unknown reference switch(es) {unknown}; known: {sorted(known)}")
-            semantics = semantics.with_(**native)
+        if not native:
+            return self.semantics
+        known = {f.name for f in fields(Semantics)}
+        unknown = sorted(set(native) - known)
+        if unknown:
+            raise TypeError(f"unknown reference switch(es) {unknown}; known: {sorted(known)}")
+        return self.semantics.with_(**native)
+
+    def build(self, layer: Layer) -> None:
+        semantics = self.semantics_for(layer)
+        if layer.renorm is not None and layer.cumulative:
+            raise NotApplicable("Batch Renormalization keeps exponential moving averages "
+                                "(Keras); a cumulative momentum has no renorm to model")
         self.bn = ReferenceBatchNorm(layer, semantics, axis=channel_axis(layer.layout))
 
     def call(self, x, training):
@@ -43,6 +54,9 @@ class NumpyAdapter(Adapter):
     def set_mode(self, mode: str) -> None:
         self.bn.module_training = mode == "train"
 
+    def set_hyper(self, momentum, epsilon) -> None:
+        self.bn.set_hyper(momentum, epsilon)
+
     def reset(self) -> None:
         try:
             self.bn.reset()
@@ -55,6 +69,23 @@ class NumpyAdapter(Adapter):
 
     def grad(self, x, training, weights) -> dict:
         return self.bn.grad(x, training, weights)
+
+    # a step's mask: the valid positions' statistics (xbn.reference_mask); n/a where the
+    # semantics model a framework whose BatchNorm takes none (mask = "none")
+    def call_masked(self, x, training, mask):
+        return self._masked(reference_mask.call, x, training, mask)
+
+    def predict_masked(self, x, mask):
+        return self._masked(reference_mask.predict, x, mask)
+
+    def grad_masked(self, x, training, weights, mask) -> dict:
+        return self._masked(reference_mask.grad, x, training, weights, mask)
+
+    def _masked(self, op, *args):
+        try:
+            return op(self.bn, *args)
+        except reference_mask.NoMask as exc:
+            raise NotApplicable(str(exc)) from None
 
     def set_weights(self, values) -> None:
         try:

@@ -11,6 +11,9 @@ What the module can be built with is asked of the installed torch: ``bias=False`
 without a bias) where ``torch.nn.BatchNorm1d``'s signature has ``bias``.
 Train/eval is torch's module-wide mode: a ``training`` flag on a step calls ``train()`` or
 ``eval()`` and the mode persists; a bare call leaves it alone (a fresh module trains).
+In a ``torch@cuda`` worker (``xbn.devices``) the module and every input live on ``cuda`` (built
+on CPU with the same seed, then moved) and values come back to the host; cuDNN is on unless
+``[layer.native.torch] cudnn = false``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...devices import current as current_device
 from ...registry import Capabilities, native_momentum
 from ...scenario import Layer, Step
 from ..base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
@@ -38,6 +42,12 @@ MEMORY_FORMATS = {
     "contiguous": dict.fromkeys((2, 3, 4, 5), torch.contiguous_format),
     "channels_last": {4: torch.channels_last, 5: torch.channels_last_3d},
 }
+# [layer.native.torch] cudnn = false: the module runs without cuDNN on CUDA (torch's native
+# CUDA kernel); set as torch.backends.cudnn.enabled for the scenario, not with
+# torch.backends.cudnn.flags(), which also resets deterministic/allow_tf32 and reads the legacy
+# allow_tf32 getter that raises once fp32_precision is set (torch 2.13: "a mix of the legacy
+# and new APIs"; torch/backends/cudnn/__init__.py set_flags)
+CUDNN = "cudnn"
 STATE = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
          "moving_variance": "running_var"}
 
@@ -66,7 +76,7 @@ def torch_momentum(layer: Layer) -> float | None:
 
 def _out(t: torch.Tensor):
     """A tensor as xbn's value: numpy array, or (float64 array, "bfloat16")."""
-    t = t.detach()
+    t = t.detach().cpu()  # a CUDA tensor (torch@cuda) comes back to the host
     if t.dtype == torch.bfloat16:
         return t.to(torch.float64).numpy(), "bfloat16"
     return t.numpy().copy()
@@ -76,6 +86,7 @@ class TorchAdapter(Adapter):
     def __init__(self, framework_id: str = "torch"):
         super().__init__(framework_id)
         _deterministic()
+        self.device = torch.device(current_device())  # "cuda" in a torch@cuda worker
 
     # -- construction ------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -100,9 +111,13 @@ class TorchAdapter(Adapter):
             kwargs.update(momentum=torch_momentum(layer), eps=float(layer.epsilon))
         native = dict(layer.native.get(self.framework_id, {}))
         memory_format = native.pop(MEMORY_FORMAT, "contiguous")  # not a constructor argument
+        cudnn = native.pop(CUDNN, True)  # neither
+        if not isinstance(cudnn, bool):
+            raise NotApplicable(f"[layer.native.torch] cudnn must be true or false, got {cudnn!r}")
+        torch.backends.cudnn.enabled = cudnn  # for this scenario; the next build sets it again
         kwargs.update(native)
-        if layer.mixed and not (layer.dtype in ("float16", "bfloat16")
-                                and layer.state_dtype == "float32"):
+        if self.device.type == "cpu" and layer.mixed and not (  # on CUDA torch decides
+                layer.dtype in ("float16", "bfloat16") and layer.state_dtype == "float32"):
             raise NotApplicable(
                 f"torch's CPU BatchNorm mixes dtypes only for float16/bfloat16 inputs with "
                 f"float32 parameters (aten/src/ATen/native/cpu/mixed_data_type.h: 'mixed dtype "
@@ -111,7 +126,8 @@ class TorchAdapter(Adapter):
         torch.manual_seed(0)
         self.layer = layer
         self.dtype = DTYPES[layer.dtype]
-        self.module = MODULES[layer.rank](layer.features, **kwargs).to(DTYPES[layer.state_dtype])
+        self.module = MODULES[layer.rank](layer.features, **kwargs).to(
+            self.device, DTYPES[layer.state_dtype])
         self.memory_format = MEMORY_FORMATS[memory_format].get(layer.rank)
         if self.memory_format is None:  # the loader refuses it; a Layer built in code may not
             raise NotApplicable(f"memory_format={memory_format} needs a 4-D or 5-D input")
@@ -121,7 +137,8 @@ class TorchAdapter(Adapter):
         """Scenario-layout float64 -> channels-first tensor of the layer's dtype, contiguous or
         in the ``memory_format`` asked for (the same logical NCHW tensor, NHWC strides)."""
         x = np.ascontiguousarray(to_channels_first(np.asarray(x, np.float64), self.layer.layout))
-        return torch.from_numpy(x).to(self.dtype).contiguous(memory_format=self.memory_format)
+        t = torch.from_numpy(x).to(self.dtype).contiguous(memory_format=self.memory_format)
+        return t.to(self.device)  # .to keeps the memory format (preserve_format)
 
     def _result(self, t: torch.Tensor):
         value = _out(t)
@@ -153,6 +170,17 @@ class TorchAdapter(Adapter):
 
     def set_mode(self, mode: str) -> None:
         self.module.train(mode == "train")
+
+    def set_hyper(self, momentum, epsilon) -> None:
+        """``bn.momentum = ...``/``bn.eps = ...``: plain attributes that ``_BatchNorm.forward``
+        hands to ``F.batch_norm`` at every call (torch/nn/modules/batchnorm.py), so the next
+        call uses them. "cumulative" is ``momentum = None`` (the average over
+        ``num_batches_tracked``, which keeps counting from where it is)."""
+        if momentum is not None:
+            self.module.momentum = native_momentum(
+                "torch", None if momentum == "cumulative" else float(momentum))
+        if epsilon is not None:
+            self.module.eps = float(epsilon)
 
     def reset(self) -> None:
         """``reset_running_stats()``: running_mean 0, running_var 1 and num_batches_tracked 0
@@ -230,7 +258,7 @@ class TorchAdapter(Adapter):
     def batches_tracked(self):
         """``num_batches_tracked`` (an int64 scalar; None without running statistics)."""
         count = getattr(self.module, "num_batches_tracked", None)
-        return None if count is None else count.detach().numpy().copy()
+        return None if count is None else count.detach().cpu().numpy().copy()
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}

@@ -1,0 +1,48 @@
+"""Issue 11's bar: scenarios using every addition of the contract at once run through every
+installed framework with no ``error`` row raised by xbn's own code.
+
+``tests/additions/``: ``every-addition`` (all layer and step additions together: most
+frameworks are n/a for renorm with ghost batches), ``every-addition-common`` (what most
+frameworks express together: mask, chained steps, trace, mid-run set, reset, an empty batch,
+mixed precision) and ``every-addition-replicas`` (replicas with the additions they accept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xbn.registry import availability
+from xbn.runner import run
+from xbn.scenario import load
+
+SCENARIOS = sorted((Path(__file__).parent / "additions").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run([load(p) for p in SCENARIOS])
+
+
+def test_no_error_row_comes_from_xbn(result):
+    ours = [(o["scenario"], o["framework"], o["step"], o["quantity"], o["message"])
+            for o in result.observations
+            if o["status"] == "error" and o.get("origin") in ("xbn", "unknown", None)]
+    assert not ours, ours
+
+
+def test_every_framework_runs_the_common_additions(result):
+    """Not a run of n/a rows only: every installed framework expresses most of them."""
+    installed = [f for f, a in availability().items() if a["available"]]
+    for fid in installed:
+        ok = [o for o in result.observations if o["framework"] == fid
+              and o["scenario"] == "every-addition-common" and o["status"] == "ok"]
+        assert len(ok) > 30, (fid, len(ok))
+
+
+def test_traced_rows_carry_their_repetition(result):
+    reps = {o.get("rep") for o in result.observations
+            if o["framework"] == "numpy" and o["scenario"] == "every-addition-common"
+            and o["step"] == 1}
+    assert reps == {0, 1, 2}
