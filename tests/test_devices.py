@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from xbn.cache import entry_key, key_fields
 from xbn.cli import cli
 from xbn.devices import DeviceError, device_env, parse, split
-from xbn.runner import _worker_env, run
+from xbn.runner import run
 from xbn.scenario import load
+from xbn.spawn import worker_env as _worker_env
 
 from .conftest import MINIMAL
 

@@ -33,7 +33,7 @@ from .profiles import PROFILES, differences, error_mismatch, known_divergence
 from .reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from .reference_edges import relevant_edges
 from .scenario import Scenario
-from .semantics import EDGE_SWITCHES, REPLICA_SWITCHES
+from .semantics import GATED_SWITCHES
 
 UNEXPLAINED = ("unexplained: no single switch, pair, native rounding, declared profile or "
                "rounding bound reproduces it")
@@ -75,7 +75,7 @@ def relevant_switches(scenario: Scenario) -> set[str]:
         found |= {"default_momentum", "default_epsilon"}
     elif not layer.cumulative:
         found.add("momentum_convention")
-    found |= relevant_edges(scenario)  # an empty input; a set of momentum/epsilon
+    found |= relevant_edges(scenario) | ({"mask"} if any(s.mask for s in steps) else set())
     if layer.replicas:  # elsewhere the replica switches change nothing: never tried
         found.add("replica_readback")
         if training:
@@ -85,14 +85,13 @@ def relevant_switches(scenario: Scenario) -> set[str]:
 
 
 def _profile(framework: str | None, only: set[str] | None = None) -> list[dict]:
-    """The framework's declared profile: its semantic switches, then with its arithmetic.
-    The replica switches only where ``only`` (``relevant_switches``) names them: in a
-    scenario without replicas they would cost a minimization rerun each and change nothing."""
+    """The framework's declared profile: its semantic switches, then with its arithmetic;
+    ``semantics.GATED_SWITCHES`` only where ``only`` (``relevant_switches``) names them."""
     framework = base_id(framework) if framework else framework  # torch@cuda: torch's
     if framework not in PROFILES:
         return []
     declared = {k: v for k, v in differences(framework).items()
-                if k not in REPLICA_SWITCHES + EDGE_SWITCHES or (only is not None and k in only)}
+                if k not in GATED_SWITCHES or (only is not None and k in only)}
     return [{k: v for k, v in declared.items() if k in SWITCH_VALUES}, declared]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import numerics
 from .reference import ReferenceBatchNorm, Semantics
-from .scenario_model import Layer
+from .scenario_model import Layer, split_rows
 
 # synchronized_statistics = "error": the modelled framework refuses the layer (Keras 3 off
 # TensorFlow); xbn.profiles_replicas.ERRORS names what each such framework raises
@@ -122,8 +122,7 @@ class ReplicatedReference:
         return [shared(x2) for x2 in x2s]
 
     def _split(self, x: np.ndarray) -> list[np.ndarray]:
-        rows = np.cumsum(self.layer.replicas)[:-1]
-        return np.split(np.asarray(x), rows, axis=0)
+        return split_rows(x, self.layer.replicas)
 
     def _run(self, x: np.ndarray, forward: Callable) -> np.ndarray:
         if self.sem.replica_readback == "broadcast_from_first":

@@ -25,10 +25,9 @@ from .devices import base_id
 from .registry import FRAMEWORKS, availability
 from .scenario import Scenario, quantity_dtype
 from .spawn import Progress, ProgressCallback, WorkerResult, group_env, run_group, run_worker
-from .spawn import worker_env as _worker_env
 
 __all__ = ["Progress", "ProgressCallback", "RunResult", "WorkerResult", "run", "run_group",
-           "run_worker", "_worker_env"]
+           "run_worker"]
 
 DEFAULT_TIMEOUT = 1800.0
 TF_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tf-keras"}

@@ -38,11 +38,19 @@ RENORM_QUANTITIES = ("renorm_mean", "renorm_stddev", "moving_stddev")
 QUANTITIES = ("output", *STATE_QUANTITIES, "loss", "grad_input", "grad_gamma", "grad_beta",
               COUNTER, *REPLICA_QUANTITIES, *RENORM_QUANTITIES)
 MAX_REPLICAS = 8  # host devices a worker asks its engine for (XLA flag, logical CPU devices)
+# how many host devices a worker's engines should offer: set by xbn.worker.prepare_replicas
+# before the framework is imported, read by engines that configure devices (TensorFlow)
+REPLICAS_ENV = "XBN_REPLICAS"
 # layer keys of the "Additions" that an adapter must declare it expresses
 # (``Adapter.layer_features``); any other adapter reports n/a rather than ignore them
 LAYER_FEATURES = ("renorm", "virtual_batch_size")
 FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
 BUILTIN = "builtin:"  # how a built-in scenario's path is recorded: builtin:NAME
+
+
+def split_rows(x: np.ndarray, replicas: list[int]) -> list[np.ndarray]:
+    """A batch split over replicas: ``replicas[i]`` rows each, in batch order."""
+    return np.split(np.asarray(x), np.cumsum(replicas)[:-1], axis=0)
 
 
 def chained(name: str | None) -> int | None:

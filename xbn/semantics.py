@@ -158,3 +158,8 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
     "update_form": ("weighted_sum", "decrement", "fma"),
     "inference_form": ("folded", "centered", "folded_fma"),
 }
+
+# Switches tried, alone or in a declared profile, only where the scenario can show them
+# (``xbn.explain.relevant_switches`` names them): anywhere else each would cost a
+# minimization rerun and change nothing
+GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask")

@@ -19,6 +19,8 @@ import os
 import random
 import sys
 
+from .scenario_model import REPLICAS_ENV
+
 DETERMINISM_ENV = {
     "PYTHONHASHSEED": "0",
     "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -33,7 +35,6 @@ DETERMINISM_ENV = {
 }
 
 
-REPLICAS_ENV = "XBN_REPLICAS"  # how many host devices the worker's engine should offer
 
 
 def prepare_replicas(scenarios: list[dict]) -> None:

@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ...scenario import Layer
+from ...scenario_model import split_rows
 from ..base import Adapter, NotApplicable
 from . import common as jc
 
@@ -60,10 +61,8 @@ class Split:
     def pad(self, x: np.ndarray) -> np.ndarray:
         """[sum(rows), ...] -> [R * width, ...]: replica i's rows, then zeros, per shard."""
         out = np.zeros((self.count * self.width,) + x.shape[1:], x.dtype)
-        start = 0
-        for i, n in enumerate(self.rows):
-            out[i * self.width:i * self.width + n] = x[start:start + n]
-            start += n
+        for i, part in enumerate(split_rows(x, self.rows)):
+            out[i * self.width:i * self.width + len(part)] = part
         return out
 
     def mask(self, ndim: int) -> np.ndarray:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from ...scenario import Layer
 from ..base import Adapter, NotApplicable
 
@@ -20,21 +18,6 @@ def with_synchronized(layer: Layer, framework_id: str) -> Layer:
     native = {**layer.native, framework_id: {**layer.native.get(framework_id, {}),
                                              "synchronized": bool(layer.synchronized)}}
     return replace(layer, native=native)
-
-
-def concat_rows(parts: list, stack: bool = False) -> np.ndarray | tuple[np.ndarray, str]:
-    """Replicas' outputs (numpy arrays, or (float64 array, dtype name) for bfloat16) in
-    replica order, concatenated along the batch axis (``stack``: along a new first axis,
-    for every replica's copy of a variable)."""
-    join = np.stack if stack else np.concatenate
-    if any(isinstance(p, tuple) for p in parts):
-        return join([p[0] for p in parts]), parts[0][1]
-    return join(parts)
-
-
-def offsets(replicas: list[int]) -> list[int]:
-    """Start row of every replica and the end: [0, r0, r0+r1, ...]."""
-    return [int(v) for v in np.cumsum([0, *replicas])]
 
 
 def keras_refuses_synchronized(layer: Layer) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-REPLICAS_ENV = "XBN_REPLICAS"  # xbn.worker.REPLICAS_ENV (not imported: the worker is no dep)
+from ...scenario_model import REPLICAS_ENV
 
 
 def requested_replicas() -> int:

@@ -24,8 +24,9 @@ import numpy as np
 
 from ...scenario import Layer
 from ..base import Adapter, NotApplicable
+from ..rows import join_rows
 from .adapter_keras3 import _numpy
-from .replicas_common import ReplicatedKeras, concat_rows, keras_refuses_synchronized
+from .replicas_common import ReplicatedKeras, keras_refuses_synchronized
 
 STATS = ("moving_mean", "moving_variance")
 
@@ -95,6 +96,6 @@ class DataParallelReplicas(ReplicatedKeras):
                 continue
             shards = sorted(variable.value.addressable_shards,
                             key=lambda s: order.get(s.device, len(order)))
-            state[f"replica_{name}"] = concat_rows([_numpy(s.data) for s in shards],
+            state[f"replica_{name}"] = join_rows([_numpy(s.data) for s in shards],
                                                    stack=True)
         return state

@@ -24,8 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from ...scenario import Layer
+from ...scenario_model import split_rows
 from ..base import Adapter
-from .replicas_common import ReplicatedKeras, concat_rows, offsets, with_synchronized
+from ..rows import join_rows
+from .replicas_common import ReplicatedKeras, with_synchronized
 
 STATS = ("moving_mean", "moving_variance")
 
@@ -111,8 +113,7 @@ class MirroredReplicas(ReplicatedKeras):
 
     def _split(self, x: np.ndarray) -> list:
         """Every replica's rows as a tensor of the layer's dtype (the base adapter's cast)."""
-        bounds = offsets(self.layer.replicas)
-        return [self.base._tensor(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [self.base._tensor(part) for part in split_rows(x, self.layer.replicas)]
 
     def _step(self, training: bool | None):
         if training not in self._fns:
@@ -128,7 +129,7 @@ class MirroredReplicas(ReplicatedKeras):
 
     def _gather(self, per_replica) -> np.ndarray | tuple[np.ndarray, str]:
         parts = self.strategy.experimental_local_results(per_replica)
-        return concat_rows([self.to_numpy(p) for p in parts])
+        return join_rows([self.to_numpy(p) for p in parts])
 
     def call(self, x, training):
         parts = self._split(x)
@@ -147,7 +148,7 @@ class MirroredReplicas(ReplicatedKeras):
 
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         # steps=1: one element per replica is one step (tf-keras requires steps here)
-        return concat_rows([self.to_numpy(self.model.predict(dataset, steps=1, verbose=0))])
+        return join_rows([self.to_numpy(self.model.predict(dataset, steps=1, verbose=0))])
 
     def state(self) -> dict:
         state = self.base.state()  # the host's read: layer.moving_mean, as users read it
@@ -156,6 +157,6 @@ class MirroredReplicas(ReplicatedKeras):
             if variable is None:
                 continue
             copies = self.strategy.experimental_local_results(_tf_variable(variable))
-            state[f"replica_{name}"] = concat_rows([self.to_numpy(c) for c in copies],
+            state[f"replica_{name}"] = join_rows([self.to_numpy(c) for c in copies],
                                                    stack=True)
         return state

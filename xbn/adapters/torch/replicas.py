@@ -46,7 +46,9 @@ import numpy as np
 
 from ...scenario import Layer, Step
 from ...scenario_ddp import ddp_options
+from ...scenario_model import split_rows
 from ..base import Adapter, NotApplicable
+from ..rows import join_rows
 
 TIMEOUT_ENV = "XBN_RANK_TIMEOUT"
 DEFAULT_TIMEOUT = 10.0  # seconds a collective may wait for the other ranks
@@ -270,14 +272,11 @@ class TorchReplicated(Adapter):
 
     # -- operations --------------------------------------------------------------------
     def _shards(self, x) -> list[np.ndarray]:
-        cuts = np.cumsum(self.layer.replicas)[:-1]
-        return np.split(np.asarray(x, np.float64), cuts, axis=0)
+        return split_rows(np.asarray(x, np.float64), self.layer.replicas)
 
     @staticmethod
     def _gather(outputs: list):
-        if isinstance(outputs[0], tuple):  # bfloat16 comes back as (float64, "bfloat16")
-            return np.concatenate([o[0] for o in outputs]), outputs[0][1]
-        return np.concatenate(outputs)
+        return join_rows(outputs)  # bfloat16 comes back as (float64, "bfloat16")
 
     def call(self, x, training: bool | None):
         return self._gather(self._ranks([("call", s, training) for s in self._shards(x)]))
