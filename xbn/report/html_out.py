@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from html import escape
 
+from .figures import drawn
 from .html_parts import (
     anchor,
     differences_table,
@@ -67,7 +68,7 @@ def _drift_plot(report, scenario) -> str:
     return (f"<figure class='plot'>{to_svg(fig, anchor(scenario.name) + '-')}<figcaption>{caption}</figcaption></figure>")
 
 
-def _scenario(report, s) -> str:
+def _scenario(report, s, figures: dict[str, str]) -> str:
     parts = [f"<section id='{anchor(s.name)}' class='scenario'>",
              f"<h2>{escape(s.name)} <a class='up' href='#heatmap' title='back to the heatmap'>"
              "↑</a></h2>"]
@@ -75,7 +76,7 @@ def _scenario(report, s) -> str:
         parts.append(f"<p class='title'>{escape(s.title)}</p>")
     if s.description:
         parts.append(f"<p class='desc'>{escape(s.description.strip())}</p>")
-    parts.append(_plot(report, s))
+    parts.append(figures[s.name])
     parts.append("<h3>Values</h3>")
     parts.append(values_table(report, s.name))
     parts.append("<h3>Differences and explanations</h3>")
@@ -131,6 +132,7 @@ def render(report, matrix: dict | None = None, intro: str = "") -> str:
                   matrix_table(matrix, ["numpy", *framework_order(report)]), "</section>"]
     if section is not None:
         parts.append(replica_html(section))
-    parts += [_scenario(report, s) for s in report.scenarios]
+    figures = drawn(report, _plot)
+    parts += [_scenario(report, s, figures) for s in report.scenarios]
     parts += ["</main></body></html>"]
     return "\n".join(p for p in parts if p) + "\n"
