@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from .registry import FRAMEWORKS, availability
 from .scenario import Scenario, quantity_dtype
 from .spawn import Progress, ProgressCallback, WorkerResult, group_env, run_group, run_worker
 
+FrameworkCallback = Callable[[str, list[dict]], None]
+
 __all__ = ["Progress", "ProgressCallback", "RunResult", "WorkerResult", "run", "run_group",
            "run_worker"]
 
@@ -34,6 +37,9 @@ TF_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tf-keras"}
 # a framework that requires one of these runs on JAX (flax, haiku, equinox name only themselves
 # and optax, which are built on it)
 JAX_DISTRIBUTIONS = {"jax", "optax", "flax", "dm-haiku", "equinox"}
+EXPLAINED_REFERENCE = "numpy"
+"""Explanations re-run xbn's float64 reference with other switches (``explain_diffs``), so
+they exist only when the reference is that model."""
 
 
 @dataclass
@@ -72,14 +78,18 @@ def expected_rows(scenario: Scenario) -> list[dict]:
 
 def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
         timeout: float = DEFAULT_TIMEOUT, jobs: int | None = None,
-        progress: ProgressCallback | None = None, cache: ResultCache | None = None) -> RunResult:
+        progress: ProgressCallback | None = None, cache: ResultCache | None = None,
+        on_framework: FrameworkCallback | None = None) -> RunResult:
     """Run scenarios through frameworks (default: every installed one), in parallel workers.
 
     ``progress`` receives ``Progress`` events from the workers' reader threads, serialised by
     a lock, and a last "finished" event once every worker has ended. With a ``cache``
     (``xbn.cache``), a scenario x framework found there is not run, a framework with every
     scenario found starts no worker, and what a worker finishes without a worker error is
-    stored; without one (the default, and always for ``xbn check``) everything runs."""
+    stored; without one (the default, and always for ``xbn check``) everything runs.
+    ``on_framework(id, observations)`` hears of each framework whose rows are complete and
+    clean while the other workers still run (``xbn.analysis`` explains them meanwhile); the
+    observations are the ones the result will hold for it, in the same order."""
     avail = availability()
     wanted = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
     meta: dict[str, dict] = {}
@@ -108,9 +118,25 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     seconds: dict[str, float] = {}
     for fid in runnable:
         notify(Progress("queued", fid, count=len(todo[fid])))
-    # longest first, so that the slowest worker is not the one that starts last
+    # longest first, so that the slowest worker is not the one that starts last; but the
+    # float64 reference (a second's work) before all: explanations wait for its rows
     plan = sorted(worker_groups([f for f in runnable if todo[f]]),
-                  key=lambda g: -sum(_estimate(cache, f, len(todo[f])) for f in g))
+                  key=lambda g: (g != [EXPLAINED_REFERENCE],
+                                 -sum(_estimate(cache, f, len(todo[f])) for f in g)))
+    failures: list[BaseException] = []
+
+    def done(res: WorkerResult) -> None:
+        """From a reader thread, which must go on reading: a failure is raised after the run."""
+        if on_framework is not None:
+            try:
+                on_framework(res.framework,
+                             _ordered(res.observations, scenarios, hits[res.framework]))
+            except Exception as exc:  # xbn's bug: raised once the workers have ended
+                failures.append(exc)
+
+    for fid in runnable:
+        if not todo[fid] and on_framework is not None:  # every scenario from the cache
+            on_framework(fid, _ordered([], scenarios, hits[fid]))
     with ThreadPoolExecutor(max_workers=jobs or default_jobs(len(plan))) as pool:
         futures: dict[str, Future] = {}
         for group in plan:
@@ -118,10 +144,10 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
             env = cache.compile_env() if cache is not None and _is_jax(group[0]) else None
             if len(group) == 1:
                 futures[group[0]] = pool.submit(run_worker, group[0], todo[group[0]], timeout,
-                                                notify, env=env)
+                                                notify, env=env, on_done=done)
             else:
                 shared = pool.submit(run_group, {f: todo[f] for f in group}, timeout, notify,
-                                     env=env)
+                                     env=env, on_done=done)
                 futures.update(dict.fromkeys(group, shared))
         for fid in runnable:
             res = _result(futures[fid], fid) if fid in futures else WorkerResult(fid)
@@ -139,6 +165,8 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
             if res.error:
                 meta[fid]["error"] = res.error
     notify(Progress("finished", count=len(scenarios)))
+    if failures:
+        raise failures[0]
     for s in scenarios:
         observations.extend(expected_rows(s))
     return RunResult(observations, meta, scenarios, seconds)
@@ -149,12 +177,18 @@ SEPARATE_ENV = "XBN_SEPARATE_WORKERS"  # "1": every framework in a worker of its
 
 def worker_groups(frameworks: list[str]) -> list[list[str]]:
     """The workers to start: one per framework, except that the CPU ids of the JAX family
-    (every id that requires a ``JAX_DISTRIBUTIONS`` one: flax, flax-nnx, haiku, equinox, keras-jax) share one, so
-    that JAX is imported and its primitives compiled once for all of them (``xbn.spawn``).
+    (every id that requires a ``JAX_DISTRIBUTIONS`` one: flax, flax-nnx, haiku, equinox) share
+    one, so that JAX is imported once for all of them and each compiles into the persistent
+    compilation cache the next reads (``xbn.spawn``). Keras on JAX keeps a worker of its own:
+    it is the largest (1.3 GB over the built-in suite, where the other four together reach
+    1.1 GB; in the group it took the group to 1.63 GB, the report's peak: 1.29 GB apart),
+    for no time we could tell apart (cold report 119.6 s with it in the group, 124.2 s apart,
+    one run each on a loaded machine).
     A JAX id whose worker environment differs from the group's (``KERAS_BACKEND`` set by the
     caller) keeps its own, as does every ``ID@DEVICE``; ``XBN_SEPARATE_WORKERS=1`` gives every
     framework its own worker."""
-    jax_ids = [f for f in frameworks if base_id(f) == f and _is_jax(f)]
+    jax_ids = [f for f in frameworks if base_id(f) == f and _is_jax(f)
+               and FRAMEWORKS[f].family != "keras"]
     group: list[str] = []
     if os.environ.get(SEPARATE_ENV) != "1":
         for fid in jax_ids:
@@ -210,25 +244,38 @@ def _merge(res: WorkerResult, scenarios: list[Scenario], hits: dict[str, dict],
     one worker had run them all: the same order, versions and notes); stores what the worker
     finished cleanly. A worker that crashed or timed out stores nothing: its rows may be
     incomplete, and its error must not outlive this run."""
-    by_scenario: dict[str, list[dict]] = {}
-    for o in res.observations:
-        by_scenario.setdefault(o["scenario"], []).append(o)
     if cache is not None and not res.error:
+        by_scenario = _by_scenario(res.observations)
         for s in scenarios:
             if s.name in res.completed:
                 cache.put(s, res.framework, by_scenario.get(s.name, []), res.versions,
                           res.scenario_notes.get(s.name, []))
     notes = list(res.notes)
+    for s in scenarios:
+        entry = hits.get(s.name)
+        if entry is not None:
+            res.versions = res.versions or entry.get("versions", {})
+            notes.extend(entry.get("notes", []))
+    res.notes = list(dict.fromkeys(notes))
+    return _ordered(res.observations, scenarios, hits)
+
+
+def _by_scenario(observations: list[dict]) -> dict[str, list[dict]]:
+    by_scenario: dict[str, list[dict]] = {}
+    for o in observations:
+        by_scenario.setdefault(o["scenario"], []).append(o)
+    return by_scenario
+
+
+def _ordered(observations: list[dict], scenarios: list[Scenario],
+             hits: dict[str, dict]) -> list[dict]:
+    """A worker's observations and the cache's, in scenario order (as if one worker had run
+    them all); rows of a scenario the run was not asked for come last."""
+    by_scenario = _by_scenario(observations)
     out = []
     for s in scenarios:
         entry = hits.get(s.name)
-        if entry is None:
-            out.extend(by_scenario.pop(s.name, []))
-            continue
-        out.extend(entry["observations"])
-        res.versions = res.versions or entry.get("versions", {})
-        notes.extend(entry.get("notes", []))
-    for rest in by_scenario.values():  # rows of a scenario the run was not asked for
+        out.extend(by_scenario.pop(s.name, []) if entry is None else entry["observations"])
+    for rest in by_scenario.values():
         out.extend(rest)
-    res.notes = list(dict.fromkeys(notes))
     return out

@@ -56,6 +56,9 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+DoneCallback = Callable[["WorkerResult"], None]
+"""Called with a framework's result the moment its worker reports it finished cleanly (in a
+group: before the group's other frameworks end), from the worker's reader thread."""
 
 
 @dataclass
@@ -139,7 +142,9 @@ class _Group:
     """The reading side of one worker process: which framework is running, since when, and
     each framework's result and tracker."""
 
-    def __init__(self, todo: dict[str, list[Scenario]], notify: ProgressCallback | None):
+    def __init__(self, todo: dict[str, list[Scenario]], notify: ProgressCallback | None,
+                 on_done: DoneCallback | None = None):
+        self.on_done = on_done
         self.order = list(todo)
         self.todo = todo
         self.results = {fid: WorkerResult(fid) for fid in todo}
@@ -176,6 +181,8 @@ class _Group:
             self.finished.append(fid)
             if result.unavailable is None:  # done now, not when the whole group is
                 tracker.emit("done")
+                if self.on_done is not None:
+                    self.on_done(result)
             rest = [f for f in self.order if f not in self.finished]
             if rest:  # the next one begins now: its clock (timeout, elapsed) starts here
                 self.current, self.began = rest[0], now
@@ -184,12 +191,14 @@ class _Group:
 
 def run_group(todo: dict[str, list[Scenario]], timeout: float,
               notify: ProgressCallback | None = None,
-              env: dict[str, str] | None = None) -> dict[str, WorkerResult]:
+              env: dict[str, str] | None = None,
+              on_done: DoneCallback | None = None) -> dict[str, WorkerResult]:
     """Run each framework's scenarios (``todo``: framework -> scenarios, in running order) in
     one fresh worker process; one ``WorkerResult`` per framework. ``timeout`` is each
     framework's, counted from when it begins; ``env`` is added to the worker's environment
-    (``ResultCache.compile_env``)."""
-    group = _Group(todo, notify)
+    (``ResultCache.compile_env``); ``on_done`` hears of each framework that finishes cleanly
+    as soon as it does (a crashed, timed-out or unavailable one is only returned)."""
+    group = _Group(todo, notify, on_done)
     members = [{"framework": fid, "module": module_path(base_id(fid)),
                 "scenarios": [s.to_dict() for s in todo[fid]]} for fid in todo]
     shared = group_env(list(todo))
@@ -269,9 +278,10 @@ def _finish(group: _Group, fid: str, error: str | None, seconds: float) -> None:
 
 def run_worker(framework: str, scenarios: list[Scenario], timeout: float,
                notify: ProgressCallback | None = None,
-               env: dict[str, str] | None = None) -> WorkerResult:
+               env: dict[str, str] | None = None,
+               on_done: DoneCallback | None = None) -> WorkerResult:
     """Run all scenarios through one framework in a fresh process."""
-    return run_group({framework: scenarios}, timeout, notify, env)[framework]
+    return run_group({framework: scenarios}, timeout, notify, env, on_done)[framework]
 
 
 def _kill(proc: subprocess.Popen) -> None:

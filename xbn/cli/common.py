@@ -81,15 +81,30 @@ def analyze_with_progress(scenarios: list, frameworks: list[str] | None, referen
 
     preload = threading.Thread(target=import_module, args=("xbn.analysis",), daemon=True)
     display = progress_printer(quiet)
+    early = []  # the analysis' early explanations, made once the preload has imported it
+
+    def framework_done(framework: str, observations: list[dict]) -> None:
+        preload.join()
+        with lock:
+            if not early:
+                from ..analysis import EarlyExplanations
+                from ..comparison import DEFAULT_K
+
+                early.append(EarlyExplanations(scenarios, reference,
+                                               k if k is not None else DEFAULT_K, cache))
+        early[0].framework_done(framework, observations)
+
+    lock = threading.Lock()
     with display if display is not None else nullcontext():
         preload.start()
         result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=display,
-                     cache=cache)
+                     cache=cache, on_framework=framework_done)
     preload.join()
     from ..analysis import analyze
     from ..comparison import DEFAULT_K
 
-    return analyze(result, reference, k if k is not None else DEFAULT_K, cache)
+    return analyze(result, reference, k if k is not None else DEFAULT_K, cache,
+                   early[0] if early else None)
 
 
 def did_you_mean(word: str, choices) -> str:
