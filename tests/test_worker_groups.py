@@ -30,10 +30,9 @@ def _same(a: list[dict], b: list[dict]) -> bool:
 def test_jax_ids_share_one_worker_unless_told_or_unable(monkeypatch):
     ids = ["numpy", "flax", "torch", "haiku", "keras-jax", "keras", "flax@gpu"]
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    assert runner.worker_groups(ids) == [["flax", "haiku", "keras-jax"], ["numpy"], ["torch"],
-                                         ["keras"], ["flax@gpu"]]
-    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")  # the caller's: keras-jax's own differs
-    assert runner.worker_groups(ids)[0] == ["flax", "haiku"]
+    # Keras on JAX keeps its own worker (the largest; see worker_groups)
+    assert runner.worker_groups(ids) == [["flax", "haiku"], ["numpy"], ["torch"],
+                                         ["keras-jax"], ["keras"], ["flax@gpu"]]
     monkeypatch.setenv(runner.SEPARATE_ENV, "1")
     assert runner.worker_groups(ids) == [[f] for f in ids]
     assert runner.worker_groups(["numpy", "flax"]) == [["numpy"], ["flax"]]  # a group of one
@@ -126,3 +125,31 @@ def test_global_jax_config_is_put_back_between_frameworks():
         assert bool(jax.config.jax_enable_x64) is fresh
     finally:
         jax.config.update("jax_enable_x64", fresh)
+
+
+def test_compiled_executables_are_emptied_once_the_worker_has_grown(monkeypatch):
+    """``_GlobalConfig.bound_memory``, called after each scenario: JAX's in-memory caches are
+    emptied only when the process has grown more than XBN_WORKER_GROWTH_MB since last time."""
+    import jax
+
+    from xbn.worker import GROWTH_ENV, _GlobalConfig
+
+    add_one = jax.jit(lambda x: x + 1)
+    add_one(1.0)
+    config = _GlobalConfig()
+    monkeypatch.setenv(GROWTH_ENV, "1e9")
+    config.bound_memory()  # the first call marks where the worker starts
+    config.bound_memory()
+    assert add_one._cache_size() == 1
+    monkeypatch.setenv(GROWTH_ENV, "-1")  # any size is growth
+    config.bound_memory()
+    assert add_one._cache_size() == 0
+
+
+def test_emptying_after_every_scenario_changes_no_bit(write_scenario, monkeypatch):
+    scenarios = [load(write_scenario(FLOAT64, "a.toml")), load(write_scenario(MINIMAL))]
+    kept = runner.run_worker("flax", scenarios, 600)
+    monkeypatch.setenv("XBN_WORKER_GROWTH_MB", "-1")  # the worker reads the caller's env
+    emptied = runner.run_worker("flax", scenarios, 600)
+    assert kept.error is None and emptied.error is None
+    assert _same(kept.observations, emptied.observations)
