@@ -2,9 +2,11 @@
 
 Each framework runs in its own process so that TensorFlow and PyTorch never share one, and a
 crash or a hang costs only that framework's rows; the JAX family shares one worker, which runs
-its frameworks one after the other (``worker_groups``, ``xbn.spawn``). Workers run one per CPU core at a time, the
+its frameworks one after the other (``worker_groups``, ``xbn.spawn``). Workers run one per CPU
+core at a time, the float64 reference first (explanations wait for its rows) and then the
 slowest framework first: they are CPU-bound, so more at once only shares the cores and holds
-every framework in memory together. With a result cache (``xbn.cache``) a worker runs only the
+every framework in memory together. ``on_framework`` hears of each framework as soon as its
+rows are complete, so that its analysis can begin while the others run. With a result cache (``xbn.cache``) a worker runs only the
 scenarios the cache does not hold, and none starts for a framework it holds entirely.
 
 Progress is reported as ``Progress`` events (a framework started, is on a step, finished a

@@ -1,12 +1,13 @@
 """Start one worker process for one framework, or for a group of frameworks that share one
 engine, and turn its protocol lines into one ``WorkerResult`` per framework.
 
-Why groups: the JAX-family frameworks (flax, flax-nnx, haiku, equinox, keras-jax) each spend
-most of a small scenario compiling JAX primitives for its shapes; in one process the compiled
-executables of the shared primitives (and the import of JAX itself) are paid once instead of
-five times. The worker runs the group's frameworks one after the other and resets the global
-JAX configuration between them (``xbn.worker``), so every framework's rows are the bits it
-gives in a worker of its own (``tests/test_worker_groups.py``).
+Why groups: the JAX-family frameworks (flax, flax-nnx, haiku, equinox; ``runner.worker_groups``
+says which) each spend most of a small scenario compiling JAX primitives for its shapes; in one
+process JAX is imported once, and with the result cache on each framework compiles into the
+persistent compilation cache that the next one reads. The worker runs the group's frameworks
+one after the other and resets the global JAX configuration between them (``xbn.worker``), so
+every framework's rows are the bits it gives in a worker of its own
+(``tests/test_worker_groups.py``).
 
 Each framework of a group keeps what a worker of its own has: its versions and notes, its
 timeout (counted from the moment it begins), its progress events and its seconds. A group
