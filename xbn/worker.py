@@ -30,7 +30,9 @@ DETERMINISM_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    # XLA stops reading XLA_FLAGS at a token it does not know: until wave 2 this carried a bare
+    # "intra_op_parallelism_threads=1" (not an XLA flag), which ended the parsing there
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "KERAS_HOME": os.path.join(os.path.expanduser("~"), ".keras"),
 }
 
@@ -47,7 +49,7 @@ def prepare_replicas(scenarios: list[dict]) -> None:
         return
     os.environ[REPLICAS_ENV] = str(count)
     flags = os.environ.get("XLA_FLAGS", "")
-    # first: XLA stops reading XLA_FLAGS at a token it does not know
+    # first: XLA stops reading XLA_FLAGS at a token it does not know (see DETERMINISM_ENV)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count} {flags}".strip()
 
 

@@ -44,7 +44,7 @@ def _child(framework_id: str, replicas: bool) -> dict:
     env.pop("XBN_REPLICAS", None)
     if replicas:
         env["XBN_REPLICAS"] = "2"
-        # first: XLA stops reading XLA_FLAGS at the worker's bare intra_op_parallelism_threads
+        # first, as the worker puts it (xbn.worker.prepare_replicas)
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 " + env["XLA_FLAGS"]
     mode = "replicas" if replicas else "plain"
     proc = subprocess.run([sys.executable, __file__, framework_id, mode], env=env, cwd=ROOT,
