@@ -44,7 +44,7 @@ class EarlyExplanations:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xbn-explain")
         self._lock = threading.Lock()
         self._reference_rows: list[dict] | None = None
-        self._waiting: list[tuple[str, list[dict]]] = []
+        self._waiting: list[list[dict]] = []  # frameworks' rows that came before the reference's
         self._found: list[Future] = []
 
     def framework_done(self, framework: str, observations: list[dict]) -> None:
@@ -54,14 +54,14 @@ class EarlyExplanations:
             if framework == self.reference:
                 self._reference_rows = observations
                 for waiting in self._waiting:
-                    self._submit(*waiting)
+                    self._submit(waiting)
                 self._waiting = []
             elif self._reference_rows is None:
-                self._waiting.append((framework, observations))
+                self._waiting.append(observations)
             else:
-                self._submit(framework, observations)
+                self._submit(observations)
 
-    def _submit(self, framework: str, observations: list[dict]) -> None:
+    def _submit(self, observations: list[dict]) -> None:
         self._found.append(self._pool.submit(self._explain, observations))
 
     def _explain(self, observations: list[dict]) -> dict[tuple, str]:

@@ -75,36 +75,33 @@ def analyze_with_progress(scenarios: list, frameworks: list[str] | None, referen
     before they start, so they are off the critical path of a one-framework ``xbn run``."""
     import threading
     from contextlib import nullcontext
-    from importlib import import_module
 
     from ..runner import run
 
-    preload = threading.Thread(target=import_module, args=("xbn.analysis",), daemon=True)
-    display = progress_printer(quiet)
-    early = []  # the analysis' early explanations, made once the preload has imported it
+    early = {}  # "searches": the analysis' early explanations, made by the preload
+
+    def prepare() -> None:
+        from ..analysis import EarlyExplanations
+        from ..comparison import DEFAULT_K
+
+        early["k"] = k if k is not None else DEFAULT_K
+        early["searches"] = EarlyExplanations(scenarios, reference, early["k"], cache)
 
     def framework_done(framework: str, observations: list[dict]) -> None:
-        preload.join()
-        with lock:
-            if not early:
-                from ..analysis import EarlyExplanations
-                from ..comparison import DEFAULT_K
+        preload.join()  # from the workers' reader threads: the searches exist once it ends
+        if "searches" in early:  # else the import failed: raised below, where it is made again
+            early["searches"].framework_done(framework, observations)
 
-                early.append(EarlyExplanations(scenarios, reference,
-                                               k if k is not None else DEFAULT_K, cache))
-        early[0].framework_done(framework, observations)
-
-    lock = threading.Lock()
+    preload = threading.Thread(target=prepare, daemon=True)
+    display = progress_printer(quiet)
     with display if display is not None else nullcontext():
         preload.start()
         result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=display,
                      cache=cache, on_framework=framework_done)
     preload.join()
     from ..analysis import analyze
-    from ..comparison import DEFAULT_K
 
-    return analyze(result, reference, k if k is not None else DEFAULT_K, cache,
-                   early[0] if early else None)
+    return analyze(result, reference, early["k"], cache, early["searches"])
 
 
 def did_you_mean(word: str, choices) -> str:
