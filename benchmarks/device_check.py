@@ -142,7 +142,7 @@ def large_mean_figures(doc: dict) -> dict:
     the unbiased variance, torch/nn/modules/batchnorm.py)."""
     import numpy as np
 
-    from xbn.scenario import load, resolve
+    from xbn.scenario.loader import load, resolve
 
     x = np.asarray(load(resolve("large-mean")).inputs["x"], np.float64)
     exact = {"moving_variance": x.var(axis=0, ddof=1), "moving_mean": x.mean(axis=0)}

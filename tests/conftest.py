@@ -44,6 +44,6 @@ def drifting(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _own_result_cache(tmp_path_factory, monkeypatch):
-    """Each test gets an empty result cache (``xbn.cache``): a result another test or the
+    """Each test gets an empty result cache (``xbn.execution.cache``): a result another test or the
     developer's own runs left behind must never stand in for a run a test asks for."""
     monkeypatch.setenv("XBN_CACHE_DIR", str(tmp_path_factory.mktemp("xbn-cache")))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from xbn.profiles import profile_matrix
+from xbn.profiles.facts import profile_matrix
 from xbn.report import render
 from xbn.report.html_parts import anchor
 from xbn.report.plots import has_drift

@@ -11,11 +11,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from xbn import cache as cache_mod
-from xbn import runner
-from xbn.cache import ResultCache, entry_key
 from xbn.cli.main import cli
-from xbn.scenario import load
+from xbn.execution import cache as cache_mod
+from xbn.execution import runner
+from xbn.execution.cache import ResultCache, entry_key
+from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 
@@ -66,7 +66,7 @@ def test_key_changes_with_every_input(write_scenario, monkeypatch, what):
     elif what == "env":
         monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     else:
-        from xbn import worker
+        from xbn.execution import worker
         monkeypatch.setitem(worker.DETERMINISM_ENV, "OMP_NUM_THREADS", "2")
     assert entry_key(s, "numpy") != before
 
@@ -136,7 +136,7 @@ def _analysed(write_scenario, factor: float):
     """A run of numpy and a fake "torch" whose outputs are numpy's times ``factor``."""
     from xbn.adapters.base import run_scenario
     from xbn.adapters.numpy.adapter import NumpyAdapter
-    from xbn.reference import Semantics
+    from xbn.reference.batchnorm import Semantics
 
     s = load(write_scenario(MINIMAL))
     ref = list(run_scenario(NumpyAdapter("numpy", Semantics()), s))
@@ -148,8 +148,8 @@ def _analysed(write_scenario, factor: float):
 
 
 def test_explanations_are_cached_by_what_the_search_reads(write_scenario, store, monkeypatch):
-    from xbn import explain
-    from xbn.analysis import analyze
+    from xbn.analysis.pipeline import analyze
+    from xbn.explain import search as explain
 
     first = analyze(_analysed(write_scenario, 2.0), cache=store)
     texts = list(first.diffs["explanation"].dropna())

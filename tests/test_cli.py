@@ -232,7 +232,7 @@ def test_live_progress_draws_a_row_per_framework():
     from rich.console import Console
 
     from xbn.cli.progress import LiveProgress, progress_display
-    from xbn.runner import Progress
+    from xbn.execution.runner import Progress
 
     assert isinstance(progress_display(terminal=True), LiveProgress)
     assert progress_display(quiet=True, terminal=True) is None
@@ -252,8 +252,8 @@ def test_live_progress_draws_a_row_per_framework():
 
 
 def test_runner_reports_steps_and_scenarios(write_scenario):
-    from xbn.runner import run
-    from xbn.scenario import load
+    from xbn.execution.runner import run
+    from xbn.scenario.loader import load
 
     two = MINIMAL + '[[steps]]\nop = "predict"\ninput = "x"\n'
     events = []
@@ -268,7 +268,7 @@ def test_runner_reports_steps_and_scenarios(write_scenario):
 
 def test_report_writes_html_beside_markdown(drifting, tmp_path, monkeypatch):
     from xbn.cli import run as run_module
-    from xbn.scenario import load, resolve
+    from xbn.scenario.loader import load, resolve
 
     monkeypatch.setattr(run_module, "builtin_scenarios",
                         lambda: [load(resolve("variance-update-n5"))])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xbn.comparison import (
+from xbn.common.dtypes import round_to, ulp_distance
+from xbn.comparison.diffs import (
     agreement,
     diff_table,
     exception_type,
@@ -13,7 +14,6 @@ from xbn.comparison import (
     measure,
     observations_frame,
 )
-from xbn.dtypes import round_to, ulp_distance
 
 
 def test_ulp_distance_counts_representable_steps():
@@ -140,7 +140,7 @@ def test_the_reference_rows_scale_is_used_and_another_reference_borrows_numpys()
 def test_reference_rows_record_their_scale(write_scenario):
     from xbn.adapters.base import run_scenario
     from xbn.adapters.numpy.adapter import NumpyAdapter
-    from xbn.scenario import load
+    from xbn.scenario.loader import load
 
     from .conftest import MINIMAL
 

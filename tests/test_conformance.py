@@ -2,11 +2,11 @@
 
 Every built-in scenario (the 1000-step ones too) runs once through every framework (real
 workers, in parallel); for each framework, the reference configured with that framework's
-declared profile (``xbn.profiles``) must reproduce every observation by
-``xbn.comparison.agreement`` at the verdict tolerance, and fail where the framework fails. When
+declared profile (``xbn.profiles.facts``) must reproduce every observation by
+``xbn.comparison.diffs.agreement`` at the verdict tolerance, and fail where the framework fails. When
 a release changes behaviour, this names the scenario, step and quantity, and the switch setting
 that would reproduce the new behaviour. Known divergences that no switch models are data in
-``xbn/divergences.toml``: each covers the quantities it names, and each of those must still
+``xbn/profiles/divergences.toml``: each covers the quantities it names, and each of those must still
 depart from the profile somewhere here.
 """
 
@@ -16,11 +16,11 @@ import pytest
 
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
-from xbn.comparison import agreement, row_at
-from xbn.profiles import error_problems, known_divergence, known_divergences, semantics_of
-from xbn.registry import FRAMEWORK_IDS
-from xbn.runner import run
-from xbn.scenario import builtin_paths, load
+from xbn.comparison.diffs import agreement, row_at
+from xbn.execution.runner import run
+from xbn.frameworks.registry import FRAMEWORK_IDS
+from xbn.profiles.facts import error_problems, known_divergence, known_divergences, semantics_of
+from xbn.scenario.loader import builtin_paths, load
 
 K = 16.0
 
@@ -103,7 +103,7 @@ def test_framework_matches_its_profile(observed, framework):
 
 def _which_switch(framework: str, scenarios, rows: dict) -> str:
     """Name the single switch change to the profile that reproduces the framework again."""
-    from xbn.reference import NUMERIC_SWITCH_VALUES, SWITCH_VALUES
+    from xbn.reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES
 
     profile = semantics_of(framework)
     options = {**SWITCH_VALUES, **NUMERIC_SWITCH_VALUES}
@@ -113,7 +113,7 @@ def _which_switch(framework: str, scenarios, rows: dict) -> str:
                 continue
             trial = profile.with_(**{name: value})
             if all(_reproduces(trial, s, framework, rows) for s in scenarios):
-                return f"=> the framework now behaves as {name}={value} (update xbn/profiles.py)"
+                return f"=> the framework now behaves as {name}={value} (update xbn/profiles/facts.py)"
     return "=> no single switch change to the profile reproduces it (a new switch or a bug)"
 
 
@@ -145,8 +145,8 @@ def test_known_divergences_are_still_real(observed):
 def test_every_profile_declares_every_switch():
     """A switch added to the reference needs each framework's value with its source: a
     profile that leaves one out would silently take the reference's default."""
-    from xbn.profiles import PROFILES
-    from xbn.reference import Semantics
+    from xbn.profiles.facts import PROFILES
+    from xbn.reference.batchnorm import Semantics
 
     switches = set(Semantics().switches())
     missing = {fid: sorted(switches - set(facts)) for fid, facts in PROFILES.items()

@@ -9,12 +9,12 @@ test_installed.py's failure, not this test's.
 
 from __future__ import annotations
 
-from xbn.analysis import analyze
-from xbn.jsonio import strict_loads
-from xbn.registry import FRAMEWORK_IDS, availability
+from xbn.analysis.pipeline import analyze
+from xbn.common.jsonio import strict_loads
+from xbn.execution.runner import run
+from xbn.frameworks.registry import FRAMEWORK_IDS, availability
 from xbn.report.json_out import render
-from xbn.runner import run
-from xbn.scenario import load, resolve
+from xbn.scenario.loader import load, resolve
 
 SCENARIOS = (
     "gradients",       # grad in training and inference mode, set_weights

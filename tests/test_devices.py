@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from xbn.cache import entry_key, key_fields
 from xbn.cli import cli
-from xbn.devices import DeviceError, device_env, parse, split
-from xbn.runner import run
-from xbn.scenario import load
-from xbn.spawn import worker_env as _worker_env
+from xbn.execution.cache import entry_key, key_fields
+from xbn.execution.runner import run
+from xbn.execution.spawn import worker_env as _worker_env
+from xbn.frameworks.devices import DeviceError, device_env, parse, split
+from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 
@@ -122,7 +122,7 @@ def _torch_reason() -> str:
 
 
 def test_device_absent_is_unavailable_and_others_unaffected(write_scenario, tmp_path):
-    from xbn.cache import ResultCache
+    from xbn.execution.cache import ResultCache
 
     reason = _torch_reason()
     scenario = load(write_scenario(MINIMAL))
@@ -219,7 +219,7 @@ def test_torch_adapter_places_module_and_inputs_on_cuda(monkeypatch):
     import torch
 
     from xbn.adapters.torch.adapter import TorchAdapter
-    from xbn.scenario_model import Layer
+    from xbn.scenario.model import Layer
 
     monkeypatch.setenv("XBN_DEVICE", "cuda")
     adapter = TorchAdapter("torch")
@@ -236,7 +236,7 @@ def test_torch_adapter_places_module_and_inputs_on_cuda(monkeypatch):
 @gpu
 def test_jax_gpu_ids_run_on_the_gpu(write_scenario):
     needs_cuda()
-    from xbn.devices import probe_engines
+    from xbn.frameworks.devices import probe_engines
 
     found = probe_engines(["jax"])["jax"]  # in a process of its own: none of JAX's here
     if "gpu" not in found.get("devices", []):

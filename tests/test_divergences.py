@@ -1,4 +1,4 @@
-"""xbn/divergences.toml is checked data: every entry names its framework, the quantities it
+"""xbn/profiles/divergences.toml is checked data: every entry names its framework, the quantities it
 covers, a reason and a link, and covers exactly the rows it names (the conformance suite holds
 each named quantity to still departing from the profile)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from xbn.profiles import known_divergence, known_divergences, parse_divergences
+from xbn.profiles.facts import known_divergence, known_divergences, parse_divergences
 
 GOOD = """
 [[divergence]]
@@ -40,7 +40,7 @@ def test_a_malformed_entry_is_refused_naming_entry_and_key(change, message):
     assert parse_divergences(GOOD)[0]["op"] == ("predict",)
     with pytest.raises(ValueError) as err:
         parse_divergences(change(GOOD))
-    assert str(err.value).startswith("xbn/divergences.toml: divergence[0]")
+    assert str(err.value).startswith("xbn/profiles/divergences.toml: divergence[0]")
     assert message in str(err.value)
 
 

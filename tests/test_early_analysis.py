@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from xbn.analysis import EarlyExplanations, analyze
-from xbn.cache import ResultCache
-from xbn.comparison import DEFAULT_K
+from xbn.analysis.pipeline import EarlyExplanations, analyze
+from xbn.comparison.diffs import DEFAULT_K
+from xbn.execution.cache import ResultCache
+from xbn.execution.runner import run
 from xbn.report import figures
-from xbn.runner import run
-from xbn.scenario import load, resolve
+from xbn.scenario.loader import load, resolve
 
 from .plugins.drifting import register
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from xbn.registry import availability
-from xbn.runner import run
-from xbn.scenario import load
+from xbn.execution.runner import run
+from xbn.frameworks.registry import availability
+from xbn.scenario.loader import load
 
 SCENARIOS = sorted((Path(__file__).parent / "additions").glob("*.toml"))
 

@@ -6,10 +6,10 @@ import numpy as np
 
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
-from xbn.comparison import DEFAULT_K, diff_table, observations_frame
-from xbn.explain import UNEXPLAINED, explain_diffs
-from xbn.reference import Semantics
-from xbn.scenario import load
+from xbn.comparison.diffs import DEFAULT_K, diff_table, observations_frame
+from xbn.explain.search import UNEXPLAINED, explain_diffs
+from xbn.reference.batchnorm import Semantics
+from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 
@@ -142,7 +142,7 @@ def test_an_explanation_keeps_the_rows_that_agree(write_scenario):
 def test_the_declared_profile_is_preferred(write_scenario):
     """tf-keras' 4-D running variance is Bessel-corrected: ``variance_update=unbiased`` and its
     declared ``fused`` both reproduce every row; the declared one is named."""
-    from xbn.profiles import semantics_of
+    from xbn.profiles.facts import semantics_of
 
     scenario = load(write_scenario(SPATIAL))
     d = explain(scenario, "tf-keras", semantics_of("tf-keras").with_(precision="float64"))
@@ -240,7 +240,7 @@ def test_one_pass_cancellation_is_explained_by_its_bound(write_scenario):
 def test_two_pass_rounding_is_explained_by_its_bound(write_scenario):
     """Two-pass moments of a mean of 1e4 in another summation order: the mean's rounding moves
     the output beyond 16 eps of any rerun, within the two-pass bound."""
-    from xbn.comparison import agreement
+    from xbn.comparison.diffs import agreement
 
     scenario = load(write_scenario(LARGE_MEAN))
     values = _tree_float32(scenario.inputs["x"], "two_pass")

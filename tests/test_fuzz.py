@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from xbn.cli import cli
-from xbn.registry import available
-from xbn.scenario import load, parse
+from xbn.frameworks.registry import available
+from xbn.scenario.loader import load, parse
 
 from .test_installed import allowed_missing
 
@@ -29,7 +29,7 @@ def large_mean(name: str, mean: float, std: float, batch: int = 3, seed: int = 0
 
 
 def rows_of(framework: str, documents: list[dict]) -> dict:
-    from xbn.fuzz.session import Session
+    from xbn.execution.session import Session
 
     session = Session(framework)
     try:
@@ -74,9 +74,9 @@ def test_campaign_shrinks_and_deduplicates(tmp_path):
     training call, keeps one finding per key, and writes a scenario that loads and still
     shows the NaN through the ordinary runner."""
     need("keras-torch")
+    from xbn.execution.runner import run
     from xbn.fuzz.campaign import Campaign
     from xbn.fuzz.output import write
-    from xbn.runner import run
 
     campaign = Campaign(["keras-torch"], seed=0, max_examples=120, shrink_seconds=40)
     findings = campaign.run()

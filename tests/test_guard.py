@@ -15,17 +15,17 @@ from click.testing import CliRunner
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.cli import cli
-from xbn.guard import classify, compare_run
-from xbn.reference import Semantics
-from xbn.registry import FRAMEWORKS, FrameworkInfo
-from xbn.scenario import load
-from xbn.snapshot import (
+from xbn.frameworks.registry import FRAMEWORKS, FrameworkInfo
+from xbn.guard.check import classify, compare_run
+from xbn.guard.snapshot import (
     SnapshotError,
     definition_digest,
     dumps,
     load_snapshot,
     parse_snapshot,
 )
+from xbn.reference.batchnorm import Semantics
+from xbn.scenario.loader import load
 
 # Two features, a batch of three: the biased and unbiased variances differ, and the inference
 # call afterwards shows the moving statistics in its output.
@@ -212,7 +212,7 @@ def test_junit_is_valid_xml_with_a_failure_per_changed_case(snapshot, tmp_path):
                "--output", str(md))
     assert r.exit_code == 1
     (case,) = ET.parse(bad_xml).getroot().iter("testcase")
-    assert case.get("classname") == "xbn.guard" and case.get("name") == "numpy"
+    assert case.get("classname") == "xbn.guard.check" and case.get("name") == "numpy"
     assert "step 1 call output" in case.find("failure").text
     assert "| guard | 1 call | numpy | output |" in md.read_text()
 
@@ -304,7 +304,7 @@ def test_guard_commands_keep_help_light():
     code = ("import sys\nfrom click.testing import CliRunner\nfrom xbn.cli import cli\n"
             "for args in (['snapshot', '--help'], ['check', '--help']):\n"
             "    assert CliRunner().invoke(cli, args).exit_code == 0\n"
-            "print([m for m in ('torch', 'tensorflow', 'jax', 'pandas', 'xbn.guard')"
+            "print([m for m in ('torch', 'tensorflow', 'jax', 'pandas', 'xbn.guard.check')"
             " if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -331,7 +331,7 @@ def test_a_failed_step_or_worker_names_the_failure_not_the_missing_rows(snapshot
 
 
 def test_the_explanation_search_has_a_time_budget(snapshot, monkeypatch):
-    import xbn.guard_explain as ge
+    import xbn.explain.changes as ge
 
     monkeypatch.setattr(ge, "SEARCH_BUDGET_S", -1.0)
     snap = load_snapshot(snapshot)

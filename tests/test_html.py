@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from xbn.drift import drift_table, positions
-from xbn.profiles import profile_matrix
+from xbn.comparison.drift import drift_table, positions
+from xbn.profiles.facts import profile_matrix
 from xbn.report import render
 from xbn.report.html_parts import anchor
 from xbn.report.plots import drift_figure, has_drift

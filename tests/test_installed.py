@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from xbn.registry import FRAMEWORK_IDS, availability
+from xbn.frameworks.registry import FRAMEWORK_IDS, availability
 
 
 def allowed_missing() -> set[str]:

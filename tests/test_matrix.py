@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.cli.main import cli
-from xbn.matrix import settings
-from xbn.reference import Semantics
-from xbn.runner import RunResult
-from xbn.scenario import load
-from xbn.snapshot import dumps, snapshot_document
+from xbn.execution.runner import RunResult
+from xbn.guard.matrix import settings
+from xbn.guard.snapshot import dumps, snapshot_document
+from xbn.reference.batchnorm import Semantics
+from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 

@@ -23,10 +23,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from xbn.cli import cli  # noqa: E402
+from xbn.frameworks.registry import PORT_IDS, decay_from_native  # noqa: E402
 from xbn.port import PortError, audit, audit_file, convert_file, translate  # noqa: E402
 from xbn.port.formats import read  # noqa: E402
-from xbn.profiles import PROFILES  # noqa: E402
-from xbn.registry import PORT_IDS, decay_from_native  # noqa: E402
+from xbn.profiles.facts import PROFILES  # noqa: E402
 from xbn.testing import assert_bn_equivalent, compare_bn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_scale_without_center_follows_the_installed_torch(monkeypatch, torch):
     bn = eval(code[len("bn = "):], {"torch": torch})  # the line a user would paste
     assert bn.weight is not None and bn.bias is None
     assert f"torch >= 2.12; installed: torch {torch.__version__}" in r.output
-    monkeypatch.setattr("xbn.registry._installed",
+    monkeypatch.setattr("xbn.frameworks.registry._installed",
                         lambda dist: "2.11.0" if dist == "torch" else None)
     with pytest.raises(PortError, match=r"cannot split .*torch >= 2\.12; installed: torch 2\.11"):
         translate("keras", "torch", center=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xbn.reference import ReferenceBatchNorm, Semantics
-from xbn.scenario import Layer, Optimizer
+from xbn.reference.batchnorm import ReferenceBatchNorm, Semantics
+from xbn.scenario.loader import Layer, Optimizer
 
 
 def layer(**kw) -> Layer:
@@ -159,7 +159,7 @@ def test_backward_through_running_statistics(steps_before):
 
 @pytest.mark.parametrize("rule", ["biased", "unbiased"])
 def test_running_variance_is_the_layers_own_update(rule):
-    from xbn.reference import running_variance
+    from xbn.reference.batchnorm import running_variance
 
     rng = np.random.default_rng(1)
     xs = [rng.normal(size=(n, 3)) for n in (5, 2, 9)]
@@ -179,7 +179,7 @@ def test_running_variance_is_the_layers_own_update(rule):
 
 
 # ---------------------------------------------------------------------------------------
-# term magnitudes and rounding-error bounds (xbn.numerics)
+# term magnitudes and rounding-error bounds (xbn.reference.numerics)
 
 
 def test_magnitudes_of_a_gradient_that_cancels_to_zero():
@@ -205,7 +205,7 @@ def test_the_floor_keeps_float32_rounding_of_a_zero_gradient_same():
     """The same gradient computed in float32 (the reference's native arithmetic) is off by
     rounding noise: beyond 16 eps of the float64 noise's own scale, within 16 eps of the
     terms' magnitude."""
-    from xbn.comparison import measure
+    from xbn.comparison.diffs import measure
 
     rng = np.random.default_rng(3)
     x = np.round(rng.uniform(0, 1, size=(3, 3)).astype(np.float32), 6).astype(np.float64)
@@ -257,9 +257,9 @@ def _float32_moments(x: np.ndarray, order: np.ndarray) -> tuple:
 
 
 def test_error_bounds_hold_in_every_summation_order():
-    """d and B (xbn.numerics) bound float32 moments of inputs with mean 1e4 in any order; the
+    """d and B (xbn.reference.numerics) bound float32 moments of inputs with mean 1e4 in any order; the
     one-pass error exceeds the two-pass bound, so the bounds tell the formulas apart."""
-    from xbn import numerics
+    from xbn.reference import numerics
 
     rng = np.random.default_rng(7)
     x = rng.normal(1e4, 1.0, size=(64, 3)).astype(np.float32).astype(np.float64)
@@ -281,7 +281,7 @@ def test_error_bounds_hold_in_every_summation_order():
 
 
 def test_error_fields_move_the_batch_statistics_and_are_not_switches():
-    from xbn import numerics
+    from xbn.reference import numerics
 
     assert "variance_error" not in Semantics().switches()
     x = np.array([[1.0, 10.0], [3.0, 14.0], [2.0, 9.0]])
@@ -317,7 +317,7 @@ def test_reset_starts_the_cumulative_average_over():
 
 
 def test_reset_none_is_refused_and_initial_variance_is_kept():
-    from xbn.reference import NoSuchOperation
+    from xbn.reference.batchnorm import NoSuchOperation
 
     with pytest.raises(NoSuchOperation):
         ReferenceBatchNorm(layer(), Semantics(reset="none")).reset()

@@ -1,7 +1,7 @@
 """The edge switches (``empty_batch``, ``empty_gradient``, ``empty_predict``,
-``traced_functions``; xbn/reference_edges.py): the reference under each value against a
+``traced_functions``; xbn/reference/edges.py): the reference under each value against a
 derivation written out here in plain numpy, and the behaviours the profiles declare
-(xbn/profiles_edges.py) checked on the frameworks driven by hand (torch in-process; Keras 3
+(xbn/profiles/edges.py) checked on the frameworks driven by hand (torch in-process; Keras 3
 on TensorFlow and tf-keras each in a subprocess, as tests/adapters/test_keras.py does), with
 no xbn code in any expectation.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xbn.reference import ReferenceBatchNorm, Semantics
-from xbn.scenario import Layer, Optimizer
+from xbn.reference.batchnorm import ReferenceBatchNorm, Semantics
+from xbn.scenario.loader import Layer, Optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(5)

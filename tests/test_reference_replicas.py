@@ -1,4 +1,4 @@
-"""The float64 reference on replicas (xbn.reference_replicas) against the issue's ground truth
+"""The float64 reference on replicas (xbn.reference.replicas) against the issue's ground truth
 and against plain numpy derivations of every cross-replica switch; the loader's refusals; and
 that the replica switches cost nothing in the explanation of a scenario without replicas."""
 
@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import xbn.explain as explain_module
+import xbn.explain.search as explain_module
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.adapters.numpy.replicas import make_replicated
-from xbn.comparison import DEFAULT_K, diff_table, observations_frame
-from xbn.explain import explain_diffs
-from xbn.profiles import semantics_of
-from xbn.reference import Semantics
-from xbn.scenario import ScenarioError, builtin_paths, load
-from xbn.semantics import REPLICA_SWITCHES
+from xbn.comparison.diffs import DEFAULT_K, diff_table, observations_frame
+from xbn.explain.search import explain_diffs
+from xbn.profiles.facts import semantics_of
+from xbn.reference.batchnorm import Semantics
+from xbn.reference.semantics import REPLICA_SWITCHES
+from xbn.scenario.loader import ScenarioError, builtin_paths, load
 
 EPS, M = 1e-3, 0.9  # the built-in scenarios' epsilon and (Keras-convention) momentum
 # the issue's input: arange(24).reshape(8, 3)**1.5 / 10 in float32, split [3, 5]
@@ -295,7 +295,7 @@ def test_keras_off_tensorflow_refuses_synchronized_as_its_profile_declares(tmp_p
     import subprocess
     import sys
 
-    from xbn.profiles import error_mismatch
+    from xbn.profiles.facts import error_mismatch
 
     pytest.importorskip("keras")
     pytest.importorskip("jax")

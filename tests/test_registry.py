@@ -1,4 +1,4 @@
-"""xbn.registry declares every framework once; every other table keyed by id agrees with it."""
+"""xbn.frameworks.registry declares every framework once; every other table keyed by id agrees with it."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from xbn import registry
 from xbn.adapters.base import NotApplicable, require
-from xbn.scenario import Layer
+from xbn.frameworks import registry
+from xbn.scenario.loader import Layer
 
 HEAVY = ("torch", "tensorflow", "keras", "tf_keras", "jax", "flax", "haiku", "equinox", "h5py")
 
 
 def test_every_framework_has_a_family_a_profile_and_an_adapter_module():
-    from xbn.profiles import NUMERICS, PROFILES, SEMANTICS
+    from xbn.profiles.facts import NUMERICS, PROFILES, SEMANTICS
 
     assert list(PROFILES) == list(registry.FRAMEWORK_IDS)
     for fid, info in registry.FRAMEWORKS.items():

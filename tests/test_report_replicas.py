@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xbn.analysis import run_and_analyze
-from xbn.comparison import QUANTITY_ORDER
+from xbn.analysis.pipeline import run_and_analyze
+from xbn.comparison.diffs import QUANTITY_ORDER
+from xbn.reference.semantics import REPLICA_SWITCHES
 from xbn.report import render
 from xbn.report.replicas import HEADERS, TITLE, outcome, replica_section
-from xbn.scenario import load
-from xbn.scenario_model import QUANTITIES
-from xbn.semantics import REPLICA_SWITCHES
+from xbn.scenario.loader import load
+from xbn.scenario.model import QUANTITIES
 
 torch = pytest.importorskip("torch")
 

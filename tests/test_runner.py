@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from xbn.registry import FRAMEWORKS, FrameworkInfo
-from xbn.runner import run
-from xbn.scenario import load
+from xbn.execution.runner import run
+from xbn.frameworks.registry import FRAMEWORKS, FrameworkInfo
+from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 
@@ -59,8 +59,8 @@ def test_pool_runs_longest_first_with_one_worker_per_core(write_scenario, tmp_pa
     time kept in the cache, else by a prior), so it is not the one that starts last."""
     import os
 
-    from xbn import runner
-    from xbn.cache import ResultCache
+    from xbn.execution import runner
+    from xbn.execution.cache import ResultCache
 
     assert runner.default_jobs(10) == min(10, os.cpu_count() or 1)
     assert runner.default_jobs(0) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xbn.scenario import ScenarioError, builtin_paths, load
+from xbn.scenario.loader import ScenarioError, builtin_paths, load
 
 from .conftest import MINIMAL
 
@@ -108,7 +108,7 @@ def test_json_has_the_same_structure(tmp_path):
 
 def test_paths_are_recorded_without_the_machine(write_scenario, tmp_path, monkeypatch):
     """Reports and snapshots record builtin:NAME or a path relative to the working directory."""
-    from xbn.scenario import builtin_dir, recorded_path, resolve
+    from xbn.scenario.loader import builtin_dir, recorded_path, resolve
 
     s = load(builtin_dir() / "bare-call.toml")
     assert s.path == "builtin:bare-call" and "path" in s.to_dict()
@@ -121,8 +121,8 @@ def test_paths_are_recorded_without_the_machine(write_scenario, tmp_path, monkey
 
 
 def test_scenario_and_snapshot_errors_share_one_shape():
-    from xbn.snapshot import SnapshotError
-    from xbn.strict import StrictError
+    from xbn.common.strict import StrictError
+    from xbn.guard.snapshot import SnapshotError
 
     assert issubclass(ScenarioError, StrictError) and issubclass(SnapshotError, StrictError)
     assert str(ScenarioError("f.toml", "bad", "steps[0].op")) == "f.toml: steps[0].op: bad"
@@ -172,7 +172,7 @@ moving_variance = 70000
     expect = load(write_scenario(mixed)).steps[0].expect
     assert expect["moving_variance"] == [70000.0, 70000.0]  # float32: exact
     assert expect["output"][0] == [float(np.float16(0.1)), float(np.float16(0.2))]  # float16
-    from xbn.scenario import quantity_dtype
+    from xbn.scenario.loader import quantity_dtype
 
     layer = load(write_scenario(mixed)).layer
     assert [quantity_dtype(layer, q) for q in ("output", "grad_input", "gamma", "grad_beta",
@@ -192,7 +192,7 @@ def test_param_dtype_defaults_to_dtype_and_keeps_old_digests(write_scenario):
     mixed = load(write_scenario(MINIMAL.replace(
         "features = 2", 'features = 2\ndtype = "bfloat16"\nparam_dtype = "float32"'), "c.toml"))
     assert mixed.layer.mixed and mixed.to_dict()["layer"]["param_dtype"] == "float32"
-    from xbn.scenario import Scenario
+    from xbn.scenario.loader import Scenario
 
     assert Scenario.from_dict(mixed.to_dict()).layer == mixed.layer
     assert "layer.param_dtype: must be one of" in error_of(
@@ -266,7 +266,7 @@ def test_fuzzed_documents_fail_with_one_line_or_load():
     succeeds or raises ScenarioError naming the file, never another exception."""
     import json
 
-    from xbn.scenario import parse
+    from xbn.scenario.loader import parse
 
     rich = {"schema": 1, "name": "r", "layer": {"features": 2, "dtype": "float16",
                                                 "param_dtype": "float32", "momentum": 0.9,
@@ -281,7 +281,7 @@ def test_fuzzed_documents_fail_with_one_line_or_load():
                       {"op": "set", "trainable": False, "mode": "eval"},
                       {"op": "call", "input": "c", "repeat": 2,
                        "expect": {"source": "s", "output": 0.5, "moving_mean": [0.0, 1.0]}}]}
-    from xbn.scenario import tomllib
+    from xbn.scenario.loader import tomllib
 
     docs = [rich] + [tomllib.loads(p.read_text()) for p in builtin_paths()]
     rng = np.random.default_rng(2024)

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from xbn.adapters.base import run_scenario
 from xbn.cli import cli
-from xbn.comparison import COLUMNS, DIFF_COLUMNS, diff_table, observations_frame
-from xbn.registry import load_adapter
-from xbn.scenario import parse
+from xbn.comparison.diffs import COLUMNS, DIFF_COLUMNS, diff_table, observations_frame
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import parse
 
 X = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0], [2.0, 0.25]]
 DOC = {"schema": 1, "name": "traced", "layer": {"features": 2, "momentum": 0.9},
@@ -125,7 +125,7 @@ EMPTY = {"schema": 1, "name": "empty", "layer": {"features": 3, "momentum": 0.9}
 
 
 def test_a_zero_size_batch_reaches_the_frameworks():
-    from xbn.scenario import ScenarioError
+    from xbn.scenario.loader import ScenarioError
 
     s = parse(copy.deepcopy(EMPTY))
     assert s.inputs["e"].shape == (0, 3)

@@ -1,4 +1,4 @@
-"""The JAX family in one worker process (``xbn.spawn.run_group``): the same bits as a worker
+"""The JAX family in one worker process (``xbn.execution.spawn.run_group``): the same bits as a worker
 per framework, a crash costs only the frameworks not yet finished, the cache fills per
 framework and JAX's compilation cache changes no bit. Tiny scenarios; only flax and haiku (the two quickest JAX adapters) are imported."""
 
@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from xbn import runner
-from xbn.cache import ResultCache
-from xbn.registry import FRAMEWORKS, FrameworkInfo
-from xbn.scenario import load
+from xbn.execution import runner
+from xbn.execution.cache import ResultCache
+from xbn.frameworks.registry import FRAMEWORKS, FrameworkInfo
+from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 
@@ -113,7 +113,7 @@ def test_global_jax_config_is_put_back_between_frameworks():
     framework's scenarios (x64, by enable_x64_if_needed) is back to a fresh process' value."""
     import jax
 
-    from xbn.worker import _GlobalConfig
+    from xbn.execution.worker import _GlobalConfig
 
     config = _GlobalConfig()
     fresh = bool(jax.config.jax_enable_x64)
@@ -132,7 +132,7 @@ def test_compiled_executables_are_emptied_once_the_worker_has_grown(monkeypatch)
     emptied only when the process has grown more than XBN_WORKER_GROWTH_MB since last time."""
     import jax
 
-    from xbn.worker import GROWTH_ENV, _GlobalConfig
+    from xbn.execution.worker import GROWTH_ENV, _GlobalConfig
 
     add_one = jax.jit(lambda x: x + 1)
     add_one(1.0)

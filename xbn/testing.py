@@ -16,7 +16,7 @@ back before comparing.
 
 Modes:
 
-- ``eval``: inference outputs for every input must agree within ``xbn.comparison.measure``'s
+- ``eval``: inference outputs for every input must agree within ``xbn.comparison.diffs.measure``'s
   tolerance: ``k * eps(float32) * max|reference|``. ``k`` defaults to 16 for two single BN
   layers and to 64 for whole models (a few convolutions and a dense layer reorder float32
   sums differently per framework; 64 eps is still ~8e-6 relative to the output's scale).
@@ -97,7 +97,7 @@ def compare_bn(a, b, inputs, *, modes: Sequence[str] = ("eval", "train"), steps:
                transpose_b: Sequence[int] | None = None, k: float | None = None,
                dtype: str = "float32") -> EquivalenceReport:
     """Run both models and return the diff table (no assertion)."""
-    from .port.live import runner_for
+    from .adapters.live import runner_for
 
     arrays = [np.asarray(x, dtype=dtype) for x in (inputs if isinstance(inputs, list | tuple)
                                                    else [inputs])]
@@ -156,7 +156,7 @@ def _from_b(y, back, ndim):
 
 
 def _dtype_name(*arrays) -> str:
-    from .comparison import less_precise
+    from .comparison.diffs import less_precise
 
     names = [str(np.asarray(x).dtype) for x in arrays]
     return less_precise(*(n if n in ("float16", "float32", "float64") else "float32"
@@ -164,7 +164,7 @@ def _dtype_name(*arrays) -> str:
 
 
 def _row(mode, step, quantity, layer, ya, yb, k, explanation=None) -> dict:
-    from .comparison import measure
+    from .comparison.diffs import measure
 
     row = {"mode": mode, "step": step, "quantity": quantity, "layer": layer, "max_abs": None,
            "tolerance": None, "verdict": "differs", "explanation": None}
@@ -229,9 +229,9 @@ def _stat_rows(report: EquivalenceReport, ra, rb, k: float, mismatch: dict, batc
 
 def _unbiased(ra, rb, idx, va, vb, k):
     """('expected', why) when the var difference is exactly torch's n/(n-1) update."""
-    from .comparison import measure
-    from .profiles import profile_fact
-    from .reference import running_variance
+    from .comparison.diffs import measure
+    from .profiles.facts import profile_fact
+    from .reference.batchnorm import running_variance
 
     pairs = [(ra, rb, va, vb), (rb, ra, vb, va)]
     for torch_side, other, v_torch, v_other in pairs:
@@ -262,8 +262,8 @@ def _unbiased(ra, rb, idx, va, vb, k):
 def _unbiased_bound(ra, rb, va, vb, k, batch: int):
     """Without hooks (TorchScript): the torch side may exceed the biased side by at most
     1/(n-1) <= 1/(batch-1) relative (every step adds f*s^2/(n-1) to an EMA of f*s^2)."""
-    from .comparison import measure
-    from .profiles import profile_fact
+    from .comparison.diffs import measure
+    from .profiles.facts import profile_fact
 
     for torch_side, other, v_torch, v_other in ((ra, rb, va, vb), (rb, ra, vb, va)):
         if torch_side.framework != "torch" or torch_side.batch_stats or batch < 2:

@@ -1,11 +1,11 @@
 """Errors are matched by where they were raised and by type, not by status alone.
 
 An ``error`` observation records its ``origin``: the top-level package of the innermost
-traceback frame ("torch", "flax", ...), "reference" for xbn/reference.py, "xbn" for xbn's own
+traceback frame ("torch", "flax", ...), "reference" for xbn/reference/batchnorm.py, "xbn" for xbn's own
 code and for an adapter's own module (plugins included). An exception from xbn's code is a
-defect that the conformance suite's error rule (``xbn.profiles.error_problems``) fails on;
+defect that the conformance suite's error rule (``xbn.profiles.facts.error_problems``) fails on;
 an expected refusal matches on the exception type (and message fragment) the framework's
-profile declares (``xbn.profiles.ERRORS``).
+profile declares (``xbn.profiles.facts.ERRORS``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import pytest
 
 from xbn.adapters.base import exception_origin, run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
-from xbn.profiles import (
+from xbn.execution.runner import run
+from xbn.frameworks.registry import FRAMEWORKS, FrameworkInfo
+from xbn.profiles.facts import (
     ERRORS,
     PROFILES,
     REFUSING,
@@ -24,9 +26,7 @@ from xbn.profiles import (
     refusing_switch,
     semantics_of,
 )
-from xbn.registry import FRAMEWORKS, FrameworkInfo
-from xbn.runner import run
-from xbn.scenario import load
+from xbn.scenario.loader import load
 
 
 def test_origin_is_the_package_of_the_innermost_frame():
@@ -38,7 +38,7 @@ def test_origin_is_the_package_of_the_innermost_frame():
         assert exception_origin(exc) == "json"
     try:
         load("no/such/file.toml")
-    except ValueError as exc:  # raised in xbn/strict.py
+    except ValueError as exc:  # raised in xbn/common/strict.py
         assert exception_origin(exc) == "xbn"
 
     def adapter_code():
@@ -83,7 +83,7 @@ def test_an_adapter_bug_is_not_the_framework_refusing(keyerror_torch):
     # the bug: the same status, but raised in the adapter's module with another type
     assert bug_out["status"] == "error" and bug_out["origin"] == "xbn"
     assert bug_out["message"].startswith("KeyError")
-    # the reference under torch's profile refuses too (origin: xbn/reference.py)
+    # the reference under torch's profile refuses too (origin: xbn/reference/batchnorm.py)
     expected = {(o["step"], o["quantity"]): o
                 for o in run_scenario(NumpyAdapter("numpy", semantics_of("torch")), scenario)}
     ref_out = expected[0, "output"]

@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 from xbn.adapters.base import NotApplicable, run_scenario
-from xbn.registry import load_adapter
-from xbn.scenario import Layer, Optimizer, Step, load
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import Layer, Optimizer, Step, load
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(2.0, 3.0, (4, 2, 2, 3)).astype(np.float32).astype(np.float64)  # NHWC
@@ -321,7 +321,7 @@ def test_smoke_scenario_runs_through_the_driver():
 def test_linen_chained_steps_feed_its_own_output_and_reset_is_not_applicable():
     """"@N" through the driver is ``out = bn.apply(v, out)`` by hand; linen has no reset (the
     statistics are the batch_stats collection), so the step is n/a and the statistics stay."""
-    from xbn.scenario import parse
+    from xbn.scenario.loader import parse
 
     scenario = parse({
         "schema": 1, "name": "t",

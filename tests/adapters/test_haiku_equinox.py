@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from xbn.adapters.base import NotApplicable, run_scenario, to_channels_first
-from xbn.registry import load_adapter
-from xbn.scenario import Layer, Optimizer, Scenario, Step
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import Layer, Optimizer, Scenario, Step
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(2.0, 3.0, (4, 2, 2, 3)).astype(np.float32).astype(np.float64)  # NHWC

@@ -28,7 +28,7 @@ def test_keras_backend(framework_id: str) -> None:
 
 
 def _scenario(layer: dict, steps: list[dict]):
-    from xbn.scenario import parse
+    from xbn.scenario.loader import parse
 
     inputs = {"x": {"normal": {"mean": 2.0, "std": 3.0}, "shape": [4, 3, 2, 2], "seed": 0},
               "w": {"uniform": {"low": -1.0, "high": 1.0}, "shape": [4, 3, 2, 2], "seed": 1}}
@@ -66,8 +66,8 @@ def _child(framework_id: str) -> None:
     import keras
 
     from xbn.adapters.base import NotApplicable, run_scenario
-    from xbn.registry import load_adapter
-    from xbn.scenario import Optimizer, Step
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import Optimizer, Step
 
     adapter = load_adapter(framework_id)
     assert adapter.backend == keras.backend.backend()

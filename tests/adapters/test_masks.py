@@ -29,7 +29,7 @@ MOMENTUM, EPSILON = 0.5, 1e-3
 
 
 def _layer(layout="NLC", dtype="float32", **kw):
-    from xbn.scenario import Layer
+    from xbn.scenario.loader import Layer
 
     return Layer(features=2, layout=layout, momentum=MOMENTUM, epsilon=EPSILON, dtype=dtype,
                  **kw)
@@ -67,7 +67,7 @@ def _numeric_grad(forward, x, w, h=1e-6):
 
 
 def test_reference_masked_statistics_match_the_derivation():
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     ref = load_adapter("numpy")
     ref.build(_layer(dtype="float64"))
@@ -89,7 +89,7 @@ def test_reference_masked_statistics_match_the_derivation():
 def test_reference_fully_masked_batch_per_switch():
     from xbn.adapters.base import NotApplicable
     from xbn.adapters.numpy.adapter import NumpyAdapter
-    from xbn.reference import Semantics
+    from xbn.reference.batchnorm import Semantics
 
     zero = np.zeros_like(M)
     for rule, empty in (("weighted", "zero"), ("weighted_nan", "nan")):
@@ -142,7 +142,7 @@ mask = "m"
     ("[[1, 1], [1, 0]]", "fit", "steps[0].mask: unknown key"),
 ])
 def test_loader_errors_name_file_step_and_key(write_scenario, mask, op, fragment):
-    from xbn.scenario import ScenarioError, load
+    from xbn.scenario.loader import ScenarioError, load
 
     text = BASE.replace("MASK", mask).replace("OP", op)
     if op == "grad":
@@ -158,7 +158,7 @@ def test_loader_errors_name_file_step_and_key(write_scenario, mask, op, fragment
 
 
 def test_builtin_mask_scenarios_load_with_masks():
-    from xbn.scenario import load
+    from xbn.scenario.loader import load
 
     for name in ("mask-statistics", "mask-fully-masked"):
         sc = load(ROOT / "xbn" / "scenarios" / f"{name}.toml")
@@ -183,7 +183,7 @@ def test_flax_linen_masked_call_grad_predict_match_by_hand():
     import jax
     import jax.numpy as jnp
 
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     ad = load_adapter("flax")
     ad.build(_layer())
@@ -220,7 +220,7 @@ def test_flax_nnx_masked_call_and_grad_match_by_hand():
     import jax.numpy as jnp
     from flax import nnx
 
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     ad = load_adapter("flax-nnx")
     ad.build(_layer())
@@ -247,7 +247,7 @@ def test_flax_nnx_masked_call_and_grad_match_by_hand():
 def _tf_keras_by_hand(layout, features=2):
     import tf_keras
 
-    from xbn.scenario import LAYOUTS, channel_axis
+    from xbn.scenario.loader import LAYOUTS, channel_axis
 
     axis = channel_axis(layout)
     bn = tf_keras.layers.BatchNormalization(axis=axis, momentum=MOMENTUM, epsilon=EPSILON)
@@ -262,7 +262,7 @@ def test_tf_keras_masked_call_and_grad_match_by_hand(layout):
     import tensorflow as tf
 
     from xbn.adapters.base import NotApplicable
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     x, m = (X, M) if layout == "NLC" else (X.reshape(3, 4, 1, 2), M.reshape(3, 4, 1))
     ad = load_adapter("tf-keras")
@@ -302,8 +302,8 @@ def test_tf_keras_masked_call_and_grad_match_by_hand(layout):
 
 def test_torch_reports_not_applicable_through_the_driver():
     from xbn.adapters.base import run_scenario
-    from xbn.registry import load_adapter
-    from xbn.scenario import load
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import load
 
     sc = load(ROOT / "xbn" / "scenarios" / "mask-statistics.toml")
     rows = list(run_scenario(load_adapter("torch"), sc))
@@ -356,7 +356,7 @@ def _child(framework_id: str) -> None:
     from keras import ops
 
     from xbn.adapters.base import NotApplicable
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     ad = load_adapter(framework_id)
     ad.build(_layer())

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.adapters.keras_child import run_in_backend
-from xbn.dtypes import round_to
+from xbn.common.dtypes import round_to
 
 ROOT = Path(__file__).resolve().parents[2]
 EPS = 1e-3
@@ -98,8 +98,8 @@ def central_difference(f, x, h=1e-6):
 
 
 def reference(**layer):
-    from xbn.registry import load_adapter
-    from xbn.scenario import Layer
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import Layer
 
     a = load_adapter("numpy")
     a.build(Layer(**{"features": 3, "momentum": 0.5, "epsilon": EPS, "dtype": "float64",
@@ -191,8 +191,8 @@ def tf_keras_by_hand(shape, axis=-1, **kwargs):
 
 
 def tf_keras_adapter(**layer):
-    from xbn.registry import load_adapter
-    from xbn.scenario import Layer
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import Layer
 
     a = load_adapter("tf-keras")
     a.build(Layer(**{"features": 3, "momentum": 0.5, "epsilon": EPS, **layer}))
@@ -287,8 +287,8 @@ def test_tf_keras_ghost_batches_are_strided():
 
 def test_driver_observes_renorm_quantities_only_with_renorm():
     from xbn.adapters.base import run_scenario
-    from xbn.registry import load_adapter
-    from xbn.scenario import parse
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import parse
 
     def scenario(layer):
         return parse({"schema": 1, "name": "t", "layer": {"features": 3, **layer},
@@ -315,7 +315,7 @@ def test_driver_observes_renorm_quantities_only_with_renorm():
     ("{ rmid = 1.0 }", "layer.renorm", "rmid"),
 ])
 def test_loader_errors_name_file_and_key(write_scenario, renorm, key, words):
-    from xbn.scenario import ScenarioError, load
+    from xbn.scenario.loader import ScenarioError, load
 
     path = write_scenario(f"""
         schema = 1
@@ -337,7 +337,7 @@ def test_loader_errors_name_file_and_key(write_scenario, renorm, key, words):
 
 
 def test_loader_refuses_renorm_expectations_without_renorm():
-    from xbn.scenario import ScenarioError, parse
+    from xbn.scenario.loader import ScenarioError, parse
 
     with pytest.raises(ScenarioError, match="only observed in scenarios with renorm"):
         parse({"schema": 1, "name": "t", "layer": {"features": 2},
@@ -359,8 +359,8 @@ def _keras_child(framework_id: str) -> None:
     import keras
     from keras import ops
 
-    from xbn.registry import load_adapter
-    from xbn.scenario import Layer
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import Layer
 
     a = load_adapter(framework_id)
     assert a.layer_features == frozenset({"renorm"})  # Keras 3 has no virtual_batch_size

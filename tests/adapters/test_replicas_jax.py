@@ -263,8 +263,8 @@ def _through_xbn(fw, split, sync, native):
     import time
 
     from xbn.adapters.base import run_scenario
-    from xbn.registry import load_adapter
-    from xbn.scenario import parse
+    from xbn.frameworks.registry import load_adapter
+    from xbn.scenario.loader import parse
 
     layer = {"features": 3, "layout": "NC", "momentum": MOMENTUM, "epsilon": EPS,
              "replicas": split, "synchronized": sync, "native": {fw: native}}

@@ -10,7 +10,7 @@ reads back replica 0's copy, tf-keras the mean of the copies) is checked on the 
 
 TensorFlow fixes its logical devices and JAX its device count at start, and Keras its backend
 at import, so each framework runs in a child process (this file as a script) started with
-``XBN_REPLICAS=2`` as ``xbn.worker.prepare_replicas`` sets it. The same child runs ordinary
+``XBN_REPLICAS=2`` as ``xbn.execution.worker.prepare_replicas`` sets it. The same child runs ordinary
 scenarios, which must be bit-identical to a child without ``XBN_REPLICAS``.
 """
 
@@ -36,15 +36,15 @@ LOADED = {"gamma": [2.0, 0.5, 1.0], "beta": [0.25, -1.0, 0.0],
 
 
 def _child(framework_id: str, replicas: bool) -> dict:
-    from xbn.registry import FRAMEWORKS
-    from xbn.worker import DETERMINISM_ENV
+    from xbn.execution.worker import DETERMINISM_ENV
+    from xbn.frameworks.registry import FRAMEWORKS
 
     env = {**os.environ, **DETERMINISM_ENV, **FRAMEWORKS[framework_id].env,
            "PYTHONPATH": str(ROOT)}
     env.pop("XBN_REPLICAS", None)
     if replicas:
         env["XBN_REPLICAS"] = "2"
-        # first, as the worker puts it (xbn.worker.prepare_replicas)
+        # first, as the worker puts it (xbn.execution.worker.prepare_replicas)
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 " + env["XLA_FLAGS"]
     mode = "replicas" if replicas else "plain"
     proc = subprocess.run([sys.executable, __file__, framework_id, mode], env=env, cwd=ROOT,
@@ -86,7 +86,7 @@ def test_logical_devices_change_no_ordinary_scenario(replicated_children,
 
 
 def _scenario(split: list[int], synchronized: bool, load: bool = False):
-    from xbn.scenario import parse
+    from xbn.scenario.loader import parse
 
     steps = [{"op": "set_weights", **LOADED}] if load else []
     steps += [{"op": "call", "input": "g", "training": True},
@@ -108,7 +108,7 @@ def _observed(adapter, scenario) -> dict:
 
 def _plain(adapter) -> str:
     from xbn.adapters.base import run_scenario
-    from xbn.scenario import load, resolve
+    from xbn.scenario.loader import load, resolve
 
     return json.dumps([list(run_scenario(adapter, load(resolve(n)))) for n in PLAIN])
 
@@ -164,7 +164,7 @@ def _compare(observed: dict, expected: list[dict], first: int = 0) -> None:
 
 
 def _child_tf(framework_id: str) -> dict:
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     adapter = load_adapter(framework_id)  # configures the logical devices (XBN_REPLICAS)
     import tensorflow as tf
@@ -204,7 +204,7 @@ def _child_jax() -> dict:
     import jax
     import keras
 
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     replicated = load_adapter("keras-jax")  # run_scenario takes it to its engine
     refused = _observed(replicated, _scenario([4, 4], True))[(0, "output")]
@@ -235,7 +235,7 @@ def _child_jax() -> dict:
 
 
 def _child_torch() -> dict:
-    from xbn.registry import load_adapter
+    from xbn.frameworks.registry import load_adapter
 
     replicated = load_adapter("keras-torch")  # run_scenario takes it to its engine
     for synchronized, message in ((True, "ValueError: Argument synchronized=True"),
@@ -248,7 +248,7 @@ def _child_torch() -> dict:
 
 def _main(framework_id: str, mode: str) -> None:
     if mode == "plain":
-        from xbn.registry import load_adapter
+        from xbn.frameworks.registry import load_adapter
 
         result = {"plain_before": _plain(load_adapter(framework_id))}
     elif framework_id in ("keras", "tf-keras"):

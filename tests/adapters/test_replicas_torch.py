@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from xbn.adapters.base import run_scenario
-from xbn.registry import load_adapter
-from xbn.scenario import parse
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import parse
 
 # the issue's G: arange(24).reshape(8, 3)**1.5 / 10 in float32, split [3, 5]
 G = (np.arange(24, dtype=np.float64).reshape(8, 3) ** 1.5 / 10).astype(np.float32)
@@ -238,8 +238,8 @@ def test_a_lost_rank_ends_the_group(engine):
 def test_ddp_options_are_checked_when_loading(native, replicas, error):
     """DDP's keywords are no BatchNorm arguments: refused without replicas (the single-process
     module would get them), booleans with them."""
-    from xbn.scenario import Layer, ScenarioError, _Checker
-    from xbn.scenario_ddp import check_ddp_options
+    from xbn.scenario.ddp import check_ddp_options
+    from xbn.scenario.loader import Layer, ScenarioError, _Checker
 
     layer = Layer(features=3, native={"torch": native}, replicas=replicas)
     if error is None:

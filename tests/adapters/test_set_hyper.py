@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from tests.adapters.keras_child import run_in_backend
-from xbn.registry import load_adapter
-from xbn.scenario import Layer, Optimizer, Step
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import Layer, Optimizer, Step
 
 ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(7)

@@ -12,9 +12,9 @@ import tensorflow as tf
 import tf_keras
 
 from xbn.adapters.base import NotApplicable, run_scenario
-from xbn.dtypes import round_to
-from xbn.registry import load_adapter
-from xbn.scenario import Layer, Optimizer, Step, channel_axis, parse
+from xbn.common.dtypes import round_to
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import Layer, Optimizer, Step, channel_axis, parse
 
 RNG = np.random.default_rng(0)
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from xbn.adapters.base import NotApplicable, from_channels_first, run_scenario, to_channels_first
 from xbn.adapters.torch.adapter import MODULES
-from xbn.dtypes import round_to
-from xbn.registry import load_adapter
-from xbn.scenario import Layer, Optimizer, Step, parse
+from xbn.common.dtypes import round_to
+from xbn.frameworks.registry import load_adapter
+from xbn.scenario.loader import Layer, Optimizer, Step, parse
 
 RNG = np.random.default_rng(0)
 
@@ -194,7 +194,7 @@ def test_scale_without_center_is_bias_false_where_torch_has_it():
     and no bias, the same numbers as the module built by hand."""
     import inspect
 
-    from xbn.registry import capabilities
+    from xbn.frameworks.registry import capabilities
 
     has_bias = "bias" in inspect.signature(torch.nn.BatchNorm1d).parameters
     a = load_adapter("torch")

@@ -5,7 +5,7 @@ browser tests)."""
 from __future__ import annotations
 
 from xbn.adapters.numpy.adapter import NumpyAdapter
-from xbn.reference import Semantics
+from xbn.reference.batchnorm import Semantics
 
 SEMANTICS = {
     "f32": Semantics(precision="native"),  # float32 rounding only: drift that grows
@@ -24,7 +24,7 @@ IDS = tuple(SEMANTICS)
 def register(monkeypatch) -> list[str]:
     """Make the plugin ids known to the registry and the command line (undone with
     ``monkeypatch``)."""
-    from xbn import registry
+    from xbn.frameworks import registry
 
     for fid in IDS:
         monkeypatch.setitem(registry.FRAMEWORKS, fid, registry.FrameworkInfo(
@@ -35,8 +35,8 @@ def register(monkeypatch) -> list[str]:
 
 def small_report(monkeypatch, scenarios=("seed-keras", "batch-of-one", "variance-update-n5")):
     """A real run of built-in scenarios through numpy and the plugins, analyzed."""
-    from xbn.analysis import run_and_analyze
-    from xbn.scenario import load, resolve
+    from xbn.analysis.pipeline import run_and_analyze
+    from xbn.scenario.loader import load, resolve
 
     register(monkeypatch)
     return run_and_analyze([load(resolve(s)) for s in scenarios], ["numpy", *IDS], "numpy",

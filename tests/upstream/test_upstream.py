@@ -62,15 +62,15 @@ def uses(*frameworks: str):
 def explained_diffs(result):
     """xbn's diff table with explanations (what ``xbn run --format json`` reports).
 
-    ``xbn.comparison`` is the public diff table; it does not fill ``explanation`` today
+    ``xbn.comparison.diffs`` is the public diff table; it does not fill ``explanation`` today
     (see test_public_compare_explains), so the explanation comes from the same analysis the
     command line uses.
     """
     try:
-        from xbn.analysis import analyze
+        from xbn.analysis.pipeline import analyze
     except ImportError:  # before the analysis module existed
-        from xbn.comparison import observations_frame
-        from xbn.explain import explain_diffs
+        from xbn.comparison.diffs import observations_frame
+        from xbn.explain.search import explain_diffs
 
         obs = observations_frame(result.observations)
         return explain_diffs(xbn.compare(result), obs, result.scenarios, "numpy", K)
@@ -1485,7 +1485,7 @@ def test_public_compare(tmp_path):
     for attempt in ("first", "second"):
         got = report[attempt]
         if isinstance(got, str):
-            problems.append(f"{attempt} call of xbn.comparison raised {got}")
+            problems.append(f"{attempt} call of xbn.comparison.diffs raised {got}")
             continue
         if got["verdict"] != ["differs"]:
             problems.append(f"{attempt} call: verdict {got['verdict']}, expected ['differs']")

@@ -7,6 +7,6 @@ Layout (the same file names in every family, as in Keras' ``keras/src/backend/<n
     adapters/<family>/live.py           live models for xbn audit/verify (torch, keras, flax)
     adapters/_jax/common.py             plumbing shared by the JAX families
 
-Which module serves which framework id is declared once, in ``xbn.registry``. Nothing here
+Which module serves which framework id is declared once, in ``xbn.frameworks.registry``. Nothing here
 imports a framework.
 """

@@ -14,9 +14,9 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from ..dtypes import round_to
-from ..registry import Capabilities, capabilities, family_module, family_of
-from ..scenario import (
+from ..common.dtypes import round_to
+from ..frameworks.registry import Capabilities, capabilities, family_module, family_of
+from ..scenario.loader import (
     COUNTER,
     RENORM_QUANTITIES,
     REPLICA_QUANTITIES,
@@ -40,7 +40,7 @@ class NotApplicable(Exception):
     """The framework cannot express this layer or step; the message says why."""
 
 
-# What a layer asks of its framework, per field of xbn.registry.Capabilities.
+# What a layer asks of its framework, per field of xbn.frameworks.registry.Capabilities.
 NEEDS = {
     "cumulative_momentum": lambda layer: layer.cumulative,
     "track_running_stats": lambda layer: not layer.track_running_stats,
@@ -190,7 +190,7 @@ class Adapter(ABC):
 
     def magnitudes(self) -> dict[str, float | None]:
         """Optional: for values the last step produced and the state, the magnitude of the
-        terms that produced each (``xbn.numerics``), recorded as the observation's ``scale``:
+        terms that produced each (``xbn.reference.numerics``), recorded as the observation's ``scale``:
         the tolerance's floor where terms cancel. Only the reference knows its terms."""
         return {}
 

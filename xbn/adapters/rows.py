@@ -2,7 +2,7 @@
 
 An adapter returns a numpy array or, for dtypes numpy cannot hold (bfloat16), a (float64
 array, dtype name) pair (``xbn.adapters.base``); every replicated engine joins its replicas'
-parts with :func:`join_rows` (the split is ``xbn.scenario_model.split_rows``).
+parts with :func:`join_rows` (the split is ``xbn.scenario.model.split_rows``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`xbn cache`: where the result cache is, what it holds, and emptying it (``xbn.cache``).
+"""`xbn cache`: where the result cache is, what it holds, and emptying it (``xbn.execution.cache``).
 
 Only click is imported at module level, so `xbn --help` stays fast.
 """
@@ -16,7 +16,7 @@ def cache() -> None:
 @cache.command()
 def info() -> None:
     """Where the cache is and how many scenario x framework results it holds."""
-    from ..cache import ResultCache
+    from ..execution.cache import ResultCache
 
     store = ResultCache()
     entries = store.entries()
@@ -27,7 +27,7 @@ def info() -> None:
 @cache.command()
 def clear() -> None:
     """Remove every cached result (the next run re-runs everything)."""
-    from ..cache import ResultCache
+    from ..execution.cache import ResultCache
 
     store = ResultCache()
     click.echo(f"removed {store.clear()} result(s) from {store.root}", err=True)

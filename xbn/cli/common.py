@@ -44,10 +44,10 @@ cache_option = click.option(
 
 
 def result_cache(no_cache: bool):
-    """The user's result cache (``xbn.cache``), or None with --no-cache."""
+    """The user's result cache (``xbn.execution.cache``), or None with --no-cache."""
     if no_cache:
         return None
-    from ..cache import ResultCache
+    from ..execution.cache import ResultCache
 
     return ResultCache()
 
@@ -76,13 +76,13 @@ def analyze_with_progress(scenarios: list, frameworks: list[str] | None, referen
     import threading
     from contextlib import nullcontext
 
-    from ..runner import run
+    from ..execution.runner import run
 
     early = {}  # "searches": the analysis' early explanations, made by the preload
 
     def prepare() -> None:
-        from ..analysis import EarlyExplanations
-        from ..comparison import DEFAULT_K
+        from ..analysis.pipeline import EarlyExplanations
+        from ..comparison.diffs import DEFAULT_K
 
         early["k"] = k if k is not None else DEFAULT_K
         early["searches"] = EarlyExplanations(scenarios, reference, early["k"], cache)
@@ -99,7 +99,7 @@ def analyze_with_progress(scenarios: list, frameworks: list[str] | None, referen
         result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=display,
                      cache=cache, on_framework=framework_done)
     preload.join()
-    from ..analysis import analyze
+    from ..analysis.pipeline import analyze
 
     return analyze(result, reference, early["k"], cache, early["searches"])
 
@@ -114,13 +114,13 @@ def did_you_mean(word: str, choices) -> str:
 
 def framework_ids(value: str | None, devices: bool = False) -> list[str] | None:
     """The ids of a comma-separated ``--frameworks`` value (None: not given); exit 2 on an
-    unknown id. ``ID@DEVICE`` (``torch@cuda``, ``xbn.devices``) is accepted where ``devices``
+    unknown id. ``ID@DEVICE`` (``torch@cuda``, ``xbn.frameworks.devices``) is accepted where ``devices``
     (the commands that run scenarios for a report) and normalized (``torch@cpu`` is ``torch``);
     a device the framework has not is a usage error."""
     if value is None:
         return None
-    from ..devices import DeviceError, base_id, parse
-    from ..registry import FRAMEWORK_IDS
+    from ..frameworks.devices import DeviceError, base_id, parse
+    from ..frameworks.registry import FRAMEWORK_IDS
 
     ids = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [i for i in ids if base_id(i).strip() not in FRAMEWORK_IDS]
@@ -143,9 +143,9 @@ def framework_ids(value: str | None, devices: bool = False) -> list[str] | None:
 
 def check_reference(reference: str) -> None:
     """Exit 2 unless ``reference`` is a known framework id (``ID@DEVICE`` included, written
-    as ``xbn.devices.parse`` normalizes it)."""
-    from ..devices import DeviceError, base_id, parse
-    from ..registry import FRAMEWORK_IDS
+    as ``xbn.frameworks.devices.parse`` normalizes it)."""
+    from ..frameworks.devices import DeviceError, base_id, parse
+    from ..frameworks.registry import FRAMEWORK_IDS
 
     base = base_id(reference)
     if base not in FRAMEWORK_IDS:
@@ -165,13 +165,13 @@ def frameworks_to_run(value: str | None, reference: str,
     framework) when not given, after checking that the reference is installed."""
     ids = framework_ids(value, devices)
     if ids is None:
-        from ..devices import base_id
-        from ..registry import available
+        from ..frameworks.devices import base_id
+        from ..frameworks.registry import available
 
         if not available(base_id(reference)):
             fail(f"reference framework {reference!r} is not installed")
         if base_id(reference) != reference:  # every installed framework, and this device
-            from ..registry import availability
+            from ..frameworks.registry import availability
 
             return [reference, *(f for f, a in availability().items() if a["available"])]
         return None
@@ -185,7 +185,7 @@ def _missing_scenario(name: str) -> None:
     among the built-in scenarios and the files beside it."""
     from pathlib import Path
 
-    from ..scenario import BUILTIN, builtin_paths
+    from ..scenario.loader import BUILTIN, builtin_paths
 
     path = Path(name.removeprefix(BUILTIN))
     builtins = [p.stem for p in builtin_paths()]
@@ -200,7 +200,7 @@ def _missing_scenario(name: str) -> None:
 
 def load_scenarios(files) -> list:
     """Load scenario files or built-in names; exit 2 on a bad file or a name used twice."""
-    from ..scenario import ScenarioError, load, resolve
+    from ..scenario.loader import ScenarioError, load, resolve
 
     scenarios = []
     for f in files:
@@ -219,6 +219,6 @@ def load_scenarios(files) -> list:
 
 def builtin_scenarios() -> list:
     """Every built-in scenario, loaded."""
-    from ..scenario import builtin_paths
+    from ..scenario.loader import builtin_paths
 
     return load_scenarios([str(p) for p in builtin_paths()])

@@ -33,7 +33,7 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
     its data); shrink each, write it under --out. Exit 1 with findings, 0 without."""
     import sys
 
-    from ..registry import FRAMEWORK_IDS, available
+    from ..frameworks.registry import FRAMEWORK_IDS, available
 
     if budget is not None and max_examples is not None:
         fail("give --budget or --max-examples, not both")

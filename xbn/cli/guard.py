@@ -1,5 +1,5 @@
-"""`xbn snapshot` and `xbn check`: the upgrade guard's commands (the logic is in xbn.snapshot
-and xbn.guard).
+"""`xbn snapshot` and `xbn check`: the upgrade guard's commands (the logic is in xbn.guard.snapshot
+and xbn.guard.check).
 
 Only click is imported at module level, so `xbn --help` stays fast; everything else is
 imported inside the commands.
@@ -56,8 +56,8 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
     The snapshot holds every observation, each framework's versions, and each scenario's
     full definition with its sha256, so `xbn check` can re-run it later.
     """
-    from ..runner import run
-    from ..snapshot import dumps, snapshot_document
+    from ..execution.runner import run
+    from ..guard.snapshot import dumps, snapshot_document
 
     ids = frameworks_to_run(frameworks, "numpy")
     loaded = load_scenarios(scenarios) if scenarios else builtin_scenarios()
@@ -97,10 +97,10 @@ def check(file, frameworks, fmt, output, junit, tolerance, require_all, timeout,
     Compares every observation with the snapshot's (same scenario, step, framework and
     quantity) and explains each change with the reference's semantic switches.
     """
-    from ..guard import CheckError
-    from ..guard import check as run_check
+    from ..guard.check import CheckError
+    from ..guard.check import check as run_check
+    from ..guard.snapshot import SnapshotError, load_snapshot
     from ..report.check_out import render, render_junit
-    from ..snapshot import SnapshotError, load_snapshot
 
     try:
         snap = load_snapshot(file)

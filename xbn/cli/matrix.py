@@ -1,5 +1,5 @@
 """`xbn matrix`: snapshots of several version sets merged into one behaviour-across-versions
-report (the logic is in xbn.matrix). Only click is imported at module level."""
+report (the logic is in xbn.guard.matrix). Only click is imported at module level."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def matrix(snapshots, fmt, output, tolerance) -> None:
     re-run: each snapshot's own observations are analysed."""
     import json
 
-    from ..matrix import merge, render_markdown, to_json
-    from ..snapshot import SnapshotError, load_snapshot
+    from ..guard.matrix import merge, render_markdown, to_json
+    from ..guard.snapshot import SnapshotError, load_snapshot
 
     try:
         loaded = [load_snapshot(path) for path in snapshots]

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import click
 
-from ..port.errors import PortError
-from ..registry import PORT_IDS
+from ..adapters.port_errors import PortError
+from ..frameworks.registry import PORT_IDS
 from .common import emit, fail
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",

@@ -80,7 +80,7 @@ def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, 
         report = restrict(report)
     matrix = None
     if fmt == "html":
-        from ..profiles import profile_matrix
+        from ..profiles.facts import profile_matrix
 
         matrix = profile_matrix()
     _note(report, quiet, shown=fmt in ("table", "markdown", "html"))
@@ -90,7 +90,7 @@ def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, 
 @click.command("list")
 def list_scenarios() -> None:
     """List the built-in scenarios with their titles."""
-    from ..scenario import builtin_paths, load
+    from ..scenario.loader import builtin_paths, load
 
     for path in builtin_paths():
         s = load(path)
@@ -111,8 +111,8 @@ def frameworks(fmt, no_devices) -> None:
     """
     import json
 
-    from ..devices import ENGINES, framework_devices, probe_engines
-    from ..registry import FRAMEWORKS, availability
+    from ..frameworks.devices import ENGINES, framework_devices, probe_engines
+    from ..frameworks.registry import FRAMEWORKS, availability
 
     avail = availability()
     if not no_devices:
@@ -147,7 +147,7 @@ def frameworks(fmt, no_devices) -> None:
 def report(output_dir, frameworks, reference, timeout, jobs, no_cache, quiet) -> None:
     """Every built-in scenario through every installed framework: index.html (plots, heatmap,
     whole values on click), index.md, diffs.csv and results.json."""
-    from ..profiles import profile_matrix
+    from ..profiles.facts import profile_matrix
     from ..report.files import write_report
 
     check_reference(reference)
@@ -156,7 +156,7 @@ def report(output_dir, frameworks, reference, timeout, jobs, no_cache, quiet) ->
     store = result_cache(no_cache)
     key = None
     if store is not None:  # unchanged results, versions and xbn: the same files, copied
-        from ..cache import report_key
+        from ..execution.cache import report_key
 
         key = report_key(scenarios, ids, reference)
         kept = store.restore_files(key, Path(output_dir))
@@ -186,7 +186,7 @@ def explain(framework, fmt) -> None:
     """
     import json
 
-    from ..profiles import PROFILES, profile_matrix
+    from ..profiles.facts import PROFILES, profile_matrix
 
     if framework is not None and framework not in PROFILES:
         fail(f"unknown framework {framework!r}{did_you_mean(framework, PROFILES)}; "

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..scenario import Scenario, parse
-from .session import Session
+from ..execution.session import Session
+from ..scenario.loader import Scenario, parse
 from .verdict import KINDS, Flag, broken_switches, flags_of
 
 

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from ..scenario import parse
+from ..scenario.loader import parse
 from .campaign import Finding
 
 KIND_TEXT = {

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import family_module, family_of
-from ..scenario import Scenario, channel_axis
+from ..adapters.repro import ReproUnsupported
+from ..frameworks.registry import family_module, family_of
+from ..scenario.loader import Scenario, channel_axis
 
 SUPPORTED_OPS = ("call", "predict", "set", "set_weights")
-
-
-class ReproUnsupported(Exception):
-    """This scenario cannot be written as a standalone script for that framework (the message
-    says why): an op without a template (fit, grad), or a family without one."""
 
 
 def _literal(value) -> str:

@@ -4,15 +4,15 @@ A difference from the reference is not news (every framework has its declared pr
 explanation column says which switch causes it). A row is a finding when
 
 * ``unexplained``: the reference run with the framework's *own* profile does not reproduce it
-  (the same matching rule as ``xbn.explain``: agreement, the declared exception for errors), nor
-  does its rounding-error bound hold it (``xbn.explain_bounds``: a float32 framework never
+  (the same matching rule as ``xbn.explain.search``: agreement, the declared exception for errors), nor
+  does its rounding-error bound hold it (``xbn.explain.bounds``: a float32 framework never
   matches a float64 run bit for bit, and an ill-conditioned variance has no bit-exact rerun);
 * a numerical hazard, whatever the profile says: ``nan``/``inf`` where the exact value is
   finite, a ``negative_variance``, a ``cancellation`` (a declared one-pass variance far outside
   the exact two-pass formula's rounding bound), or an ``overshoot`` (a moving mean outside every value the
   layer was ever given: an average cannot leave the hull of what it averages).
 
-Rows covered by ``xbn/divergences.toml`` are known behaviour and stay quiet.
+Rows covered by ``xbn/profiles/divergences.toml`` are known behaviour and stay quiet.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import numpy as np
 
 from ..adapters.base import run_scenario
 from ..adapters.numpy.adapter import NumpyAdapter
-from ..explain import _profile, _Search
-from ..explain_bounds import MONOTONE
-from ..profiles import PROFILES, known_divergence
-from ..reference import Semantics
-from ..scenario import Scenario
-from ..semantics import NUMERIC_SWITCH_VALUES
+from ..explain.bounds import MONOTONE
+from ..explain.search import _profile, _Search
+from ..profiles.facts import PROFILES, known_divergence
+from ..reference.batchnorm import Semantics
+from ..reference.semantics import NUMERIC_SWITCH_VALUES
+from ..scenario.loader import Scenario
 
 KINDS = ("nan", "inf", "negative_variance", "overshoot", "cancellation", "unexplained")
 FAR = 1e-3  # relative error beyond which a one-pass variance has collapsed (float32 eps 1.2e-7)
@@ -53,7 +53,7 @@ class Flag:
 
 
 class _Row(SimpleNamespace):
-    """An observation as ``xbn.explain``'s search reads it: attributes, and ``_asdict`` for the
+    """An observation as ``xbn.explain.search``'s search reads it: attributes, and ``_asdict`` for the
     error rule (``profiles.error_mismatch``) as on a DataFrame row."""
 
     def _asdict(self) -> dict:
@@ -65,7 +65,7 @@ def _row(o: dict) -> _Row:
 
 
 class _Run(dict):
-    """A finished reference run in the shape ``xbn.explain``'s search reads (``get``,
+    """A finished reference run in the shape ``xbn.explain.search``'s search reads (``get``,
     ``full``): the fuzzer's scenarios are a few steps, so every run is computed whole."""
 
     def full(self) -> dict:
@@ -141,7 +141,7 @@ def hazards(framework: str, scenario: Scenario, rows: list[dict], exact: dict) -
 
 def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) -> list[Flag]:
     """Rows that the framework's declared profile reproduces neither within the tolerance nor
-    within its variance formula's rounding bound (``xbn.explain``'s own matching)."""
+    within its variance formula's rounding bound (``xbn.explain.search``'s own matching)."""
     if framework not in PROFILES:
         return []
     mine = {}
@@ -235,7 +235,7 @@ def broken_switches(flag: Flag, scenario: Scenario, rows: list[dict]) -> tuple[s
     switches of the profile without which the reference stops reproducing it ("undeclared"
     when the profile does not reproduce it at all); for an unexplained row, the switches
     whose single flip of the profile would reproduce it ("none" when no flip does)."""
-    from ..semantics import SWITCH_VALUES
+    from ..reference.semantics import SWITCH_VALUES
 
     _, full = declared(flag.framework)
 

@@ -14,7 +14,7 @@ Everything here imports its framework lazily, inside the function that needs it,
 
 from __future__ import annotations
 
-from .errors import PortError
+from ..adapters.port_errors import PortError
 
 __all__ = ["PortError", "audit", "audit_file", "convert_file", "translate"]
 

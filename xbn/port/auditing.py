@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import profiles, registry
+from ..adapters.layer_info import LayerInfo
+from ..adapters.port_errors import PortError
+from ..frameworks import registry
+from ..profiles import facts as profiles
 from . import formats as fm
 from . import notes as texts
-from .errors import PortError
-from .info import LayerInfo
 from .settings import convention
 
 
@@ -97,7 +98,7 @@ def audit_file(path: str | Path, target: str | None = None) -> Audit:
 
 def audit(obj, target: str | None = None, inputs=None) -> Audit:
     """Audit a live model (see ``live.framework_of``); linen modules need ``inputs``."""
-    from .live import bn_layers, framework_of
+    from ..adapters.live import bn_layers, framework_of
 
     framework = framework_of(obj)
     label = type(obj[0] if isinstance(obj, tuple) else obj).__name__

@@ -25,9 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adapters.port_errors import PortError
+from ..adapters.state_io import (
+    ROLE_WORDS,
+    ROLES,
+    BNLayer,
+    Bundle,
+    is_identity,
+    natural_key,
+    write_bytes_atomic,
+)
 from . import formats as fm
-from .errors import PortError
-from .state import ROLE_WORDS, ROLES, BNLayer, Bundle, is_identity, natural_key, write_bytes_atomic
 
 
 @dataclass

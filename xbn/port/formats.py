@@ -1,6 +1,6 @@
 """Weights-file formats: inferring one from a file name, and reading a file through its family.
 
-The formats themselves are declared by their family in ``xbn.registry`` (``Family.formats``).
+The formats themselves are declared by their family in ``xbn.frameworks.registry`` (``Family.formats``).
 A format belongs to a *family* (torch, keras, flax) whose ``xbn/adapters/<family>/state_io.py``
 reads and writes it: ``read(path, fmt) -> Bundle``, ``fresh(layers, fmt, notes) -> Bundle``,
 ``layer_info(layer, framework) -> LayerInfo`` and ``file_notes() -> list[str]``. A template for
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import registry
-from ..registry import FORMATS, Format
-from .errors import PortError
+from ..adapters.port_errors import PortError
+from ..frameworks import registry
+from ..frameworks.registry import FORMATS, Format
 
 __all__ = ["FORMATS", "Format", "infer", "module", "read"]
 
@@ -46,7 +46,7 @@ def read(path: str | Path, given: str | None = None):
     if not path.is_file():
         raise PortError(f"{path}: no such file")
     bundle = module(fmt).read(path, fmt.name)
-    from .state import check_layer
+    from ..adapters.state_io import check_layer
 
     for layer in bundle.layers:
         check_layer(layer)

@@ -1,6 +1,6 @@
 """Models for ``xbn verify`` from files: what can be run without the user's model code.
 
-Which file suffixes run, and how, is the families' (``model_files`` in ``xbn.registry``,
+Which file suffixes run, and how, is the families' (``model_files`` in ``xbn.frameworks.registry``,
 ``load_model`` in ``xbn/adapters/<family>/live.py``):
 
 - ``.keras``: ``keras.models.load_model(path, safe_mode=True, compile=False)``. This builds
@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from .. import registry
-from .errors import PortError
+from ..adapters.port_errors import PortError
+from ..frameworks import registry
 
 
 def load_model(spec: str):
@@ -56,7 +56,7 @@ def _from_python(target: str):
 
 
 def _is_model(obj) -> bool:
-    from .live import framework_of
+    from ..adapters.live import framework_of
 
     try:
         framework_of(obj)

@@ -3,7 +3,7 @@
 Kept apart from the translation logic so the wording can be reviewed in one place. Each
 text states the behaviour and the source that shows it (paths in the installed packages,
 issue numbers where users were bitten). Tables are keyed by the framework ids of
-``xbn.registry.PORT_IDS`` (FREEZE and MODE: every one of them; FROZEN_LAYER: those whose
+``xbn.frameworks.registry.PORT_IDS`` (FREEZE and MODE: every one of them; FROZEN_LAYER: those whose
 layers carry a trainable flag).
 """
 
@@ -105,7 +105,7 @@ FROZEN_LAYER: dict[str, dict[str, tuple[str, str, str]]] = {
     "tf-keras": {"training": _KERAS_FROZEN, "otherwise": _KERAS_FROZEN},
 }
 
-# What a framework does for one profile switch (xbn/profiles.py), in words.
+# What a framework does for one profile switch (xbn/profiles/facts.py), in words.
 SWITCH_TEXT: dict[str, dict[object, str]] = {
     "variance_update": {
         "biased": "feeds the biased batch variance (/n) into the running variance",

@@ -3,18 +3,18 @@
 ``xbn port`` and ``xbn audit`` read a source framework's arguments (``--from torch --momentum
 0.1`` is torch's momentum) into :class:`Settings`: momentum as the Keras/Flax "weight of the old
 value", called *decay* here. Anything a user leaves out takes the source framework's real
-default (``xbn.profiles``). What a framework can express is its ``Capabilities`` and how it
-spells it its ``Convention``, both in ``xbn.registry``.
+default (``xbn.profiles.facts``). What a framework can express is its ``Capabilities`` and how it
+spells it its ``Convention``, both in ``xbn.frameworks.registry``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import registry
-from ..profiles import default_decay, default_epsilon, profile_fact
-from ..registry import Convention, decay_from_native, native_momentum
-from .errors import PortError
+from ..adapters.port_errors import PortError
+from ..frameworks import registry
+from ..frameworks.registry import Convention, decay_from_native, native_momentum
+from ..profiles.facts import default_decay, default_epsilon, profile_fact
 
 Axis = int | tuple[int, ...]
 

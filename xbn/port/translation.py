@@ -2,7 +2,7 @@
 
 The arguments are read into framework-free :class:`~xbn.port.settings.Settings` (see
 ``settings.py``), then written here in the target's spelling: its ``Convention`` and
-``Capabilities`` in ``xbn.registry``, its defaults and semantic switches in ``xbn.profiles``,
+``Capabilities`` in ``xbn.frameworks.registry``, its defaults and semantic switches in ``xbn.profiles.facts``,
 the prose of the notes in ``notes.py``. A few spellings are not data (haiku's reduced-axes
 ``axis``, flax's mode argument, equinox's ``mode``/``axis_name``): they are the ``conv.id``
 branches below.
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .. import registry
-from ..profiles import default_epsilon, default_native_momentum, profile_fact
-from ..registry import Convention, clean, native_momentum
+from ..adapters.port_errors import PortError
+from ..frameworks import registry
+from ..frameworks.registry import Convention, clean, native_momentum
+from ..profiles.facts import default_epsilon, default_native_momentum, profile_fact
 from . import notes as texts
-from .errors import PortError
 from .settings import Note, Settings, convention, parse_axis, read_source
 
 __all__ = ["Note", "Settings", "Translation", "parse_axis", "read_source", "render", "translate"]

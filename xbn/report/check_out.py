@@ -7,8 +7,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from .._version import __version__
-from ..guard import Change, CheckResult
-from ..jsonio import review_dumps
+from ..common.jsonio import review_dumps
+from ..guard.check import Change, CheckResult
 from .views import summarize
 
 

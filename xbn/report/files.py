@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..analysis.model import Report
 from . import render, write_atomic
-from .model import Report
 
 INTRO = ("Every built-in scenario run through every installed framework, compared with xbn's "
          "float64 reference. Regenerate with `xbn report`; the numbers below come from that run.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .._version import __version__
-from ..jsonio import strict_dumps
+from ..common.jsonio import strict_dumps
 from .replicas import records, replica_section
 
 # Columns that hold data: a NaN there is a value, written "NaN" like the other non-finite

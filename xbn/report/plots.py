@@ -7,7 +7,7 @@ of 0 (the reference's value to the last bit) has no logarithm: it is drawn on th
 at the bottom of each panel. When observations carry ``rep`` (a traced step records every
 repetition), the x axis counts repetitions instead of steps.
 
-Plots format a finished ``drift`` table (``xbn.drift``); matplotlib is imported only when a
+Plots format a finished ``drift`` table (``xbn.comparison.drift``); matplotlib is imported only when a
 figure is drawn, and never through pyplot, so no GUI backend or global state is touched.
 """
 

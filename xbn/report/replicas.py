@@ -1,6 +1,6 @@
 """The "Cross-replica BatchNorm" section: per framework, the engine it ran replicas on, what it
 declares about synchronization, weighting, Bessel's count and read-back (the four replica
-switches of its profile, ``xbn.profiles``), and what really happened in each replicated
+switches of its profile, ``xbn.profiles.facts``), and what really happened in each replicated
 scenario of the report (its rows' verdicts and explanations).
 
 Only formatting: the declared values are read from the profiles (data), the outcomes from the
@@ -17,8 +17,8 @@ from html import escape
 
 import pandas as pd
 
-from ..devices import base_id
-from ..semantics import REPLICA_SWITCHES
+from ..frameworks.devices import base_id
+from ..reference.semantics import REPLICA_SWITCHES
 
 TITLE = "Cross-replica BatchNorm"
 INTRO = ("What each framework does when a BatchNorm runs data parallel on its own distributed "
@@ -29,7 +29,7 @@ INTRO = ("What each framework does when a BatchNorm runs data parallel on its ow
          "each value); the last ones say what happened in each scenario with replicas: same as "
          "the reference, explained by the named switches, a known divergence, n/a or an error.")
 
-# Plain words for every value of the replica switches (xbn.semantics.SWITCH_VALUES)
+# Plain words for every value of the replica switches (xbn.reference.semantics.SWITCH_VALUES)
 WORDS: dict[str, dict[object, str]] = {
     "synchronized_statistics": {
         "global": "count-weighted over all replicas",
@@ -105,7 +105,7 @@ def engine(notes: list[str] | None) -> str:
 def declared(framework_id: str) -> dict[str, str]:
     """The four replica switches of a framework's profile, in words with the value in code
     font; the Bessel count says when the running variance is biased (no count used)."""
-    from ..profiles import PROFILES
+    from ..profiles.facts import PROFILES
 
     profile = PROFILES.get(base_id(framework_id))
     if profile is None:
@@ -119,7 +119,7 @@ def declared(framework_id: str) -> dict[str, str]:
     count = "replica_variance_count"
     if variance == "biased":
         out[count] = f"none: the running variance is biased (`variance_update={variance}`)"
-    elif variance == "fused":  # unbiased only on the fused 4-D/5-D path (xbn.semantics)
+    elif variance == "fused":  # unbiased only on the fused 4-D/5-D path (xbn.reference.semantics)
         out[count] = (f"{out[count]} on the fused 4-D/5-D path, the only unbiased one "
                       f"(`variance_update={variance}`); elsewhere none (biased)")
     return out
@@ -130,7 +130,7 @@ def _text(v) -> str:
 
 
 def _switches(explanation: str) -> str:
-    """The switches an explanation names (``a=b, c=d``, xbn.explain.describe) in code font,
+    """The switches an explanation names (``a=b, c=d``, xbn.explain.search.describe) in code font,
     with what qualifies them (a rounding bound, a partial reproduction); other text cut."""
     head = re.split(r" \(bit-exact\)|: within|; partial:", explanation)[0]
     parts = [p.strip() for p in head.split(",")]
@@ -187,7 +187,7 @@ def replica_section(report) -> ReplicaSection | None:
         meta = report.frameworks.get(fid, {})
         row = {"framework": fid, "engine": engine(meta.get("notes"))}
         if row["engine"] == "—" and base_id(fid) == "numpy":
-            row["engine"] = "none: xbn's float64 model of the switches (xbn/reference_replicas.py)"
+            row["engine"] = "none: xbn's float64 model of the switches (xbn/reference/replicas.py)"
         row.update({HEADERS[sw]: text for sw, text in declared(fid).items()})
         for name in names:
             if fid == report.reference:

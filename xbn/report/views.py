@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..comparison import QUANTITY_ORDER, REP, row_at
-from ..scenario import STATE_QUANTITIES
+from ..comparison.diffs import QUANTITY_ORDER, REP, row_at
+from ..scenario.loader import STATE_QUANTITIES
 
 MARK = {"same": "", "differs": " ✗", "error": "", "n/a": ""}
 

@@ -61,7 +61,7 @@ def to_numpy(arr) -> np.ndarray | tuple[np.ndarray, str]:
 
 
 def make_optax(optimizer_cfg) -> optax.GradientTransformation:
-    """The optax optimizer for an ``xbn.scenario.Optimizer``, every hyper-parameter explicit.
+    """The optax optimizer for an ``xbn.scenario.loader.Optimizer``, every hyper-parameter explicit.
 
     optax.adam uses the paper's form: update = lr * m_hat / (sqrt(v_hat + eps_root) + eps), with
     eps outside the square root and eps_root = 0.
@@ -85,7 +85,7 @@ def versions() -> dict[str, str]:
 def flax_batchnorm_kwargs(layer, framework_id: str, api: str) -> dict:
     """Constructor keywords shared by flax.linen.BatchNorm and flax.nnx.BatchNorm (same
     arguments, same limits): raises NotApplicable for what neither can express."""
-    from ...scenario import channel_axis
+    from ...scenario.loader import channel_axis
     from ..base import require
 
     require(framework_id, layer, "cumulative_momentum",

@@ -1,7 +1,7 @@
 """What the four JAX families share to run a layer on R host devices (issue 12).
 
 The engine is JAX's own: a ``jax.sharding.Mesh`` over the first R host devices (the worker
-offers them with ``--xla_force_host_platform_device_count``, ``xbn.worker.prepare_replicas``)
+offers them with ``--xla_force_host_platform_device_count``, ``xbn.execution.worker.prepare_replicas``)
 and ``jax.shard_map`` over one mesh axis, :data:`AXIS`, jitted once per layer configuration and
 step kind. Each framework's own cross-replica argument names that axis when the layer is
 synchronized (Flax ``axis_name``, Haiku ``cross_replica_axis``, Equinox ``axis_name``); nothing
@@ -38,8 +38,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ...scenario import Layer
-from ...scenario_model import split_rows
+from ...scenario.loader import Layer
+from ...scenario.model import split_rows
 from ..base import Adapter, NotApplicable
 from . import common as jc
 
@@ -89,7 +89,7 @@ def mesh(count: int) -> Mesh:
             raise RuntimeError(
                 f"{count} replicas need {count} host devices, jax offers {len(devices)}: the "
                 "worker sets --xla_force_host_platform_device_count before jax is imported "
-                "(xbn.worker.prepare_replicas)")
+                "(xbn.execution.worker.prepare_replicas)")
         _MESHES[count] = Mesh(np.array(devices[:count]), (AXIS,))
     return _MESHES[count]
 

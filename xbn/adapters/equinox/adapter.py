@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ...scenario import Layer, Step
+from ...scenario.loader import Layer, Step
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable, from_channels_first, to_channels_first
 

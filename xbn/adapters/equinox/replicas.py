@@ -18,7 +18,7 @@ import warnings
 
 import equinox as eqx
 
-from ...scenario import Layer
+from ...scenario.loader import Layer
 from .._jax import common as jc
 from .._jax.replicas import AXIS, PREDICT, ReplicatedJax
 from ..base import Adapter

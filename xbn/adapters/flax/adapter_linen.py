@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ...scenario import Layer, Step, channel_axis
+from ...scenario.loader import Layer, Step, channel_axis
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
 from .masking import FlaxMask

@@ -15,7 +15,7 @@ import flax
 import jax.numpy as jnp
 from flax import nnx
 
-from ...scenario import Layer, Step
+from ...scenario.loader import Layer, Step
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
 from .masking import FlaxMask

@@ -1,6 +1,6 @@
 """Live Flax models for ``xbn audit``/``verify``: linen ``(module, variables)`` tuples and NNX.
 
-The hooks of ``xbn.port.live`` (see there). Flax is imported only by the functions that run a
+The hooks of ``xbn.adapters.live`` (see there). Flax is imported only by the functions that run a
 model; recognising one looks in ``sys.modules``. Flax models are not loaded from files.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ...port.errors import PortError
-from ...port.info import LayerInfo
-from ...port.live import Runner, first_output, to_array
+from ..layer_info import LayerInfo
+from ..live import Runner, first_output, to_array
+from ..port_errors import PortError
 from .state_io import get_path
 
 MODELS = ("a (flax.linen module, variables) tuple", "an nnx.Module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ...scenario import channel_axis
+from ...scenario.loader import channel_axis
 
 
 class FlaxMask:

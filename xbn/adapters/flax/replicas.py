@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ...scenario import Layer
+from ...scenario.loader import Layer
 from .._jax.replicas import AXIS, PREDICT, ReplicatedJax
 from ..base import Adapter
 from .adapter_nnx import FlaxNnxAdapter

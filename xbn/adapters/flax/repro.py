@@ -4,12 +4,12 @@ channel axis as ``axis`` and a Keras-style ``momentum`` (weight of the old value
 
 from __future__ import annotations
 
-from ...scenario import Layer, channel_axis
+from ...scenario.loader import Layer, channel_axis
 
 
 def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
     """Source defining call, predict, set_trainable, set_weights, state and VERSIONS."""
-    from ...fuzz.repro import ReproUnsupported
+    from ..repro import ReproUnsupported
 
     if layer.cumulative or not layer.track_running_stats or layer.mixed or layer.defaults \
             or layer.native:

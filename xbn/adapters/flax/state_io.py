@@ -1,7 +1,7 @@
 """Flax variables: ``.msgpack`` (``flax.serialization``) or ``.npz`` with ``/``-joined keys.
 
 The ``state_io`` hooks of ``xbn.port.formats`` for the flax family (formats ``flax-msgpack``
-and ``flax-npz`` in ``xbn.registry``).
+and ``flax-npz`` in ``xbn.frameworks.registry``).
 
 Two layouts are recognised. Linen: ``{"params": {path: {scale, bias}}, "batch_stats":
 {path: {mean, var}}}`` (flax/linen/normalization.py). NNX pure state: ``{path: {scale, bias,
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...port.errors import PortError
-from ...port.info import LayerInfo, file_layer_info
-from ...port.state import BNLayer, Bundle, natural_key
-from ...profiles import default_decay, default_epsilon
+from ...profiles.facts import default_decay, default_epsilon
+from ..layer_info import LayerInfo, file_layer_info
+from ..port_errors import PortError
+from ..state_io import BNLayer, Bundle, natural_key
 
 PARAM_LEAVES = {"scale": "gamma", "bias": "beta"}
 STAT_LEAVES = {"mean": "mean", "var": "var"}

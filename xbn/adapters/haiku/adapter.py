@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ...scenario import Layer, Step, channel_axis, channels_last
+from ...scenario.loader import Layer, Step, channel_axis, channels_last
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
 

@@ -4,12 +4,12 @@ applied jitted; ``decay_rate`` is the weight of the old value, as in Keras."""
 
 from __future__ import annotations
 
-from ...scenario import Layer, channels_last
+from ...scenario.loader import Layer, channels_last
 
 
 def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
     """Source defining call, predict, set_trainable, set_weights, state and VERSIONS."""
-    from ...fuzz.repro import ReproUnsupported
+    from ..repro import ReproUnsupported
 
     if layer.cumulative or not layer.track_running_stats or layer.mixed or layer.defaults \
             or layer.native:

@@ -2,7 +2,7 @@
 
 The layer sits in a one-layer functional ``keras.Model`` (Input -> BN) so that ``fit`` and
 ``predict`` are Keras' own. Keras fixes its backend at import from ``KERAS_BACKEND``, which
-the runner sets in the worker (``env`` of its entry in ``xbn.registry``); this module checks
+the runner sets in the worker (``env`` of its entry in ``xbn.frameworks.registry``); this module checks
 that the imported backend is the one its framework id promises, so a misconfigured worker
 fails loudly instead of reporting one backend's numbers under another's name.
 
@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ...scenario import Layer, Step, channel_axis
+from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 
 BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from ...scenario import Layer, Step, channel_axis
+from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 
 # Keras has one global thread pool; one thread keeps reductions in the same order everywhere.

@@ -1,6 +1,6 @@
 """Live Keras 3 and tf-keras models for ``xbn audit``/``verify``: BN layers, a runner, .keras files.
 
-The hooks of ``xbn.port.live`` (see there). Keras is imported only by the functions that run
+The hooks of ``xbn.adapters.live`` (see there). Keras is imported only by the functions that run
 or load a model; recognising one looks in ``sys.modules``.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ...port.errors import PortError
-from ...port.info import LayerInfo
-from ...port.live import Runner, first_output
-from ...registry import FRAMEWORKS
+from ...frameworks.registry import FRAMEWORKS
+from ..layer_info import LayerInfo
+from ..live import Runner, first_output
+from ..port_errors import PortError
 
 MODELS = ("a Keras model or layer",)
 BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")

@@ -3,7 +3,7 @@
 * ``keras`` (Keras 3 on TensorFlow) and ``tf-keras``: ``tf.distribute.MirroredStrategy`` over
   R logical CPU devices (``replicas_tf.py``). TensorFlow fixes its logical devices when its
   runtime starts, so ``replicas_devices.configure_logical_devices`` runs in ``make_adapter`` (before any
-  op) when the worker asked for replicas (``XBN_REPLICAS``, ``xbn.worker.prepare_replicas``).
+  op) when the worker asked for replicas (``XBN_REPLICAS``, ``xbn.execution.worker.prepare_replicas``).
 * ``keras-jax``: ``keras.distribution.DataParallel`` over R JAX host devices
   (``replicas_jax.py``).
 * ``keras-torch``: Keras 3 has no distribution backend for torch
@@ -18,7 +18,7 @@ refusal is the row.
 
 from __future__ import annotations
 
-from ...scenario import Layer
+from ...scenario.loader import Layer
 from ..base import Adapter, NotApplicable
 from .replicas_common import keras_refuses_synchronized
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...scenario import Layer
+from ...scenario.loader import Layer
 from ..base import Adapter, NotApplicable
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ...scenario_model import REPLICAS_ENV
+from ...scenario.model import REPLICAS_ENV
 
 
 def requested_replicas() -> int:

@@ -22,7 +22,7 @@ import jax
 import keras
 import numpy as np
 
-from ...scenario import Layer
+from ...scenario.loader import Layer
 from ..base import Adapter, NotApplicable
 from ..rows import join_rows
 from .adapter_keras3 import _numpy
@@ -45,7 +45,7 @@ class DataParallelReplicas(ReplicatedKeras):
                 raise RuntimeError(
                     f"{count} replicas need {count} JAX host devices, JAX has {len(devices)}: "
                     "the worker's XLA_FLAGS did not offer them "
-                    "(--xla_force_host_platform_device_count, xbn.worker.prepare_replicas)")
+                    "(--xla_force_host_platform_device_count, xbn.execution.worker.prepare_replicas)")
             self.distributions[count] = keras.distribution.DataParallel(
                 devices=devices[:count])
         return self.distributions[count]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ...scenario import Layer
-from ...scenario_model import split_rows
+from ...scenario.loader import Layer
+from ...scenario.model import split_rows
 from ..base import Adapter
 from ..rows import join_rows
 from .replicas_common import ReplicatedKeras, with_synchronized
@@ -67,7 +67,7 @@ class MirroredReplicas(ReplicatedKeras):
                 raise RuntimeError(
                     f"{count} replicas need {count} logical CPU devices, TensorFlow has "
                     f"{len(devices)}: the worker did not set XBN_REPLICAS before the adapter "
-                    "was made (xbn.worker.prepare_replicas)")
+                    "was made (xbn.execution.worker.prepare_replicas)")
             self.strategies[count] = tf.distribute.MirroredStrategy(devices[:count])
         return self.strategies[count]
 

@@ -7,14 +7,14 @@ on the input shape, ``layer(x, training=...)`` for a call, a ``Sequential`` arou
 
 from __future__ import annotations
 
-from ...scenario import Layer, channel_axis
+from ...scenario.loader import Layer, channel_axis
 
 BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 
 
 def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
     """Source defining call, predict, set_trainable, set_weights, state and VERSIONS."""
-    from ...fuzz.repro import ReproUnsupported
+    from ..repro import ReproUnsupported
 
     if layer.cumulative or not layer.track_running_stats or layer.mixed or layer.defaults \
             or layer.native:

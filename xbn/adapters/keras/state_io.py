@@ -1,7 +1,7 @@
 """Keras weights: ``.weights.h5`` (Keras 3), ``.keras`` archives, legacy tf-keras ``.h5``.
 
 The ``state_io`` hooks of ``xbn.port.formats`` for the keras family (formats ``keras-weights``
-and ``keras`` in ``xbn.registry``).
+and ``keras`` in ``xbn.frameworks.registry``).
 
 Read with h5py and zipfile only: no Keras import and no code from the file is executed (a
 ``.keras`` archive's ``config.json`` is parsed as JSON). Layout facts, checked against
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...port.errors import PortError
-from ...port.info import LayerInfo, file_layer_info
-from ...port.state import ROLES, BNLayer, Bundle, natural_key
+from ..layer_info import LayerInfo, file_layer_info
+from ..port_errors import PortError
+from ..state_io import ROLES, BNLayer, Bundle, natural_key
 from .live import BN_CLASSES, config_info
 
 AUTO_NAME = re.compile(r"^(sync_)?batch_normalization(_\d+)?$")

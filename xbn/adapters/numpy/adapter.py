@@ -1,6 +1,6 @@
 """The float64 reference as an adapter, so it runs through the same driver loop and tests.
 
-``[layer.native.numpy]`` sets the reference's semantic switches (see ``xbn.reference``), e.g.
+``[layer.native.numpy]`` sets the reference's semantic switches (see ``xbn.reference.batchnorm``), e.g.
 ``variance_update = "unbiased"`` to reproduce PyTorch's running variance.
 """
 
@@ -10,14 +10,14 @@ from dataclasses import fields
 
 import numpy as np
 
-from ... import reference_mask
-from ...reference import NoSuchOperation, ReferenceBatchNorm, Semantics
-from ...scenario import Layer, Step, channel_axis
+from ...reference import mask as reference_mask
+from ...reference.batchnorm import NoSuchOperation, ReferenceBatchNorm, Semantics
+from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 
 
 class NumpyAdapter(Adapter):
-    # Keras' Batch Renormalization and tf-keras' ghost batches (xbn.reference_renorm)
+    # Keras' Batch Renormalization and tf-keras' ghost batches (xbn.reference.renorm)
     layer_features = frozenset({"renorm", "virtual_batch_size"})
 
     def __init__(self, framework_id: str = "numpy", semantics: Semantics | None = None):
@@ -70,7 +70,7 @@ class NumpyAdapter(Adapter):
     def grad(self, x, training, weights) -> dict:
         return self.bn.grad(x, training, weights)
 
-    # a step's mask: the valid positions' statistics (xbn.reference_mask); n/a where the
+    # a step's mask: the valid positions' statistics (xbn.reference.mask); n/a where the
     # semantics model a framework whose BatchNorm takes none (mask = "none")
     def call_masked(self, x, training, mask):
         return self._masked(reference_mask.call, x, training, mask)

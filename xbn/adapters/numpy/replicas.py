@@ -1,4 +1,4 @@
-"""The float64 reference on replicas (``xbn.reference_replicas``) behind the Adapter interface.
+"""The float64 reference on replicas (``xbn.reference.replicas``) behind the Adapter interface.
 
 ``make_replicated(base)`` is what ``Adapter.replicated()`` calls for framework id numpy: the
 replicated reference runs under ``base.semantics``, so an explanation's rerun with a changed
@@ -8,8 +8,8 @@ nothing to release.
 
 from __future__ import annotations
 
-from ...reference_replicas import ReplicatedReference
-from ...scenario import Layer, Step, channel_axis
+from ...reference.replicas import ReplicatedReference
+from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 from .adapter import NumpyAdapter
 

@@ -11,7 +11,7 @@ What the module can be built with is asked of the installed torch: ``bias=False`
 without a bias) where ``torch.nn.BatchNorm1d``'s signature has ``bias``.
 Train/eval is torch's module-wide mode: a ``training`` flag on a step calls ``train()`` or
 ``eval()`` and the mode persists; a bare call leaves it alone (a fresh module trains).
-In a ``torch@cuda`` worker (``xbn.devices``) the module and every input live on ``cuda`` (built
+In a ``torch@cuda`` worker (``xbn.frameworks.devices``) the module and every input live on ``cuda`` (built
 on CPU with the same seed, then moved) and values come back to the host; cuDNN is on unless
 ``[layer.native.torch] cudnn = false``.
 """
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...devices import current as current_device
-from ...registry import Capabilities, native_momentum
-from ...scenario import Layer, Step
+from ...frameworks.devices import current as current_device
+from ...frameworks.registry import Capabilities, native_momentum
+from ...scenario.loader import Layer, Step
 from ..base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,

@@ -1,6 +1,6 @@
 """Live torch models for ``xbn audit``/``verify``: BN modules, a runner, TorchScript files.
 
-The hooks of ``xbn.port.live`` (see there). torch is imported only by the functions that run a
+The hooks of ``xbn.adapters.live`` (see there). torch is imported only by the functions that run a
 model; recognising one looks in ``sys.modules``.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ...port.errors import PortError
-from ...port.info import LayerInfo
-from ...port.live import Runner, first_output
+from ..layer_info import LayerInfo
+from ..live import Runner, first_output
+from ..port_errors import PortError
 
 MODELS = ("a torch.nn.Module",)
 TORCH_BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",

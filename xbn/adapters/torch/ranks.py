@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ...scenario_ddp import ddp_options, without_ddp_options
+from ...scenario.ddp import ddp_options, without_ddp_options
 from ..base import NotApplicable
 from ..errors import exception_origin
 from .adapter import TorchAdapter

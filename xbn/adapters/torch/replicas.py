@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...scenario import Layer, Step
-from ...scenario_ddp import ddp_options
-from ...scenario_model import split_rows
+from ...scenario.ddp import ddp_options
+from ...scenario.loader import Layer, Step
+from ...scenario.model import split_rows
 from ..base import Adapter, NotApplicable
 from ..rows import join_rows
 

@@ -7,13 +7,13 @@ channels-last scenario layouts are moved to torch's channels-first and back.
 
 from __future__ import annotations
 
-from ...registry import native_momentum
-from ...scenario import Layer, channels_last
+from ...frameworks.registry import native_momentum
+from ...scenario.loader import Layer, channels_last
 
 
 def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
     """Source defining call, predict, set_trainable, set_weights, state and VERSIONS."""
-    from ...fuzz.repro import ReproUnsupported
+    from ..repro import ReproUnsupported
 
     if layer.center != layer.scale or layer.mixed or layer.defaults or layer.native:
         raise ReproUnsupported("torch's affine flag covers weight and bias together")

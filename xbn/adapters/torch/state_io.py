@@ -1,7 +1,7 @@
 """PyTorch state_dicts: ``.pt``/``.pth`` through ``torch.load(weights_only=True)``, or safetensors.
 
 The ``state_io`` hooks of ``xbn.port.formats`` for the torch family (formats ``torch`` and
-``safetensors`` in ``xbn.registry``).
+``safetensors`` in ``xbn.frameworks.registry``).
 
 Never an unrestricted unpickle: a pickle that is not weights-only is refused with one line.
 A BN layer is a key prefix with ``running_mean`` and ``running_var``; a BN built with
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...port.errors import PortError
-from ...port.info import LayerInfo, file_layer_info
-from ...port.state import BNLayer, Bundle, natural_key
-from ...profiles import default_epsilon, default_native_momentum
+from ...profiles.facts import default_epsilon, default_native_momentum
+from ..layer_info import LayerInfo, file_layer_info
+from ..port_errors import PortError
+from ..state_io import BNLayer, Bundle, natural_key
 
 LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")

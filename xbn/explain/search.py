@@ -1,0 +1,419 @@
+"""Explanations: the smallest change to the reference's semantics that reproduces a framework.
+
+For each scenario and framework with ``differs`` or ``error`` rows, the reference is re-run with
+candidate settings. A setting explains those rows only if it reproduces *every* row of that
+framework in the scenario, the ones that agree with the reference included: a setting that
+moves one row onto the framework's value and another off it names the wrong cause. Candidates,
+in order: the framework's declared profile (its semantic switches, then with its arithmetic);
+one semantic switch; native precision (float32 arithmetic in a given operation order); two
+semantic switches; one semantic switch with native precision. The first that reproduces every
+row, reduced to the switches it needs, explains them all; ``(bit-exact)`` marks a row
+reproduced to the last bit. When no rerun reproduces every row, rounding-error bounds are tried
+(``xbn.explain.bounds``): the two-pass variance's, then the one-pass formula's, which account for
+an ill-conditioned reduction whose summation order no rerun can match. When nothing reproduces
+every row, each row gets the setting that reproduces it and the most of the framework's other
+rows, and names the rows that setting misses. A row that nothing reproduces says so: that is a
+finding, not a failure of the search.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..adapters.base import run_scenario
+from ..adapters.numpy.adapter import NumpyAdapter
+from ..comparison.diffs import agreement, row_at
+from ..frameworks.devices import base_id
+from ..profiles.facts import PROFILES, differences, error_mismatch, known_divergence
+from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
+from ..reference.edges import relevant_edges
+from ..reference.semantics import GATED_SWITCHES
+from ..scenario.loader import Scenario
+from .bounds import ALGORITHMS, bound_text, corner_changes, within
+
+UNEXPLAINED = ("unexplained: no single switch, pair, native rounding, declared profile or "
+               "rounding bound reproduces it")
+NATIVE = {"precision": "native"}
+MISSED_SHOWN = 4  # rows a partial explanation names as missed, before "and N more"
+
+
+def _flips(values: dict[str, tuple], only: set[str] | None = None) -> list[dict]:
+    base = Semantics()
+    return [{name: v} for name, options in values.items() for v in options
+            if getattr(base, name) != v and (only is None or name in only)]
+
+
+def relevant_switches(scenario: Scenario) -> set[str]:
+    """Semantic switches that can change anything in this scenario (prunes the search)."""
+    layer, steps = scenario.layer, scenario.steps
+    training = [s for s in steps if s.op == "fit" or (s.op in ("call", "grad") and s.training is not False)]
+    found = set()
+    if training:
+        found |= {"variance_update", "ema", "training_normalization", "batch_of_one"}
+    if layer.track_running_stats:
+        found.add("initial_variance")
+    if any(s.op == "set" and s.trainable is False for s in steps):
+        found.add("frozen_means_inference")
+    if any(s.op in ("call", "grad") and s.training is None for s in steps) or \
+            any(s.op == "set" and s.mode for s in steps):
+        found.add("bare_call")
+    if any(s.op == "fit" and s.optimizer.name == "adam" for s in steps):
+        found.add("adam_form")
+    if any(s.op == "fit" for s in steps) and (
+            any(s.op == "set" and s.trainable is False for s in steps)
+            or not (layer.center or layer.scale)):
+        found.add("frozen_fit")
+    if any(s.op == "reset" for s in steps):
+        found.add("reset")
+    if not layer.defaults and layer.epsilon == 0:
+        found.add("zero_epsilon")
+    if layer.defaults:
+        found |= {"default_momentum", "default_epsilon"}
+    elif not layer.cumulative:
+        found.add("momentum_convention")
+    found |= relevant_edges(scenario) | ({"mask"} if any(s.mask for s in steps) else set())
+    if layer.replicas:  # elsewhere the replica switches change nothing: never tried
+        found.add("replica_readback")
+        if training:
+            found |= {"synchronized_statistics", "replica_variance_count"} \
+                if layer.synchronized else {"unsynchronized_statistics"}
+    return found
+
+
+def _profile(framework: str | None, only: set[str] | None = None) -> list[dict]:
+    """The framework's declared profile: its semantic switches, then with its arithmetic;
+    ``semantics.GATED_SWITCHES`` only where ``only`` (``relevant_switches``) names them."""
+    framework = base_id(framework) if framework else framework  # torch@cuda: torch's
+    if framework not in PROFILES:
+        return []
+    declared = {k: v for k, v in differences(framework).items()
+                if k not in GATED_SWITCHES or (only is not None and k in only)}
+    return [{k: v for k, v in declared.items() if k in SWITCH_VALUES}, declared]
+
+
+def candidates(framework: str | None = None, only: set[str] | None = None) -> list[dict]:
+    """Switch settings to try, smallest change first (the upgrade guard's order: single
+    switches, native rounding, the declared profile, pairs, a switch with native rounding)."""
+    singles = _flips(SWITCH_VALUES, only)
+    native = [NATIVE] + [{**NATIVE, **f} for f in _flips(NUMERIC_SWITCH_VALUES)]
+    profile = _profile(framework, only)
+    numeric = {k: v for k, v in profile[-1].items() if k not in SWITCH_VALUES} if profile else {}
+    pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2) if set(a).isdisjoint(b)]
+    mixed = [{**s, **n} for s in singles for n in ([NATIVE, numeric] if numeric else [NATIVE])]
+    return _unique(singles + native + profile + pairs + mixed)
+
+
+def explanation_order(framework: str | None, only: set[str] | None = None) -> list[dict]:
+    """``candidates`` with the framework's declared profile first: among settings that
+    reproduce every row, the framework's own (the part of it that matters) is the cause."""
+    return _unique(_profile(framework, only) + candidates(framework, only))
+
+
+def _unique(changes: list[dict]) -> list[dict]:
+    unique = {_key(c): c for c in reversed(changes) if c}  # the first occurrence's position
+    return [unique[k] for k in dict.fromkeys(_key(c) for c in changes if c)]
+
+
+def _key(change: dict) -> tuple:
+    """A cache key: the setting without the entries that are the reference's defaults."""
+    base = Semantics()
+    return tuple(sorted((k, v) for k, v in change.items() if getattr(base, k) != v))
+
+
+def describe(change: dict, exact: bool = False) -> str:
+    text = ", ".join(f"{k}={_fmt(v)}" for k, v in change.items())
+    return text + (" (bit-exact)" if exact else "")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenario],
+                  reference: str, k: float, cache=None) -> pd.DataFrame:
+    """Fill the ``explanation`` column of differs/error rows (only against the numpy reference).
+
+    ``cache`` (an ``xbn.execution.cache.ResultCache``): each scenario x framework's explanations are kept
+    there, keyed by what the search reads (``_search_key``), so an unchanged re-run skips the
+    search, the largest part of analysing a run that the result cache served."""
+    if reference != "numpy" or diffs.empty:
+        return diffs
+    by_name = {s.name: s for s in scenarios}
+    values = {(r.scenario, r.framework, *row_at(r)): r for r in obs.itertuples(index=False)}
+    runs: dict[tuple, _LazyRun] = {}
+
+    def observe(name: str, change: dict) -> _LazyRun:
+        """The reference's observations with ``change``, cached per scenario and setting, and
+        computed only as far as a caller reads them (see ``_LazyRun``)."""
+        key = (name, _key(change))
+        if key not in runs:
+            adapter = NumpyAdapter("numpy", Semantics().with_(**change))
+            runs[key] = _LazyRun(run_scenario(adapter, by_name[name]))
+        return runs[key]
+
+    diffs = diffs.copy()
+    # published values (the pseudo-framework "expected") are explained like any framework
+    mine_rows = diffs[diffs["scenario"].isin(list(by_name))]
+    for (name, framework), rows in mine_rows.groupby(["scenario", "framework"], sort=False):
+        scenario = by_name[name]
+        mine, targets = {}, []
+        for i, r in zip(rows.index, rows.itertuples(index=False), strict=True):
+            o = values.get((name, framework, *row_at(r)))
+            if o is None or r.verdict not in ("same", "differs", "error") or \
+                    (r.verdict != "same" and not pd.isna(r.explanation)):
+                continue
+            known = known_divergence(framework, name, scenario.layer.dtype, r.quantity, r.op)
+            if known:  # data, not a setting: no rerun is asked to reproduce it
+                if r.verdict != "same":
+                    diffs.at[i, "explanation"] = (f"known divergence: {known['reason']} "
+                                                  f"({known['link']})")
+                continue
+            mine[i] = o
+            if r.verdict != "same":
+                targets.append(i)
+        if not targets:
+            continue
+        key = _search_key(scenario, framework, mine, targets, k) if cache is not None else None
+        found = cache.get_json("explanations", key) if key else None
+        if found is None:
+            search = _Search(mine, lambda change, name=name: observe(name, change), k)
+            texts = search.explain(scenario, framework, targets)
+            found = {_row_name(mine[i]): texts.get(i, UNEXPLAINED) for i in targets}
+            if key:
+                cache.put_json("explanations", key, found)
+        for i in targets:
+            diffs.at[i, "explanation"] = found[_row_name(mine[i])]
+    return diffs
+
+
+def _row_name(o) -> str:
+    return "/".join(str(v) for v in row_at(o))  # step/quantity[/rep]
+
+
+def _search_key(scenario: Scenario, framework: str, mine: dict, targets: list, k: float) -> str:
+    """Everything one search's answer depends on besides xbn's source (which ``derived_key``
+    adds): the scenario's content (the reruns), the tolerance, and every row the search must
+    reproduce (value, dtype, status, message, scale, and whether it is to be explained)."""
+    from ..execution.cache import derived_key
+
+    rows = sorted([_row_name(o), o.status, o.dtype, o.message, o.value,
+                   getattr(o, "scale", None), i in targets] for i, o in mine.items())
+    return derived_key(scenario.digest, framework, k, rows)
+
+
+class _LazyRun:
+    """One rerun of the reference, advanced only as far as rows are asked for. Most candidate
+    settings miss a framework's row at the first step; a search that stops there never runs
+    the thousand updates after it (the rerun that dominated ``xbn run``'s analysis time).
+    Rows come in step order, so a row is absent once a later step (or the end) is reached."""
+
+    def __init__(self, observations):
+        self._source, self._rows, self._last = observations, {}, None
+
+    def _advance(self) -> bool:
+        # far-off settings divide by zero or take roots of negative variances: answers
+        # ("this does not reproduce it"), not news
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            o = next(self._source, None)
+        if o is None:
+            self._source = iter(())
+            return False
+        self._rows[row_at(o)] = o
+        self._last = o["step"]
+        return True
+
+    def get(self, row: tuple) -> dict | None:
+        while row not in self._rows and (self._last is None or self._last <= row[0]):
+            if not self._advance():
+                break
+        return self._rows.get(row)
+
+    def full(self) -> dict:
+        while self._advance():
+            pass
+        return self._rows
+
+
+class _Search:
+    """The search for one scenario and framework: ``mine`` (row index -> observation) holds
+    every row a setting must reproduce; rows are matched against cached reference runs, row
+    by row in step order, so a setting that misses an early row is dropped without running
+    the rest of the scenario (``covers``); every row is matched only where all of a setting's
+    hits are needed (``hits``)."""
+
+    def __init__(self, mine: dict, observe, k: float):
+        self.mine, self.observe, self.k = mine, observe, k
+        self.order = sorted(mine, key=lambda i: mine[i].step)  # the rerun's order
+        self.tried: dict[tuple, dict] = {}  # key -> change, in the order tried
+        self.rows: dict[tuple, dict] = {}  # key -> {row: None | exact}, as far as matched
+        self.bounds: list[tuple[dict, str, dict]] = []  # (base, algorithm, {row: Within})
+
+    def _row(self, change: dict, key: tuple, i) -> bool | None:
+        matched = self.rows.setdefault(key, {})
+        if i not in matched:
+            m = self.mine[i]
+            matched[i] = _match(m, self.observe(change).get(row_at(m)), self.k)
+        return matched[i]
+
+    def covers(self, change: dict, need) -> bool:
+        """Whether ``change`` reproduces every row in ``need``, stopping at the first miss."""
+        key = _key(change)
+        self.tried.setdefault(key, change)
+        return all(self._row(change, key, i) is not None for i in self.order if i in need)
+
+    def hits(self, change: dict) -> dict:
+        """Rows ``change`` reproduces: row -> bit-exact or not."""
+        key = _key(change)
+        self.tried.setdefault(key, change)
+        found = {i: self._row(change, key, i) for i in self.order}
+        return {i: h for i, h in found.items() if h is not None}
+
+    def bound_hits(self, base: dict, algorithm: str) -> dict:
+        """Rows within the rounding-error interval of ``algorithm``'s variance: row -> Within."""
+        centre_change = {**base, "variance_algorithm": algorithm}
+        centre = self.observe(centre_change).full()
+        corners = [self.observe(c).full() for c in corner_changes(centre_change)]
+        found = {}
+        for i, m in self.mine.items():
+            row = row_at(m)
+            w = within(m, centre.get(row), [c.get(row) for c in corners], self.k)
+            if w is not None:
+                found[i] = w
+        return found
+
+    def minimize(self, change: dict, need: set, hits_of=None) -> dict:
+        """Drop what the rows in ``need`` do not need (a profile brings many switches): each
+        switch alone, the arithmetic (native precision with its rounding switches) as one,
+        then pairs of those (a profile's Adam form may need its float32 order to stay within
+        the tolerance, while neither is needed)."""
+        covers = (lambda trial: need <= set(hits_of(trial))) if hits_of else \
+            (lambda trial: self.covers(trial, need))
+        arithmetic = tuple(k for k in change if k == "precision" or k in NUMERIC_SWITCH_VALUES)
+        units = [(k,) for k in change if k != "precision"] + \
+            ([arithmetic] if "precision" in change else [])
+        for size in (1, 2):
+            for group in itertools.combinations(units, size):
+                drop = {k for unit in group for k in unit if k in change}
+                if len(group) > 1 and any(not set(unit) & set(change) for unit in group):
+                    continue  # one of the pair is gone already: tried alone
+                trial = {k: v for k, v in change.items() if k not in drop}
+                if trial and covers(trial):
+                    change = trial
+        return change
+
+    def matters(self, base: dict, algorithm: str) -> dict:
+        """The switches of ``base`` that change the reference's values in this scenario. A
+        bound explanation keeps them all: an interval wide enough to hold a framework's
+        cancellation may also hold a switch's effect, which does not make the switch wrong."""
+        def centre(b: dict) -> dict:
+            return self.observe({**b, "variance_algorithm": algorithm}).full()
+
+        for key in list(base):
+            trial = {k: v for k, v in base.items() if k != key}
+            a, b = centre(trial), centre(base)
+            if a.keys() == b.keys() and all(agreement(a[r], b[r], 0).agree for r in a):
+                base = trial
+        return base
+
+    def explain(self, scenario: Scenario, framework: str, targets: list) -> dict:
+        everything = set(self.mine)
+        for change in explanation_order(framework, relevant_switches(scenario)):
+            if self.covers(change, everything):
+                change = self.minimize(change, everything)
+                hits = self.hits(change)
+                return {i: describe(change, hits[i]) for i in targets}
+        arithmetic = "float64" if "float64" in (scenario.layer.dtype,
+                                                getattr(scenario.layer, "state_dtype", None)) \
+            else "float32"
+        if "variance_update" in relevant_switches(scenario):  # batch statistics are computed
+            for base, algorithm in self._bound_options(framework, relevant_switches(scenario)):
+
+                def hits_of(b, algorithm=algorithm):
+                    return self.bound_hits(b, algorithm)
+
+                hits = hits_of(base)
+                if set(hits) == everything:
+                    base = self.matters(base, algorithm)
+                    hits = hits_of(base)
+                    return {i: describe(_bound_setting(base, algorithm))
+                            + bound_text(algorithm, arithmetic, hits[i]) for i in targets}
+                self.bounds.append((base, algorithm, hits))
+        return self._partial(targets, arithmetic)
+
+    def _bound_options(self, framework: str, only: set[str]) -> list[tuple[dict, str]]:
+        """(semantic switches, variance formula) to bound: the two-pass variance's rounding,
+        then the one-pass formula only where the framework declares it (a bound that can
+        reach a negative variance holds nearly anything: it explains only what it names)."""
+        profile = _profile(framework, only)
+        bases = _unique(profile[:1]) + [{}]
+        declared = profile[-1].get("variance_algorithm") if profile else None
+        algorithms = ["two_pass"] + [a for a in ALGORITHMS if a == declared != "two_pass"]
+        return [(b, a) for b in bases for a in algorithms]
+
+    def _partial(self, targets: list, arithmetic: str) -> dict:
+        """Each row: the setting that reproduces it and the most other rows, naming the
+        rows that setting misses."""
+        options = [("rerun", c, None, self.hits(c)) for c in list(self.tried.values())] + \
+                  [("bound", b, a, h) for b, a, h in self.bounds]
+        texts = {}
+        settled: dict[int, tuple] = {}
+        for i in targets:
+            best = max((o for o in options if i in o[3]), key=lambda o: len(o[3]), default=None)
+            if best is None:
+                continue
+            if id(best) not in settled:
+                settled[id(best)] = self._settle(best)
+            kind, change, algorithm, hits = settled[id(best)]
+            if kind == "rerun":
+                text = describe(change, hits[i])
+            else:
+                text = describe(_bound_setting(change, algorithm)) + \
+                    bound_text(algorithm, arithmetic, hits[i])
+            texts[i] = text + self._missed(hits)
+        return texts
+
+    def _settle(self, option: tuple) -> tuple:
+        """The option reduced to the switches its rows need, with its hits recomputed."""
+        kind, change, algorithm, hits = option
+        if kind == "rerun":
+            change = self.minimize(change, set(hits))
+            return kind, change, algorithm, self.hits(change)
+
+        change = self.matters(change, algorithm)
+        return kind, change, algorithm, self.bound_hits(change, algorithm)
+
+    def _missed(self, hits: dict) -> str:
+        missed = sorted(row_at(m) for i, m in self.mine.items() if i not in hits)
+        names = [f"step {s} {q}" + "".join(f" rep {r}" for r in rep)
+                 for s, q, *rep in missed[:MISSED_SHOWN]]
+        more = f" and {len(missed) - MISSED_SHOWN} more" if len(missed) > MISSED_SHOWN else ""
+        return (f"; partial: reproduces {len(hits)} of {len(self.mine)} rows, not "
+                + ", ".join(names) + more)
+
+
+def _bound_setting(base: dict, algorithm: str) -> dict:
+    """What a bound explanation names: the semantic switches, native arithmetic, and the
+    variance formula when it is not the two-pass one."""
+    extra = {} if algorithm == "two_pass" else {"variance_algorithm": algorithm}
+    return {**base, **NATIVE, **extra}
+
+
+def _match(mine, cand: dict | None, k: float) -> bool | None:
+    """None: not reproduced; False: reproduced within tolerance; True: bit for bit
+    (``comparison.agreement``). A framework's error is reproduced by an error of the reference
+    only when it is the refusal that framework's profile declares for it: raised inside the
+    framework, of the declared exception type and message (``profiles.error_mismatch``);
+    for a framework without a profile, an error of the same exception type."""
+    if cand is not None and mine.status == "error" and cand["status"] == "error" \
+            and mine.framework in PROFILES:  # else (plugins, tests): the exception type decides
+        got = mine._asdict() if hasattr(mine, "_asdict") else dict(mine)
+        return False if error_mismatch(base_id(mine.framework), got, cand) is None else None
+    a = agreement(mine, cand, k)
+    return a.exact if a.agree else None

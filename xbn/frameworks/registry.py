@@ -1,0 +1,409 @@
+"""Every framework xbn knows, declared once: plain data, importing nothing but the standard library.
+
+One :class:`FrameworkInfo` per framework id says where its code lives (the adapter module, in
+its family's folder ``xbn/adapters/<family>/``), how it is installed (pip extra, distributions,
+worker environment), what its BatchNorm can express (:class:`Capabilities`), how a user spells
+that BatchNorm (:class:`Convention`, for ``xbn port``/``audit``) and which tables of
+``xbn/profiles/facts.py`` hold its semantic switches (:class:`Profile`). One :class:`Family` per
+folder under ``xbn/adapters/`` says which weights files and live models its port code handles.
+
+Like einops' backends, family code is found by name and imported lazily (:func:`family_module`),
+so listing frameworks, reading versions, validating scenarios and translating a BN constructor
+never import a framework. Every other table keyed by framework id is derived from this one.
+
+Id sets: every framework has a family, capabilities and a profile. The numpy reference has
+no convention (nobody writes its constructor); the Keras 3 backends share ``keras``' one, so
+``PORT_IDS`` (the ids ``xbn port``/``audit`` accept) are the ids that own a convention. Only
+the families with port code (torch, keras, flax) have weights formats and live models.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from dataclasses import dataclass, field, fields, replace
+from importlib import metadata
+
+
+@dataclass(frozen=True)
+class Since:
+    """A capability that arrived in a release of ``distribution``: what ``xbn port`` may assume
+    from the installed version (package metadata, nothing imported). Inside a worker the
+    adapter asks the imported framework itself (a signature), which decides."""
+
+    distribution: str
+    version: str
+    source: str  # where the version was read (changelog, pull request, docs)
+
+    def installed(self) -> bool:
+        """Whether the installed distribution is at least ``version`` (False when absent)."""
+        found = _installed(self.distribution)
+        return found is not None and _release(found) >= _release(self.version)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'2.13.0+cpu' -> (2, 13, 0): the leading numeric release segments."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the framework's BatchNorm can express; an adapter raises NotApplicable for the rest.
+
+    The defaults (everything) apply to frameworks that declare nothing, such as plugins. A
+    field may be a :class:`Since` (a release that brought it): :func:`capabilities` resolves
+    it against the installed version; an adapter may probe the framework instead
+    (``Adapter.capabilities``).
+    """
+
+    cumulative_momentum: bool | Since = True  # momentum=None: cumulative average (torch)
+    track_running_stats: bool | Since = True  # can keep no running statistics at all
+    scale_without_center: bool | Since = True  # gamma without beta (torch: bias=False)
+    center_without_scale: bool | Since = True  # beta without gamma
+
+    @property
+    def split_affine(self) -> bool:
+        """center and scale are independent switches (not one affine flag)."""
+        return bool(self.scale_without_center) and bool(self.center_without_scale)
+
+    def resolved(self) -> Capabilities:
+        """Every :class:`Since` replaced by whether the installed version has it."""
+        return replace(self, **{f.name: getattr(self, f.name).installed()
+                                for f in fields(self) if isinstance(getattr(self, f.name), Since)})
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How users spell the BatchNorm constructor: keywords, which way momentum points, axes."""
+
+    id: str
+    label: str  # how users name it in prose
+    call: str  # the constructor as written in code ({d}: torch's 1/2/3)
+    imports: str  # the import line that makes ``call`` work
+    momentum_kw: str
+    new_batch_weight: bool  # True: momentum is the weight of the new batch (torch)
+    epsilon_kw: str
+    center_kw: str | None  # with Capabilities.split_affine
+    scale_kw: str | None
+    affine_kw: str | None  # the one flag for both, without split_affine
+    features_kw: str | None  # constructor needs the channel count
+    channel_axis: int | None  # fixed channel axis of the batch (None: the ``axis`` keyword)
+    axis_default: int  # the channel axis a default layer normalizes
+    multi_axis: bool  # the axis keyword accepts several axes
+    without_running_stats: str = ""  # how to get track_running_stats=False without the option
+    offset_kw: str | None = None  # drops the offset alone, next to affine_kw (torch's bias)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Names of the fact tables in ``xbn/profiles/facts.py`` that describe a framework."""
+
+    semantics: str  # key of profiles.SEMANTICS
+    numerics: str | None = None  # key of profiles.NUMERICS (float32 rounding)
+
+
+@dataclass(frozen=True)
+class Format:
+    """A weights-file format, read and written by its family's ``state_io`` module."""
+
+    name: str
+    family: str
+    suffixes: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class Family:
+    """A folder ``xbn/adapters/<id>/``: adapters of one ecosystem and, if any, their port code.
+
+    A family with ``formats`` has ``state_io.py`` (read, fresh, layer_info, file_notes); one with
+    ``live`` has ``live.py`` (framework_of, bn_layers, runner, load_model).
+    """
+
+    id: str
+    formats: tuple[Format, ...] = ()
+    file_framework: str | None = None  # framework id of a file that does not say which wrote it
+    live: bool = False
+    model_files: tuple[str, ...] = ()  # suffixes ``xbn verify`` runs with live.load_model
+    model_files_label: str = ""
+
+    @property
+    def package(self) -> str:
+        return f"xbn.adapters.{self.id}"
+
+
+@dataclass(frozen=True)
+class FrameworkInfo:
+    id: str
+    module: str  # importable adapter module (an undotted name means xbn.adapters.<name>)
+    extra: str  # pip extra that installs it: pip install "xbn[<extra>]"
+    distributions: tuple[str, ...]  # first installed one gives the version
+    requires: tuple[str, ...] = ()  # every one of these must be installed ("a|b": either)
+    env: dict[str, str] = field(default_factory=dict)  # set in its worker before import
+    description: str = ""
+    family: str = ""  # a key of FAMILIES
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    convention: Convention | None = None
+    profile: Profile | None = None
+
+
+def _formats(family: str, *specs: tuple[str, tuple[str, ...], str]) -> tuple[Format, ...]:
+    return tuple(Format(name, family, suffixes, text) for name, suffixes, text in specs)
+
+
+FAMILIES: dict[str, Family] = {
+    f.id: f
+    for f in [
+        Family("numpy"),
+        Family("torch", _formats("torch", ("torch", (".pt", ".pth", ".bin"),
+                                           "PyTorch state_dict, torch.load(weights_only=True)"),
+                                 ("safetensors", (".safetensors",),
+                                  "PyTorch state_dict as safetensors")),
+               file_framework="torch", live=True, model_files=(".pt", ".pth"),
+               model_files_label="TorchScript .pt/.pth files"),
+        Family("keras", _formats("keras", ("keras-weights", (".weights.h5", ".h5", ".hdf5"),
+                                           "Keras 3 .weights.h5 (or legacy tf-keras HDF5)"),
+                                 ("keras", (".keras",),
+                                  "Keras 3 .keras archive (config.json + model.weights.h5)")),
+               file_framework="keras", live=True, model_files=(".keras",),
+               model_files_label=".keras files"),
+        Family("flax", _formats("flax", ("flax-msgpack", (".msgpack",),
+                                         "Flax variables, flax.serialization msgpack"),
+                                ("flax-npz", (".npz",), "Flax variables, '/'-joined keys")),
+               file_framework="flax", live=True),
+        Family("haiku"),
+        Family("equinox"),
+    ]
+}
+
+# What keeps no running statistics in frameworks without track_running_stats.
+_KERAS_NO_STATS = ("call the layer with training=True at inference too (and never set "
+                   "trainable=False, which forces the moving statistics); the moving statistics "
+                   "are then updated but unused")
+# The common case: an exponential moving average only, running statistics always kept.
+EMA_ONLY = Capabilities(cumulative_momentum=False, track_running_stats=False)
+EMA_ONLY_ONE_AFFINE = Capabilities(cumulative_momentum=False, track_running_stats=False,
+                                   scale_without_center=False, center_without_scale=False)
+# torch/nn/modules/batchnorm.py:48 (2.13) `bias: bool = True` in _NormBase.__init__:
+# BatchNorm{1,2,3}d(C, affine=True, bias=False) has a weight and no bias.
+TORCH_BIAS = Since("torch", "2.12", "pytorch/pytorch#176573 (a bias argument for Batch/Instance/"
+                   "Group norm, opened 2026-03-05, after the 2.11 branch cut); the 2.12 docs "
+                   "(docs.pytorch.org/docs/2.12, LazyBatchNorm1d) show `*, bias=True`")
+
+# Conventions cite the constructor they were read from (paths in the installed packages).
+KERAS3 = Convention(  # keras/src/layers/normalization/batch_normalization.py: axis is one int
+    "keras", "Keras 3", "keras.layers.BatchNormalization", "import keras", "momentum", False,
+    "epsilon", "center", "scale", None, None, None, -1, False, _KERAS_NO_STATS)
+
+
+def _keras3(fid: str, backend: str, extra: str, requires: tuple[str, ...], label: str,
+            numerics: str) -> FrameworkInfo:
+    return FrameworkInfo(fid, "xbn.adapters.keras.adapter_keras3", extra, ("keras",), requires,
+                         {"KERAS_BACKEND": backend}, f"Keras 3 BatchNormalization, {label} backend",
+                         "keras", EMA_ONLY, KERAS3, Profile("keras3", numerics))
+
+
+def _jax(fid: str, module: str, dist: str, description: str, family: str, caps: Capabilities,
+         conv: Convention, semantics: str) -> FrameworkInfo:
+    return FrameworkInfo(fid, module, "jax", (dist,), (dist, "optax"), {}, description, family,
+                         caps, conv, Profile(semantics, semantics))
+
+
+FRAMEWORKS: dict[str, FrameworkInfo] = {
+    info.id: info
+    for info in [
+        FrameworkInfo("numpy", "xbn.adapters.numpy.adapter", "(core)", ("numpy",), ("numpy",),
+                      description="xbn's float64 reference (the executable specification)",
+                      family="numpy", profile=Profile("reference")),
+        FrameworkInfo(
+            "torch", "xbn.adapters.torch.adapter", "torch", ("torch",), ("torch",),
+            description="torch.nn.BatchNorm1d/2d/3d", family="torch",
+            capabilities=Capabilities(cumulative_momentum=True, track_running_stats=True,
+                                      scale_without_center=TORCH_BIAS,
+                                      center_without_scale=False),
+            # torch/nn/modules/batchnorm.py: _NormBase(num_features, eps, momentum, affine,
+            # track_running_stats); momentum=None -> cumulative average; channels are dim 1.
+            convention=Convention("torch", "PyTorch", "torch.nn.BatchNorm{d}d", "import torch",
+                                  "momentum", True, "eps", None, None, "affine", "num_features",
+                                  1, 1, False, offset_kw="bias"),
+            profile=Profile("torch", "torch")),
+        _keras3("keras", "tensorflow", "tensorflow", ("keras", "tensorflow|tensorflow-cpu"),
+                "TensorFlow", "keras3-tensorflow"),
+        _keras3("keras-jax", "jax", "tensorflow,jax", ("keras", "jax"), "JAX", "keras3-jax"),
+        _keras3("keras-torch", "torch", "tensorflow,torch", ("keras", "torch"), "PyTorch",
+                "keras3-torch"),
+        FrameworkInfo(
+            "tf-keras", "xbn.adapters.keras.adapter_tf_keras", "tensorflow", ("tf-keras",),
+            ("tf-keras",), {"TF_USE_LEGACY_KERAS": "1"},
+            "legacy Keras 2 (tf_keras) BatchNormalization", "keras", EMA_ONLY,
+            # tf_keras/src/layers/normalization/batch_normalization.py: axis int or list.
+            Convention("tf-keras", "tf-keras (Keras 2)", "tf_keras.layers.BatchNormalization",
+                       "import tf_keras", "momentum", False, "epsilon", "center", "scale", None,
+                       None, None, -1, True,
+                       "call the layer with training=True at inference too (and never set "
+                       "trainable=False); the moving statistics are updated but unused"),
+            Profile("tf_keras", "tf_keras")),
+        # flax/linen/normalization.py: BatchNorm(use_running_average, axis, momentum, epsilon,
+        # use_bias, use_scale); axis may be a tuple.
+        _jax("flax", "xbn.adapters.flax.adapter_linen", "flax", "flax.linen.BatchNorm", "flax",
+             EMA_ONLY, Convention("flax", "Flax linen", "nn.BatchNorm", "import flax.linen as nn",
+                               "momentum", False, "epsilon", "use_bias", "use_scale", None, None,
+                               None, -1, True,
+                               "set use_running_average=False in the constructor and apply with "
+                               "mutable=['batch_stats'], discarding the updates"),
+             "flax_linen"),
+        # flax/nnx/nn/normalization.py: BatchNorm(num_features, *, use_running_average,
+        # axis: int, momentum, epsilon, use_bias, use_scale, rngs).
+        _jax("flax-nnx", "xbn.adapters.flax.adapter_nnx", "flax", "flax.nnx.BatchNorm", "flax",
+             EMA_ONLY, Convention("flax-nnx", "Flax NNX", "nnx.BatchNorm", "from flax import nnx",
+                               "momentum", False, "epsilon", "use_bias", "use_scale", None,
+                               "num_features", None, -1, False,
+                               "keep use_running_average=False and do not call .eval() on this "
+                               "layer (model.eval() sets it for every nested BatchNorm)"),
+             "flax_nnx"),
+        # haiku/_src/batch_norm.py: BatchNorm(create_scale, create_offset, decay_rate, eps,
+        # data_format="channels_last"); `axis` there lists the reduced axes.
+        _jax("haiku", "xbn.adapters.haiku.adapter", "dm-haiku", "haiku.BatchNorm", "haiku",
+             EMA_ONLY,
+             Convention("haiku", "Haiku", "hk.BatchNorm", "import haiku as hk", "decay_rate",
+                        False, "eps", "create_offset", "create_scale", None, None, None, -1,
+                        False, "call with is_training=False, test_local_stats=True at inference"),
+             "haiku"),
+        # equinox/nn/_batch_norm.py: BatchNorm(input_size, axis_name, eps, channelwise_affine,
+        # momentum, inference, mode); per example the channel axis is 0, so 1 for the batch.
+        _jax("equinox", "xbn.adapters.equinox.adapter", "equinox", "equinox.nn.BatchNorm",
+             "equinox", EMA_ONLY_ONE_AFFINE,
+             Convention("equinox", "Equinox", "eqx.nn.BatchNorm", "import equinox as eqx",
+                        "momentum", False, "eps", None, None, "channelwise_affine", "input_size",
+                        1, 1, False, "there is no switch: keep inference=False at inference too"),
+             "equinox"),
+    ]
+}
+
+FRAMEWORK_IDS: tuple[str, ...] = tuple(FRAMEWORKS)
+# Derived views (the built-in ids; plugins added to FRAMEWORKS later have none of these).
+CONVENTIONS: dict[str, Convention] = {fid: i.convention for fid, i in FRAMEWORKS.items()
+                                      if i.convention is not None and i.convention.id == fid}
+PORT_IDS: tuple[str, ...] = tuple(CONVENTIONS)
+FORMATS: dict[str, Format] = {f.name: f for fam in FAMILIES.values() for f in fam.formats}
+
+
+# -- installation (package metadata only: nothing is imported) -----------------------------
+
+def _installed(dist_spec: str) -> str | None:
+    for dist in dist_spec.split("|"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version(framework_id: str) -> str | None:
+    """Version of the framework's main distribution, or None when not installed."""
+    info = FRAMEWORKS[framework_id]
+    for dist in info.distributions:
+        found = _installed(dist)
+        if found:
+            return found
+    return None
+
+
+def missing(framework_id: str) -> list[str]:
+    """Distributions this framework needs that are not installed (empty: available)."""
+    return [d for d in FRAMEWORKS[framework_id].requires if _installed(d) is None]
+
+
+def available(framework_id: str) -> bool:
+    return not missing(framework_id)
+
+
+def availability() -> dict[str, dict]:
+    """Per framework: available, version, extra, missing distributions."""
+    out = {}
+    for fid, info in FRAMEWORKS.items():
+        miss = missing(fid)
+        out[fid] = {"available": not miss, "version": version(fid), "extra": info.extra,
+                    "missing": miss}
+    return out
+
+
+# -- code, found by name --------------------------------------------------------------------
+
+def module_path(framework_id: str) -> str:
+    """Importable module of an adapter; a dotted ``module`` is used as is (plugins too)."""
+    module = FRAMEWORKS[framework_id].module
+    return module if "." in module else f"xbn.adapters.{module}"
+
+
+def load_adapter(framework_id: str, module: str | None = None):
+    """Import the adapter module (and so the framework). Call only inside a worker."""
+    mod = importlib.import_module(module or module_path(framework_id))
+    return mod.make_adapter(framework_id)
+
+
+def family_module(family: str, part: str):
+    """``xbn.adapters.<family>.<part>`` (state_io, live), imported on first use."""
+    return importlib.import_module(f"{FAMILIES[family].package}.{part}")
+
+
+def family_of(framework_id: str) -> Family | None:
+    info = FRAMEWORKS.get(framework_id)
+    return FAMILIES.get(info.family) if info is not None else None
+
+
+def live_families() -> list[Family]:
+    return [f for f in FAMILIES.values() if f.live]
+
+
+# -- what a framework can express and how it spells it ---------------------------------------
+
+def capabilities(framework_id: str) -> Capabilities:
+    """Declared capabilities, resolved against the installed versions (:class:`Since`); an id
+    the registry does not know (a plugin) declares none."""
+    info = FRAMEWORKS.get(framework_id)
+    return info.capabilities.resolved() if info is not None else Capabilities()
+
+
+def declared_capabilities(framework_id: str) -> Capabilities:
+    """The declaration itself, :class:`Since` fields unresolved."""
+    info = FRAMEWORKS.get(framework_id)
+    return info.capabilities if info is not None else Capabilities()
+
+
+def convention_of(framework_id: str) -> Convention | None:
+    info = FRAMEWORKS.get(framework_id)
+    return info.convention if info is not None else None
+
+
+def clean(x: float) -> float:
+    """``1 - 0.99`` is 0.010000000000000009: round away the binary noise of a subtraction."""
+    return float(f"{x:.12g}")
+
+
+def _new_batch_weight(framework_id: str) -> bool:
+    conv = convention_of(framework_id)
+    if conv is None:
+        raise ValueError(f"{framework_id} has no momentum convention of its own")
+    return conv.new_batch_weight
+
+
+def native_momentum(framework_id: str, decay: float | None) -> float | None:
+    """The value of ``framework_id``'s momentum keyword for a Keras-style decay (weight of the
+    old value): ``1 - m`` for torch, ``m`` elsewhere, as a user would write it; None stays."""
+    if decay is None:
+        return None
+    return clean(1.0 - decay) if _new_batch_weight(framework_id) else clean(decay)
+
+
+def decay_from_native(framework_id: str, momentum: float | None) -> float | None:
+    """Keras-style decay (weight of the old value) from ``framework_id``'s own momentum."""
+    if momentum is None:
+        return None
+    return clean(1.0 - momentum) if _new_batch_weight(framework_id) else clean(momentum)

@@ -1,0 +1,422 @@
+"""Each framework's value for every semantic switch, with the source it was verified against.
+
+The tables here are named after the implementation they describe (``keras3``, ``flax_linen``);
+each framework's entry in ``xbn.frameworks.registry`` names its tables (``Profile``), so the registry is
+the one place that ties a framework id to its facts and ``PROFILES`` is derived from it.
+
+Profiles are data: the reference run with a framework's profile must reproduce that
+framework on the conformance suite (tests/test_conformance.py), so a release that changes
+behaviour fails that test naming the switch. Sources are paths in the installed packages
+(versions in constraints.txt) unless they name an experiment.
+
+Switches marked numeric only change float32 rounding; the float64 reference records them for
+the report but does not emulate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from functools import cache
+from pathlib import Path
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from ..common.dtypes import DTYPES
+from ..frameworks import registry
+from ..reference.batchnorm import Semantics
+from ..scenario.loader import OPS, QUANTITIES
+from . import edges as profiles_edges
+from . import replicas as profiles_replicas
+
+
+@dataclass(frozen=True)
+class Fact:
+    value: object
+    source: str
+
+
+KERAS3 = "keras/src/layers/normalization/batch_normalization.py"
+TFK = "tf_keras/src/layers/normalization/batch_normalization.py"
+FLAX = "flax/linen/normalization.py"
+NNX = "flax/nnx/nn/normalization.py"
+HK = "haiku/_src/batch_norm.py"
+EQX = "equinox/nn/_batch_norm.py"
+TORCH = "torch/nn/modules/batchnorm.py"
+OPTAX = "optax/_src/transform.py:300 (scale_by_adam: eps outside the square root)"
+
+_keras3 = {
+    "variance_update": Fact("biased", f"{KERAS3} call(): the batch variance from ops.moments feeds the update"),
+    "frozen_means_inference": Fact(True, f"{KERAS3} call(): `if training and self.trainable`"),
+    "bare_call": Fact("inference", f"{KERAS3} call(training=None): None is falsy"),
+    "batch_of_one": Fact("zero_variance", f"{KERAS3}: no batch-size check"),
+    "ema": Fact("plain", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
+    "initial_variance": Fact(1.0, f"{KERAS3}: moving_variance_initializer='ones'"),
+    "training_normalization": Fact("batch", f"{KERAS3} call(): mean, variance = self._moments(...)"),
+    "adam_form": Fact("eps_hat", "keras/src/optimizers/adam.py update_step: alpha = lr*sqrt(1-b2^t)/(1-b1^t)"),
+    "momentum_convention": Fact("keras", f"{KERAS3} call(): moving*momentum + batch*(1-momentum)"),
+    "frozen_fit": Fact("runs", "keras/src/backend/tensorflow/trainer.py:86 warns 'The model does not have any trainable weights' and trains nothing"),
+    "reset": Fact("none", f"{KERAS3}: BatchNormalization defines no reset; users assign the variables"),
+    "mask": Fact("weighted", f"{KERAS3}:434-466 _moments: sum over valid / (count + backend.epsilon()): a fully masked batch gives 0, 0"),
+    "zero_epsilon": Fact("accepted", f"{KERAS3}:192 self.epsilon = float(epsilon), unchecked"),
+    "default_momentum": Fact(0.99, f"{KERAS3} __init__"),
+    "default_epsilon": Fact(1e-3, f"{KERAS3} __init__"),
+}
+
+_flax_common = {
+    "variance_update": Fact("biased", f"{FLAX}:124-145 _compute_stats"),
+    "frozen_means_inference": Fact(False, "flax has no trainable flag; xbn freezes parameters in the optax optimizer"),
+    "batch_of_one": Fact("zero_variance", f"{FLAX}: no batch-size check"),
+    "ema": Fact("plain", f"{FLAX}:402-404 ra = m*ra + (1-m)*batch"),
+    "initial_variance": Fact(1.0, f"{FLAX}: var initialized with ones"),
+    "training_normalization": Fact("batch", f"{FLAX}:205-223 _normalize with batch stats"),
+    "adam_form": Fact("optax", OPTAX),
+    "momentum_convention": Fact("keras", f"{FLAX}:402-404"),
+    "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
+    "reset": Fact("none", "flax has no reset: the statistics are the 'batch_stats' collection, re-initialized by init()"),
+    "mask": Fact("weighted_nan", f"{FLAX}:119-122 x.mean(axes, where=mask): 0/0 = NaN for a fully masked batch"),
+    "zero_epsilon": Fact("accepted", f"{FLAX}: epsilon is added to the variance unchecked (rsqrt(var + epsilon))"),
+    "default_momentum": Fact(0.99, f"{FLAX}:310"),
+    "default_epsilon": Fact(1e-5, f"{FLAX}:311"),
+}
+
+# Behaviour, per implementation (several framework ids may share one).
+SEMANTICS: dict[str, dict[str, Fact]] = {
+    "reference": {k: Fact(v, "xbn/reference/batchnorm.py Semantics defaults (Keras 3)")
+                  for k, v in Semantics().switches().items()},
+    "torch": {
+        "variance_update": Fact("unbiased", f"{TORCH}:321-324 docstring; torch/_decomp/decompositions.py:2109-2115 (n = numel/C); ratio n/(n-1) measured for NC..NCDHW"),
+        "frozen_means_inference": Fact(False, f"{TORCH}:187-203: only self.training selects batch statistics (pytorch/pytorch#86590)"),
+        "bare_call": Fact("module_mode", f"{TORCH}:200-203 (self.training; modules start in train mode)"),
+        "batch_of_one": Fact("error", "torch/nn/functional.py:2840-2856 _verify_batch_size"),
+        "ema": Fact("plain", f"{TORCH}:182-194"),
+        "initial_variance": Fact(1.0, f"{TORCH}:99-104 reset_running_stats"),
+        "training_normalization": Fact("batch", "torch/nn/functional.py batch_norm(training=True)"),
+        "adam_form": Fact("paper", "torch/optim/adam.py:530-545 denom = sqrt(v)/sqrt(bc2) + eps"),
+        "frozen_fit": Fact("error", "torch/autograd: backward() raises 'element 0 of tensors does not require grad' after the forward pass updated the running statistics"),
+        "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to torch's 1 - m; a native torch momentum is read in torch's convention (momentum_convention=torch)"),
+        "reset": Fact("running_stats", f"{TORCH}:91-97 reset_running_stats(): running_mean 0, running_var 1, num_batches_tracked 0"),
+        "mask": Fact("none", f"{TORCH}:176 forward(self, input): no mask argument"),
+        "zero_epsilon": Fact("error", "torch/nn/functional.py:2891-2894 batch_norm: `if training and eps <= 0.0: raise ValueError` (training: batch statistics, also eval without running statistics)"),
+        "default_momentum": Fact(0.9, f"{TORCH}:41-42 momentum=0.1 (torch convention)"),
+        "default_epsilon": Fact(1e-5, f"{TORCH}:41-42"),
+    },
+    "keras3": _keras3,
+    "tf_keras": {
+        **_keras3,
+        "variance_update": Fact("fused", f"{TFK}:243,948 _bessels_correction_test_only keeps the fused kernel's n/(n-1) variance; fused only for 4-D/5-D float16/bfloat16/float32 inputs ({TFK}:296,357-392)"),
+        "frozen_means_inference": Fact(True, f"{TFK}:1316-1319 _get_training_value"),
+        "bare_call": Fact("inference", f"{TFK}:1312 backend.learning_phase() is 0 in eager mode"),
+        "adam_form": Fact("eps_hat", "tf_keras/src/optimizers/adam.py:179,213"),
+        "reset": Fact("none", f"{TFK}: BatchNormalizationBase defines no reset"),
+        "mask": Fact("weighted_unfused", f"{TFK}:1132-1149 tf.nn.weighted_moments (div_no_nan); {TFK}:896-905 the fused kernel warns and ignores the mask"),
+        "zero_epsilon": Fact("accepted", f"{TFK}:214 self.epsilon = epsilon, unchecked; tf.compat.v1.nn.fused_batch_norm accepts 0 on CPU (experiment)"),
+        "default_momentum": Fact(0.99, f"{TFK}:1462"),
+        "default_epsilon": Fact(1e-3, f"{TFK}:1463"),
+    },
+    "flax_linen": {**_flax_common,
+                   "bare_call": Fact("error", "flax/linen/module.py:2952 merge_param: use_running_average must be passed")},
+    "flax_nnx": {**_flax_common,
+                 "variance_update": Fact("biased", f"{NNX}:99-125"),
+                 "bare_call": Fact("module_attribute", f"{NNX}:293,364 use_running_average=False by default, changed only by .train()/.eval()"),
+                 "default_epsilon": Fact(1e-5, f"{NNX}:296")},
+    "haiku": {
+        "variance_update": Fact("biased", f"{HK}:170-181"),
+        "frozen_means_inference": Fact(False, "haiku has no trainable flag; xbn freezes parameters in the optax optimizer"),
+        "bare_call": Fact("error", f"{HK}:130 is_training is a required argument"),
+        "batch_of_one": Fact("zero_variance", f"{HK}: no batch-size check"),
+        "ema": Fact("debiased", "haiku/_src/moving_averages.py:123-132 average = hidden/(1-decay^t)"),
+        "initial_variance": Fact(0.0, "haiku/_src/moving_averages.py: hidden and average start at zeros (init with a zero batch)"),
+        "training_normalization": Fact("batch", f"{HK}:181-205"),
+        "adam_form": Fact("optax", OPTAX),
+        "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
+        "momentum_convention": Fact("keras", "haiku/_src/moving_averages.py: hidden*decay + value*(1-decay)"),
+        "reset": Fact("none", f"{HK}: no reset; the statistics are haiku state, re-initialized by init()"),
+        "mask": Fact("none", f"{HK}:127-134 __call__(inputs, is_training, test_local_stats, scale, offset): no mask"),
+        "zero_epsilon": Fact("accepted", f"{HK}: eps is added to the variance unchecked"),
+        "default_momentum": Fact(None, f"{HK}:68 decay_rate has no default"),
+        "default_epsilon": Fact(1e-5, f"{HK}:69"),
+    },
+    "equinox": {
+        "variance_update": Fact("biased", f"{EQX}:210-216 _stats"),
+        "frozen_means_inference": Fact(False, "equinox has no trainable flag; xbn freezes parameters in the optax optimizer"),
+        "bare_call": Fact("module_attribute", f"{EQX}:207-208 inference=None uses self.inference (default False)"),
+        "batch_of_one": Fact("zero_variance", f"{EQX}: no batch-size check"),
+        "ema": Fact("seeded", f"{EQX}:226-239 mode='ema' (the default via 'legacy'): first batch seeds the running statistics"),
+        "initial_variance": Fact(0.0, f"{EQX}: EMA buffers start as jnp.empty (zeros)"),
+        "training_normalization": Fact("running", f"{EQX}:232-239 training outputs use the just-updated running statistics"),
+        "adam_form": Fact("optax", OPTAX),
+        "frozen_fit": Fact("runs", "optax.set_to_zero(): zero updates, batch statistics still move"),
+        "momentum_convention": Fact("keras", f"{EQX}:235-236 (1-m)*batch + m*running"),
+        "reset": Fact("none", f"{EQX}: no reset; the statistics are eqx.nn.State, re-made by make_with_state()"),
+        "mask": Fact("none", f"{EQX}:174-181 __call__(x, state, *, key, inference): no mask"),
+        "zero_epsilon": Fact("accepted", f"{EQX}: eps is added to the variance unchecked"),
+        "default_momentum": Fact(0.99, f"{EQX}:101"),
+        "default_epsilon": Fact(1e-5, f"{EQX}:102"),
+    },
+}
+
+# -- errors ------------------------------------------------------------------------------
+# Where a switch value makes a framework refuse (an ``error`` observation), the exception it
+# raises: the reference models *that* a framework refuses, these tables *how*.
+
+
+@dataclass(frozen=True)
+class Raises:
+    """The exception a framework raises where one of its switch values refuses a step."""
+
+    type: str  # the exception class's name, as an error observation's message starts
+    fragment: str  # a piece of the message (after "Type: ") that it always contains
+    source: str
+
+
+# Switch values that make a framework refuse.
+REFUSING = {"batch_of_one": "error", "bare_call": "error", "frozen_fit": "error",
+            "zero_epsilon": "error", "synchronized_statistics": "error",
+            "unsynchronized_statistics": "error", **profiles_edges.REFUSING}
+
+# Per implementation (the keys of SEMANTICS): switch -> what is raised.
+ERRORS: dict[str, dict[str, Raises]] = {
+    "reference": {  # xbn/reference/batchnorm.py models each refusal with the exception torch/haiku use
+        "batch_of_one": Raises("ValueError", "Expected more than 1 value per channel",
+                               "xbn/reference/batchnorm.py ReferenceBatchNorm._batch_stats"),
+        "bare_call": Raises("TypeError", "a call without the training flag is refused",
+                            "xbn/reference/batchnorm.py ReferenceBatchNorm.effective_training"),
+        "frozen_fit": Raises("RuntimeError", "does not require grad",
+                             "xbn/reference/batchnorm.py ReferenceBatchNorm.fit"),
+        "zero_epsilon": Raises("ValueError", "eps must be positive during training",
+                               "xbn/reference/batchnorm.py ReferenceBatchNorm._batch_stats"),
+    },
+    "torch": {
+        "batch_of_one": Raises("ValueError", "Expected more than 1 value per channel when training",
+                               "torch/nn/functional.py:2840-2856 _verify_batch_size"),
+        "zero_epsilon": Raises("ValueError", "batch_norm eps must be positive during training",
+                               "torch/nn/functional.py:2891-2894 batch_norm"),
+        "frozen_fit": Raises("RuntimeError", "does not require grad and does not have a grad_fn",
+                             "torch/csrc/autograd/autograd.cpp run_backward (TORCH_CHECK), "
+                             "reached from loss.backward() through torch/autograd/graph.py:966-979 "
+                             "_engine_run_backward"),
+    },
+    "flax_linen": {
+        "bare_call": Raises("ValueError", 'Parameter "use_running_average" must be passed',
+                            "flax/linen/module.py:2952-2955 merge_param, called by "
+                            f"{FLAX}:351 BatchNorm.__call__"),
+    },
+    "haiku": {
+        "bare_call": Raises("TypeError", "missing 1 required positional argument: 'is_training'",
+                            f"{HK}:127-130 __call__(self, inputs, is_training, ...): "
+                            "is_training has no default"),
+    },
+}
+for _table, _raises in (*profiles_replicas.ERRORS.items(), *profiles_edges.ERRORS.items()):
+    ERRORS.setdefault(_table, {}).update({k: Raises(*v) for k, v in _raises.items()})
+
+
+def declared_error(framework_id: str, switch: str) -> Raises | None:
+    """What ``framework_id`` raises where its ``switch`` value refuses (None: undeclared)."""
+    info = registry.FRAMEWORKS.get(framework_id)
+    table = info.profile.semantics if info is not None and info.profile else None
+    return ERRORS.get(table or "", {}).get(switch)
+
+
+def _exception(message: str | None) -> tuple[str, str]:
+    """('ValueError', 'text') from an error observation's message ('ValueError: text'), past
+    the driver's prefixes ('layer not built: ', 'reading state: ')."""
+    text = message or ""
+    for prefix in ("layer not built: ", "reading state: "):
+        text = text.removeprefix(prefix)
+    kind, _, rest = text.partition(":")
+    return kind.strip(), rest.strip()
+
+
+def refusing_switch(reference_message: str | None) -> str | None:
+    """The switch whose refusal the reference's error message is (None: none of them)."""
+    kind, text = _exception(reference_message)
+    for switch, raises in ERRORS["reference"].items():
+        if kind == raises.type and raises.fragment in text:
+            return switch
+    return None
+
+
+def error_mismatch(framework_id: str, got: dict, expected: dict) -> str | None:
+    """Why ``got``, an error observation of ``framework_id``, is not the refusal that its
+    profile declares where the reference (run with that profile) raised ``expected``; None
+    when it is: raised by the framework (not by xbn's code), of the declared exception type,
+    with the declared fragment in its message."""
+    if got.get("origin") == "xbn":
+        return f"raised by xbn's own code (origin xbn), a defect: {got['message']}"
+    switch = refusing_switch(expected.get("message"))
+    if switch is None:
+        return f"the reference's error is no declared refusal: {expected.get('message')}"
+    declared = declared_error(framework_id, switch)
+    setting = f"{switch}={REFUSING[switch]}"
+    if declared is None:
+        return f"{framework_id} declares no exception for {setting} (xbn/profiles/facts.py ERRORS)"
+    kind, text = _exception(got.get("message"))
+    if kind != declared.type:
+        return (f"{kind or 'an exception'} where {framework_id}'s profile declares "
+                f"{declared.type} for {setting} ({declared.source}): {got.get('message')}")
+    if declared.fragment not in text:
+        return (f"{declared.type} without {declared.fragment!r}, which {framework_id}'s profile "
+                f"declares for {setting} ({declared.source}): {got.get('message')}")
+    return None
+
+
+def error_problems(framework_id: str, observed: dict, expected: dict) -> list[str]:
+    """The conformance suite's rule for errors, over ``observed`` (key -> observation of
+    ``framework_id``) and ``expected`` (the same keys -> the reference run with its profile):
+    every error raised by xbn's own code is a defect, and where both raised, the framework's
+    exception must be the one its profile declares (``error_mismatch``)."""
+    problems = []
+    for key, got in observed.items():
+        if got.get("status") != "error":
+            continue
+        want = expected.get(key)
+        if got.get("origin") == "xbn":
+            problems.append(f"{key}: raised by xbn's own code (origin xbn), a defect of the "
+                            f"adapter, not {framework_id}'s answer: {got['message']}")
+        elif want is not None and want.get("status") == "error":
+            why = error_mismatch(framework_id, got, want)
+            if why:
+                problems.append(f"{key}: {why}")
+    return problems
+
+
+def _numeric(variance: str, update: str, form: str, source: str) -> dict[str, Fact]:
+    """How a framework rounds in float32 (precision="native" reproduces it)."""
+    return {"precision": Fact("native", "frameworks compute in the input dtype (float32 for 16-bit inputs)"),
+            "variance_algorithm": Fact(variance, source),
+            "update_form": Fact(update, source),
+            "inference_form": Fact(form, source)}
+
+
+# Float32 rounding, per implementation and backend.
+NUMERICS: dict[str, dict[str, Fact]] = {
+    "torch": _numeric("two_pass", "fma", "folded_fma",
+                      "experiment: 1000 updates of running_mean/var bit-exact with fma(m, batch, (1-m)*old); outputs 300/300 bit-exact; stored aten cpu/batch_norm_kernel.cpp"),
+    "keras3-tensorflow": _numeric("two_pass", "weighted_sum", "folded",
+                                  f"{KERAS3} call(); keras/src/backend/tensorflow/nn.py moments, batch_normalization -> tf.nn.batch_normalization"),
+    "keras3-jax": _numeric("two_pass", "weighted_sum", "folded",
+                           f"{KERAS3} call(); keras/src/backend/jax/nn.py moments (jnp.var), batch_normalization (x*inv + (-mean*inv + offset))"),
+    "keras3-torch": _numeric("fast", "weighted_sum", "centered",
+                             f"{KERAS3} call(); keras/src/backend/torch/nn.py moments (E[x^2]-E[x]^2, no clamp), batch_normalization ((x-mean)*inv + offset)"),
+    "tf_keras": _numeric("two_pass", "decrement", "folded",
+                         f"{TFK}:868-881 var -= (var - value)*(1-m) and tensorflow nn_impl.py batch_normalization (non-fused path; the fused 4-D/5-D kernel uses a weighted sum and (x-mean)*inv + beta)"),
+    "flax_linen": _numeric("fast_clamped", "weighted_sum", "centered", f"{FLAX}:142 (use_fast_variance=True), :205-223"),
+    "flax_nnx": _numeric("fast_clamped", "weighted_sum", "centered", f"{NNX}:122, :170-180"),
+    "haiku": _numeric("fast", "weighted_sum", "centered",
+                      f"{HK}:170-181 (no clamp), :203-205; the averages as XLA compiles "
+                      "haiku/_src/moving_averages.py:123-127 (fma(hidden, decay, value*(1-decay)), "
+                      "1 - decay and decay**t in float32), which the reference rounds alike for "
+                      "ema=debiased under precision=native (experiment: 1000 steps bit-exact)"),
+    "equinox": _numeric("two_pass", "weighted_sum", "centered", f"{EQX}:210-222 (clamped >= 0; divides by sqrt(v+eps))"),
+}
+
+
+def _profile(p: registry.Profile) -> dict[str, Fact]:
+    extra = profiles_edges.outside_facts(p.semantics, p.numerics)  # replica and edge switches
+    return {**SEMANTICS[p.semantics], **{k: Fact(*v) for k, v in extra.items()},
+            **(NUMERICS[p.numerics] if p.numerics else {})}
+
+
+# framework id -> switch -> Fact, for every registered framework (all have a profile).
+PROFILES: dict[str, dict[str, Fact]] = {fid: _profile(info.profile)
+                                        for fid, info in registry.FRAMEWORKS.items()
+                                        if info.profile is not None}
+
+
+def semantics_of(framework_id: str) -> Semantics:
+    """The reference's Semantics that reproduces a framework (its declared profile)."""
+    values = {k: f.value for k, f in PROFILES[framework_id].items()}
+    if values.get("default_momentum") is None:
+        values["default_momentum"] = Semantics().default_momentum
+    return Semantics(**values)
+
+
+def differences(framework_id: str) -> dict:
+    """Switches on which a framework departs from the reference's defaults."""
+    base = Semantics().switches()
+    return {k: f.value for k, f in PROFILES[framework_id].items()
+            if base.get(k) != f.value and f.value is not None}
+
+
+def profile_matrix() -> dict[str, dict[str, object]]:
+    """switch -> framework -> value, in the reference's switch order."""
+    switches = list(Semantics().switches())
+    return {sw: {fid: PROFILES[fid][sw].value for fid in PROFILES} for sw in switches}
+
+
+def profile_fact(framework_id: str, switch: str) -> Fact:
+    return PROFILES[framework_id][switch]
+
+
+def default_decay(framework_id: str) -> float | None:
+    """Default momentum in the Keras/Flax convention (weight of the old value)."""
+    return PROFILES[framework_id]["default_momentum"].value
+
+
+def default_epsilon(framework_id: str) -> float:
+    return PROFILES[framework_id]["default_epsilon"].value
+
+
+def default_native_momentum(framework_id: str) -> float | None:
+    """The default as the framework's own momentum keyword reads it (torch: 0.1)."""
+    return registry.native_momentum(framework_id, default_decay(framework_id))
+
+
+DIVERGENCES = Path(__file__).parent / "divergences.toml"
+_DIVERGENCE_KEYS = ("framework", "scenario", "dtype", "op", "quantity", "reason", "link")
+_REQUIRED = ("framework", "quantity", "reason", "link")
+
+
+def parse_divergences(text: str, source: str = "xbn/profiles/divergences.toml") -> tuple[dict, ...]:
+    """Known divergences from TOML text, checked: each names its framework, the quantities it
+    covers (a name or a list), a reason and a link; ``scenario`` (a glob), ``dtype`` and ``op``
+    narrow it. ``quantity``, ``dtype`` and ``op`` come back as tuples. Raises ValueError naming
+    the entry and the key."""
+    allowed = {"quantity": QUANTITIES, "dtype": DTYPES, "op": OPS}
+    out = []
+    for i, entry in enumerate(tomllib.loads(text).get("divergence", [])):
+        where = f"{source}: divergence[{i}]"
+        for key in entry:
+            if key not in _DIVERGENCE_KEYS:
+                raise ValueError(f"{where}.{key}: unknown key (keys: {', '.join(_DIVERGENCE_KEYS)})")
+        for key in _REQUIRED:
+            if not entry.get(key):
+                raise ValueError(f"{where}: {key} is required")
+        if entry["framework"] not in registry.FRAMEWORKS:
+            raise ValueError(f"{where}.framework: unknown framework {entry['framework']!r}")
+        d = dict(entry)
+        for key, values in allowed.items():
+            if key in d:
+                d[key] = (d[key],) if isinstance(d[key], str) else tuple(d[key])
+                bad = [v for v in d[key] if v not in values]
+                if bad or not d[key]:
+                    raise ValueError(f"{where}.{key}: {bad[0] if bad else 'empty'!r} is not one of "
+                                     f"{', '.join(values)}")
+        out.append(d)
+    return tuple(out)
+
+
+@cache
+def known_divergences() -> tuple[dict, ...]:
+    """Entries of xbn/profiles/divergences.toml (package data), checked by ``parse_divergences``."""
+    return parse_divergences(DIVERGENCES.read_text(encoding="utf-8"))
+
+
+def known_divergence(framework: str, scenario: str, dtype: str, quantity: str,
+                     op: str | None = None) -> dict | None:
+    """The known divergence that covers this row, if any. An entry that names ``op`` covers
+    only rows whose op is given and is one of them."""
+    for d in known_divergences():
+        if d["framework"] != framework or not fnmatch(scenario, d.get("scenario", "*")):
+            continue
+        if "dtype" in d and dtype not in d["dtype"]:
+            continue
+        if quantity not in d["quantity"] or "op" in d and op not in d["op"]:
+            continue
+        return d
+    return None

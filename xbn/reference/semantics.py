@@ -1,0 +1,165 @@
+"""The switches on which BatchNorm implementations differ (``Semantics``) and their values.
+
+A ground-floor module of plain data: the reference (``xbn.reference.batchnorm``) runs under a
+``Semantics``, the profiles (``xbn.profiles.facts``) declare one per framework, and the explanation
+search walks ``SWITCH_VALUES`` and ``NUMERIC_SWITCH_VALUES``. Kept apart from the reference's
+arithmetic so that each stays small enough to read whole; ``xbn.reference.batchnorm`` re-exports all
+of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """The switches on which BatchNorm implementations differ. Defaults: Keras 3."""
+
+    # running variance fed with the biased (/n) or Bessel-corrected (/(n-1)) batch variance
+    # ("fused": unbiased for 4-D/5-D inputs that are not float64, tf-keras' fused kernel)
+    variance_update: str = "biased"  # biased | unbiased | fused
+    # trainable=False forces inference mode (Keras, tf-keras V2) or only freezes parameters
+    frozen_means_inference: bool = True
+    # a call without `training`: inference (Keras); the module's mode, which starts as train and
+    # which an explicit flag also sets (torch); a module attribute that only train()/eval()
+    # change (flax NNX, equinox); or an error (flax linen, haiku need the flag)
+    bare_call: str = "inference"  # inference | module_mode | module_attribute | error
+    # one value per channel in training: raise (torch) or normalize with variance 0
+    batch_of_one: str = "zero_variance"  # zero_variance | error
+    # running averages: plain EMA from the initial values; zero-debiased hidden/(1 - m^t)
+    # (haiku, equinox mode="batch"); or seeded with the first batch (equinox mode="ema")
+    ema: str = "plain"  # plain | debiased | seeded
+    # moving variance of a fresh layer (haiku and equinox "ema" start from 0)
+    initial_variance: float = 1.0
+    # training outputs normalized with the batch statistics, or with the running statistics
+    # just updated (equinox mode="ema")
+    training_normalization: str = "batch"  # batch | running
+    # fit with nothing trainable: runs (Keras warns; JAX optimizers apply zero updates) or
+    # raises after the forward pass has moved the running statistics (a torch loop's backward())
+    frozen_fit: str = "runs"  # runs | error
+    # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
+    # ("optax": the paper's form with optax's float32 operation order; differs from "paper" only
+    # in rounding)
+    adam_form: str = "eps_hat"  # eps_hat | paper | optax
+    # how a momentum value is read: Keras/Flax convention (weight of the old value) or torch's
+    # (weight of the batch value): "torch" reproduces a Keras momentum copied verbatim into torch
+    momentum_convention: str = "keras"  # keras | torch
+    # arithmetic: exact float64, or the scenario's dtype (float32 for 16-bit inputs, as the
+    # frameworks upcast) with the operation order the switches below describe
+    precision: str = "float64"  # float64 | native
+    # batch variance: mean of squared deviations, or E[x^2] - E[x]^2 (clamped at 0 or not)
+    variance_algorithm: str = "two_pass"  # two_pass | fast | fast_clamped
+    # running-statistic update: old*m + batch*(1-m) (Keras 3, torch, flax) or
+    # old - (old - batch)*(1-m) (tf-keras' non-fused path), or fma(1-m, batch, old*m) (torch CPU)
+    update_form: str = "weighted_sum"  # weighted_sum | decrement | fma
+    # normalization: x*inv + (beta - mean*inv) (TensorFlow, JAX backends of Keras),
+    # (x - mean)*inv + beta (flax, Keras' torch backend), or torch's fused multiply-adds;
+    # inv = rsqrt(var + eps) * gamma
+    inference_form: str = "folded"  # folded | centered | folded_fma
+    # epsilon = 0 with batch statistics: accepted (sqrt(var) alone), or refused (torch's
+    # F.batch_norm raises "eps must be positive during training")
+    zero_epsilon: str = "accepted"  # accepted | error
+    # op = "reset": the framework's own reset of the running statistics (torch
+    # reset_running_stats(): mean 0, variance 1, the batch count 0), or none (Keras, Flax,
+    # Haiku, Equinox: re-initialize or assign). Not Keras 3's: the reference performs every op
+    # some framework has, so that the frameworks that have it are compared
+    reset: str = "running_stats"  # running_stats | none
+    # a step's mask (xbn.reference.mask): moments of the valid positions, a fully masked batch
+    # giving 0 and 0 (Keras 3) or NaN (flax); tf-keras ignores it where its fused kernel runs;
+    # "none": the BatchNorm takes no mask (torch, haiku, equinox)
+    mask: str = "weighted"  # weighted | weighted_nan | weighted_unfused | none
+    # replicas (data parallel; xbn.reference.replicas): the batch statistics of a replica with
+    # synchronized = true: count-weighted over every replica's rows ("global"), the mean of the
+    # replicas' means and E[x^2] (what a pmean of local moments gives: "equal_weight"), or its
+    # own rows ("local": the flag ignored), or refused ("error": Keras 3 off TensorFlow); with
+    # synchronized = false: "local", or "global" (an engine that computes over the global batch
+    # anyway, a jit over a sharded array)
+    synchronized_statistics: str = "global"  # global | equal_weight | local | error
+    unsynchronized_statistics: str = "local"  # local | global | error (no data parallelism)
+    # the n of Bessel's correction (variance_update unbiased) with cross-replica statistics
+    replica_variance_count: str = "global"  # global | local
+    # what the host reads: replica 0's copy, the mean of the copies (tf ON_READ MEAN), replica
+    # 0's copy broadcast to every replica before each forward (DDP broadcast_buffers), or one
+    # copy for all (every replica's copy set to their mean after each training step)
+    replica_readback: str = "first_replica"  # first_replica | mean_of_replicas | broadcast_from_first | global
+    # a training batch of no rows (xbn.reference.edges): its mean and variance are NaN and
+    # become the running statistics ("nan": Keras, Flax, Haiku, Equinox), or the update is
+    # skipped while the batch is still counted ("skip": torch's kernel returns early);
+    # grad_gamma on it: a sum over no rows ("zero": torch, Equinox), or that sum times the
+    # batch statistics' NaN factor ("nan": Keras, Flax, Haiku); predict on it runs or is
+    # refused ("error": tf-keras' data handler)
+    empty_batch: str = "nan"  # nan | skip
+    empty_gradient: str = "zero"  # zero | nan
+    empty_predict: str = "runs"  # runs | error
+    # momentum/epsilon changed by `set` (xbn.reference.edges): every operation uses the new
+    # values ("none"), or predict and fit keep the values their functions were traced with
+    # until the next compile, a fit with a fresh optimizer, or a new batch shape retraces:
+    # tf.function's one relaxed trace after the first shape (Keras 3 on TF, tf-keras) or
+    # jax.jit's trace per shape (Keras 3 on JAX)
+    traced_functions: str = "none"  # none | until_compile | until_compile_per_shape
+    # constructor defaults used when a scenario sets defaults = true
+    default_momentum: float | None = 0.99
+    default_epsilon: float = 1e-3
+    # not switches (never searched, in no profile): every batch mean and variance moved by
+    # this many times its rounding-error bound (xbn.reference.numerics) in the framework's arithmetic,
+    # for the formula variance_algorithm names: the endpoints of an interval
+    mean_error: float = 0.0
+    variance_error: float = 0.0
+
+    def switches(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in INTERVAL_FIELDS}
+
+    def with_(self, **changes) -> Semantics:
+        return replace(self, **changes)
+
+
+INTERVAL_FIELDS = ("mean_error", "variance_error")  # Semantics fields, not switches
+
+SWITCH_VALUES: dict[str, tuple] = {
+    "variance_update": ("biased", "unbiased", "fused"),
+    "frozen_means_inference": (True, False),
+    "bare_call": ("inference", "module_mode", "module_attribute", "error"),
+    "batch_of_one": ("zero_variance", "error"),
+    "ema": ("plain", "debiased", "seeded"),
+    "initial_variance": (1.0, 0.0),
+    "training_normalization": ("batch", "running"),
+    "adam_form": ("eps_hat", "paper", "optax"),
+    "frozen_fit": ("runs", "error"),
+    "momentum_convention": ("keras", "torch"),
+    "reset": ("running_stats", "none"),
+    "mask": ("weighted", "weighted_nan", "weighted_unfused", "none"),
+    "synchronized_statistics": ("global", "equal_weight", "local", "error"),
+    "unsynchronized_statistics": ("local", "global", "error"),
+    "replica_variance_count": ("global", "local"),
+    "replica_readback": ("first_replica", "mean_of_replicas", "broadcast_from_first", "global"),
+    "zero_epsilon": ("accepted", "error"),
+    "empty_batch": ("nan", "skip"),
+    "empty_gradient": ("zero", "nan"),
+    "empty_predict": ("runs", "error"),
+    "traced_functions": ("none", "until_compile", "until_compile_per_shape"),
+    "default_momentum": (0.99, 0.9),
+    "default_epsilon": (1e-3, 1e-5),
+}
+
+# Switches that matter only in scenarios with replicas: the explanation search tries them
+# (single, or in a declared profile) only there (xbn.explain.search.relevant_switches)
+REPLICA_SWITCHES = ("synchronized_statistics", "unsynchronized_statistics",
+                    "replica_variance_count", "replica_readback")
+
+# Switches that matter only in scenarios with an empty input or a `set` of momentum/epsilon:
+# tried, alone or in a declared profile, only there (xbn.explain.search.relevant_switches)
+EDGE_SWITCHES = ("empty_batch", "empty_gradient", "empty_predict", "traced_functions")
+
+# Switches that only change rounding: tried together with precision="native".
+NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
+    "variance_algorithm": ("two_pass", "fast", "fast_clamped"),
+    "update_form": ("weighted_sum", "decrement", "fma"),
+    "inference_form": ("folded", "centered", "folded_fma"),
+}
+
+# Switches tried, alone or in a declared profile, only where the scenario can show them
+# (``xbn.explain.search.relevant_switches`` names them): anywhere else each would cost a
+# minimization rerun and change nothing
+GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask")
