@@ -66,8 +66,8 @@ def test_key_changes_with_every_input(write_scenario, monkeypatch, what):
     elif what == "env":
         monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     else:
-        from xbn.execution import worker
-        monkeypatch.setitem(worker.DETERMINISM_ENV, "OMP_NUM_THREADS", "2")
+        from xbn.execution import environment
+        monkeypatch.setitem(environment.DETERMINISM_ENV, "OMP_NUM_THREADS", "2")
     assert entry_key(s, "numpy") != before
 
 

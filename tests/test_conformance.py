@@ -19,7 +19,9 @@ from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.comparison.diffs import agreement, row_at
 from xbn.execution.runner import run
 from xbn.frameworks.registry import FRAMEWORK_IDS
-from xbn.profiles.facts import error_problems, known_divergence, known_divergences, semantics_of
+from xbn.profiles.divergences import known_divergence, known_divergences
+from xbn.profiles.facts import semantics_of
+from xbn.profiles.refusals import error_problems
 from xbn.scenario.loader import builtin_paths, load
 
 K = 16.0

@@ -18,9 +18,10 @@ from click.testing import CliRunner
 
 from xbn.cli import cli
 from xbn.execution.cache import entry_key, key_fields
+from xbn.execution.environment import device_env
+from xbn.execution.environment import worker_env as _worker_env
 from xbn.execution.runner import run
-from xbn.execution.spawn import worker_env as _worker_env
-from xbn.frameworks.devices import DeviceError, device_env, parse, split
+from xbn.frameworks.devices import DeviceError, parse, split
 from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
@@ -236,7 +237,7 @@ def test_torch_adapter_places_module_and_inputs_on_cuda(monkeypatch):
 @gpu
 def test_jax_gpu_ids_run_on_the_gpu(write_scenario):
     needs_cuda()
-    from xbn.frameworks.devices import probe_engines
+    from xbn.execution.device_probe import probe_engines
 
     found = probe_engines(["jax"])["jax"]  # in a process of its own: none of JAX's here
     if "gpu" not in found.get("devices", []):

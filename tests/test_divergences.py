@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from xbn.profiles.facts import known_divergence, known_divergences, parse_divergences
+from xbn.profiles.divergences import known_divergence, known_divergences, parse_divergences
 
 GOOD = """
 [[divergence]]

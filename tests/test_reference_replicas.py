@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import xbn.explain.search as explain_module
+import xbn.explain.rerun as rerun_module
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.adapters.numpy.replicas import make_replicated
@@ -276,7 +276,7 @@ def test_replica_switches_cost_nothing_without_replicas(monkeypatch, framework, 
     scenario = _builtin(name)
     assert not scenario.replicated
     _Counting.tried = []
-    monkeypatch.setattr(explain_module, "NumpyAdapter", _Counting)
+    monkeypatch.setattr(rerun_module, "NumpyAdapter", _Counting)
     rows = list(run_scenario(NumpyAdapter("numpy"), scenario))
     theirs = list(run_scenario(NumpyAdapter(framework, semantics_of(framework)), scenario))
     obs = observations_frame(rows + theirs)
@@ -295,7 +295,7 @@ def test_keras_off_tensorflow_refuses_synchronized_as_its_profile_declares(tmp_p
     import subprocess
     import sys
 
-    from xbn.profiles.facts import error_mismatch
+    from xbn.profiles.refusals import error_mismatch
 
     pytest.importorskip("keras")
     pytest.importorskip("jax")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_in_backend(test_file: str, framework_id: str, timeout: float = 600) -> None:
     """Run ``test_file`` as ``python test_file framework_id``; fail with its output unless it
     exits 0 and prints ``OK framework_id``."""
-    from xbn.execution.worker import DETERMINISM_ENV
+    from xbn.execution.environment import DETERMINISM_ENV
     from xbn.frameworks.registry import FRAMEWORKS
 
     env = {**os.environ, **DETERMINISM_ENV, **FRAMEWORKS[framework_id].env,

@@ -3,9 +3,9 @@
 An ``error`` observation records its ``origin``: the top-level package of the innermost
 traceback frame ("torch", "flax", ...), "reference" for xbn/reference/batchnorm.py, "xbn" for xbn's own
 code and for an adapter's own module (plugins included). An exception from xbn's code is a
-defect that the conformance suite's error rule (``xbn.profiles.facts.error_problems``) fails on;
+defect that the conformance suite's error rule (``xbn.profiles.refusals.error_problems``) fails on;
 an expected refusal matches on the exception type (and message fragment) the framework's
-profile declares (``xbn.profiles.facts.ERRORS``).
+profile declares (``xbn.profiles.refusals.ERRORS``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from xbn.adapters.base import exception_origin, run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.execution.runner import run
 from xbn.frameworks.registry import FRAMEWORKS, FrameworkInfo
-from xbn.profiles.facts import (
+from xbn.profiles.facts import PROFILES, semantics_of
+from xbn.profiles.refusals import (
     ERRORS,
-    PROFILES,
     REFUSING,
     declared_error,
     error_mismatch,
     error_problems,
     refusing_switch,
-    semantics_of,
 )
 from xbn.scenario.loader import load
 

@@ -36,7 +36,7 @@ LOADED = {"gamma": [2.0, 0.5, 1.0], "beta": [0.25, -1.0, 0.0],
 
 
 def _child(framework_id: str, replicas: bool) -> dict:
-    from xbn.execution.worker import DETERMINISM_ENV
+    from xbn.execution.environment import DETERMINISM_ENV
     from xbn.frameworks.registry import FRAMEWORKS
 
     env = {**os.environ, **DETERMINISM_ENV, **FRAMEWORKS[framework_id].env,

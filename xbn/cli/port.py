@@ -159,8 +159,8 @@ Example:
 def verify(a, b, inputs, layout_a, layout_b, transpose_b, modes, steps, tolerance, fmt,
            output) -> None:
     """Run A and B on the same inputs; exit 1 unless they agree (expected differences pass)."""
+    from ..port.equivalence import compare_bn
     from ..port.loaders import load_model
-    from ..testing import compare_bn
 
     def run():
         arrays = _load_inputs(inputs)
@@ -207,7 +207,7 @@ def _check_layouts(layout_a, layout_b, transpose_b, ndim: int):
                         f"(e.g. --layout-a {first} --layout-b {second}), or give --transpose-b")
     if not layout_a:
         return None
-    from ..testing import permutation
+    from ..port.equivalence import permutation
 
     for option, layout in (("--layout-a", layout_a), ("--layout-b", layout_b)):
         if len(layout) != ndim:
@@ -248,7 +248,7 @@ def layout_hint(model_a, model_b, ndim: int) -> str:
         return ""
     last, first = EXAMPLE_LAYOUTS[ndim]
     la, lb = (first, last) if a else (last, first)
-    from ..testing import permutation
+    from ..port.equivalence import permutation
 
     perm = ",".join(str(i) for i in permutation(la, lb))
     return (f"; B got the inputs in A's layout, and the two frameworks put channels on "

@@ -111,15 +111,10 @@ def frameworks(fmt, no_devices) -> None:
     """
     import json
 
-    from ..frameworks.devices import ENGINES, framework_devices, probe_engines
-    from ..frameworks.registry import FRAMEWORKS, availability
+    from ..frameworks.registry import FRAMEWORKS
+    from ..workflow import frameworks_table
 
-    avail = availability()
-    if not no_devices:
-        installed = [f for f, a in avail.items() if a["available"]]
-        probed = probe_engines(sorted({ENGINES[f] for f in installed if f in ENGINES}))
-        for fid, found in framework_devices(installed, probed).items():
-            avail[fid].update(found)
+    avail = frameworks_table(probe_devices=not no_devices)
     if fmt == "json":
         click.echo(json.dumps(avail, indent=1))
         return
@@ -147,31 +142,18 @@ def frameworks(fmt, no_devices) -> None:
 def report(output_dir, frameworks, reference, timeout, jobs, no_cache, quiet) -> None:
     """Every built-in scenario through every installed framework: index.html (plots, heatmap,
     whole values on click), index.md, diffs.csv and results.json."""
-    from ..profiles.facts import profile_matrix
-    from ..report.files import write_report
+    from ..workflow import write_report_files
 
     check_reference(reference)
     ids = frameworks_to_run(frameworks, reference, devices=True)
-    scenarios = builtin_scenarios()
     store = result_cache(no_cache)
-    key = None
-    if store is not None:  # unchanged results, versions and xbn: the same files, copied
-        from ..execution.cache import report_key
-
-        key = report_key(scenarios, ids, reference)
-        kept = store.restore_files(key, Path(output_dir))
-        if kept:
-            for path in kept:
-                click.echo(f"wrote {path} (unchanged: from the cache)", err=True)
-            return
-    analyzed = analyze_with_progress(scenarios, ids, reference, None, timeout, jobs, quiet,
-                                     store)
-    _note(analyzed, quiet, shown=False)
-    written = write_report(analyzed, Path(output_dir), profile_matrix())
+    written, kept = write_report_files(
+        Path(output_dir), builtin_scenarios(), ids, reference, store,
+        lambda scenarios: analyze_with_progress(scenarios, ids, reference, None, timeout, jobs,
+                                                quiet, store),
+        lambda analyzed: _note(analyzed, quiet, shown=False))
     for path in written:
-        click.echo(f"wrote {path}", err=True)
-    if key and not any(meta.get("error") for meta in analyzed.frameworks.values()):
-        store.keep_files(key, written)  # a worker's error is kept for no later run
+        click.echo(f"wrote {path}" + (" (unchanged: from the cache)" if kept else ""), err=True)
 
 
 @click.command()

@@ -15,7 +15,7 @@ An entry is keyed by everything that can change its bits, so a stale entry is ne
   change when an adapter or the reference is edited, and an adapter edit must re-run;
 - the device and determinism settings: Python, OS, machine, the CPU's model and feature
   flags (fused multiply-adds change float32 bits), the environment the worker is given
-  (``worker.DETERMINISM_ENV`` and the framework's own), and the variables of the caller's
+  (``environment.xbn_env``: ``DETERMINISM_ENV`` and the framework's own), and the variables of the caller's
   environment that a worker inherits and that change numerics;
 - for an ``ID@DEVICE`` id (``torch@cuda``), the id itself, the device's worker environment and
   the accelerator (GPU models and driver read from /proc, ``devices.accelerator``).
@@ -45,10 +45,6 @@ from .._version import __version__
 ENTRY_SCHEMA = 1
 # the folders under the cache directory ("jax": JAX's own compilation cache, ``compile_env``)
 KINDS = ("results", "explanations", "reports", "timings", "jax")
-# Inherited by the workers (not overwritten by DETERMINISM_ENV) and able to change results.
-NUMERIC_ENV = ("TF_ENABLE_ONEDNN_OPTS", "JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION",
-               "JAX_DEFAULT_DTYPE_BITS", "ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES",
-               "KERAS_BACKEND", "TF_XLA_FLAGS")
 
 
 def cache_dir() -> Path:
@@ -113,9 +109,9 @@ def _versions(framework: str) -> dict[str, str | None]:
 
 def key_fields(scenario, framework: str) -> dict:
     """Everything an entry depends on (see the module docstring), as plain data."""
-    from ..frameworks.devices import accelerator, base_id, device_env
-    from ..frameworks.registry import FRAMEWORKS, module_path
-    from .worker import DETERMINISM_ENV
+    from ..frameworks.devices import accelerator, base_id
+    from ..frameworks.registry import module_path
+    from .environment import NUMERIC_ENV, xbn_env
 
     base = base_id(framework)
     fields = {
@@ -127,7 +123,7 @@ def key_fields(scenario, framework: str) -> dict:
         "xbn": __version__,
         "xbn_source": source_digest(),
         "device": device(),
-        "determinism": device_env(framework, {**DETERMINISM_ENV, **FRAMEWORKS[base].env}),
+        "determinism": xbn_env(framework),
         "environment": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ},
     }
     if base != framework:  # ID@DEVICE: which accelerator (a CPU id's key is unchanged)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
-from ..frameworks.devices import ACCELERATOR, CPU, ENGINES, split
+from ..frameworks.devices import ACCELERATOR, CPU, ENGINE_REQUIRES, ENGINES, split
+from ..frameworks.registry import installed
+from .environment import device_env
 
 
 def _visible() -> str:
@@ -157,3 +161,52 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# ---------------------------------------------------------------------------------------
+# asked from the command line's process: one probe process per engine
+
+def probe_engines(engines: list[str], timeout: float = 300.0) -> dict[str, dict]:
+    """Ask each engine in its own process (``python -m xbn.execution.device_probe ENGINE``, all at once)
+    which devices it finds: engine -> {"version", "devices", "absent": {device: reason}}; an
+    engine whose probe fails has "error"."""
+
+    def one(engine: str) -> tuple[str, dict]:
+        if not any(installed(d) for d in ENGINE_REQUIRES[engine].split("|")):
+            return engine, {"error": f"{engine} is not installed"}
+        fid = next(f for f, e in ENGINES.items() if e == engine)
+        env = device_env(f"{fid}@{ACCELERATOR[engine]}", {**os.environ,
+                                                          "TF_CPP_MIN_LOG_LEVEL": "3"})
+        try:
+            out = subprocess.run([sys.executable, "-m", "xbn.execution.device_probe", engine],
+                                 capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return engine, {"error": f"the {engine} probe exceeded {timeout:g} s"}
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode != 0 or not lines:
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            return engine, {"error": f"the {engine} probe failed: {tail}"}
+        return engine, json.loads(lines[-1])[engine]
+
+    if not engines:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(engines)) as pool:
+        return dict(pool.map(one, engines))
+
+
+def framework_devices(ids: list[str], probed: dict[str, dict]) -> dict[str, dict]:
+    """Per framework id: {"devices": found, "absent": {device: reason}} from ``probe_engines``."""
+    out = {}
+    for fid in ids:
+        engine = ENGINES.get(fid)
+        if engine is None:
+            out[fid] = {"devices": [CPU], "absent": {}}
+            continue
+        found = probed.get(engine, {})
+        if "error" in found:
+            out[fid] = {"devices": [CPU], "absent": {ACCELERATOR[engine]: found["error"]}}
+        else:
+            out[fid] = {"devices": list(found.get("devices", [CPU])),
+                        "absent": dict(found.get("absent", {})),
+                        "names": dict(found.get("names", {}))}
+    return out

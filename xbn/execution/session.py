@@ -18,8 +18,8 @@ import tempfile
 import threading
 import time
 
-from ..frameworks.registry import FRAMEWORKS, module_path
-from .worker import DETERMINISM_ENV
+from ..frameworks.registry import module_path
+from .environment import worker_env
 
 
 class WorkerFailed(RuntimeError):
@@ -41,7 +41,7 @@ class Session:
         self.examples = 0
 
     def start(self) -> None:
-        env = {**os.environ, **DETERMINISM_ENV, **FRAMEWORKS[self.framework].env}
+        env = worker_env(self.framework)  # the runner's workers' environment, devices too
         self.stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xbn.execution.worker", "--serve"], stdin=subprocess.PIPE,

@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..adapters.base import primary_quantities
-from ..frameworks.devices import base_id, device_env
-from ..frameworks.registry import FRAMEWORKS, module_path
+from ..frameworks.devices import base_id
+from ..frameworks.registry import module_path
 from ..scenario.loader import Scenario
-from .worker import DETERMINISM_ENV
+from .environment import group_env
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,6 @@ class WorkerResult:
     completed: list[str] = field(default_factory=list)  # scenarios the worker finished
     unavailable: str | None = None  # ID@DEVICE whose device the worker did not find: why
     scenario_notes: dict[str, list[str]] = field(default_factory=dict)  # notes at each end
-
-
-def worker_env(framework: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(DETERMINISM_ENV)
-    env.update(FRAMEWORKS[base_id(framework)].env)
-    return device_env(framework, env)  # ID@DEVICE: the device visible, its determinism
 
 
 class _Tracker:
@@ -126,17 +119,6 @@ class _Tracker:
         self.emit("scenario", scenario=name)
         if self.done < len(self.order):
             self._running(self.order[self.done], 0)
-
-
-def group_env(frameworks: list[str]) -> dict[str, str] | None:
-    """The one environment the frameworks' workers would each get, or None when two of them
-    need different values of a variable (``KERAS_BACKEND`` from the caller's environment)."""
-    env: dict[str, str] = {}
-    for fid in frameworks:
-        for key, value in worker_env(fid).items():
-            if env.setdefault(key, value) != value:
-                return None
-    return env
 
 
 class _Group:

@@ -21,23 +21,6 @@ import sys
 
 from ..scenario.model import REPLICAS_ENV
 
-DETERMINISM_ENV = {
-    "PYTHONHASHSEED": "0",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    "TF_DETERMINISTIC_OPS": "1",
-    "JAX_PLATFORMS": "cpu",
-    "CUDA_VISIBLE_DEVICES": "",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    # XLA stops reading XLA_FLAGS at a token it does not know: until wave 2 this carried a bare
-    # "intra_op_parallelism_threads=1" (not an XLA flag), which ended the parsing there
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
-    "KERAS_HOME": os.path.join(os.path.expanduser("~"), ".keras"),
-}
-
-
-
 
 def prepare_replicas(scenarios: list[dict]) -> None:
     """Before the framework is imported: offer as many host devices as the request's
@@ -49,7 +32,7 @@ def prepare_replicas(scenarios: list[dict]) -> None:
         return
     os.environ[REPLICAS_ENV] = str(count)
     flags = os.environ.get("XLA_FLAGS", "")
-    # first: XLA stops reading XLA_FLAGS at a token it does not know (see DETERMINISM_ENV)
+    # first: XLA stops reading XLA_FLAGS at a token it does not know (see environment.DETERMINISM_ENV)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count} {flags}".strip()
 
 

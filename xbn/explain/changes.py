@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import itertools
 import time
-import warnings
 
-import numpy as np
-
-from ..adapters.base import run_scenario
-from ..adapters.numpy.adapter import NumpyAdapter
 from ..comparison.diffs import DEFAULT_K, agreement, row_at
 from ..profiles.facts import PROFILES, semantics_of
 from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from ..scenario.loader import Scenario
-from .search import candidates, relevant_switches
+from .candidates import candidates, relevant_switches
+from .rerun import format_value, rerun_rows, setting_of
 
 ROUNDING_K = DEFAULT_K
 # Seconds of reference runs one check may spend searching: a long scenario takes about a
@@ -34,21 +30,17 @@ UNEXPLAINED = ("unexplained: no setting of the reference's switches reproduces b
                "and the new value")
 
 
-def _fmt(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def settings(sem: Semantics) -> str:
     """'variance_update=unbiased' (switches away from the defaults) or 'defaults'."""
     base = Semantics().switches()
     moved = {k: v for k, v in sem.switches().items() if base[k] != v}
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in moved.items()) or "defaults"
+    return ", ".join(f"{k}={format_value(v)}" for k, v in moved.items()) or "defaults"
 
 
 def transition(old: Semantics, new: Semantics) -> str:
     """'variance_update: biased -> unbiased' for every switch that differs."""
     a, b = old.switches(), new.switches()
-    return ", ".join(f"{k}: {_fmt(a[k])} -> {_fmt(b[k])}" for k in a if a[k] != b[k])
+    return ", ".join(f"{k}: {format_value(a[k])} -> {format_value(b[k])}" for k in a if a[k] != b[k])
 
 
 def flips(sem: Semantics, only: set[str] | None = None) -> list[Semantics]:
@@ -110,13 +102,7 @@ class Explainer:
         if key not in self._runs:
             if time.monotonic() > self._deadline:
                 raise _OutOfTime
-            adapter = NumpyAdapter("numpy", sem)
-            # Far-off settings (a debiased EMA with momentum 0, say) divide by zero: that is
-            # an answer ("this setting does not reproduce it"), not something to print.
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                self._runs[key] = {row_at(o): o
-                                   for o in run_scenario(adapter, self.by_name[scenario])}
+            self._runs[key] = rerun_rows(self.by_name[scenario], setting_of(sem))
         return self._runs[key]
 
     def explain(self, change) -> str:

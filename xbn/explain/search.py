@@ -19,120 +19,23 @@ finding, not a failure of the search.
 from __future__ import annotations
 
 import itertools
-import warnings
 
-import numpy as np
 import pandas as pd
 
-from ..adapters.base import run_scenario
-from ..adapters.numpy.adapter import NumpyAdapter
 from ..comparison.diffs import agreement, row_at
 from ..frameworks.devices import base_id
-from ..profiles.facts import PROFILES, differences, error_mismatch, known_divergence
-from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
-from ..reference.edges import relevant_edges
-from ..reference.semantics import GATED_SWITCHES
+from ..profiles.divergences import known_divergence
+from ..profiles.facts import PROFILES
+from ..profiles.refusals import error_mismatch
+from ..reference.batchnorm import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
 from .bounds import ALGORITHMS, bound_text, corner_changes, within
+from .candidates import NATIVE, declared_profile, explanation_order, relevant_switches, unique
+from .rerun import LazyRun, describe, rerun, setting_key
 
 UNEXPLAINED = ("unexplained: no single switch, pair, native rounding, declared profile or "
                "rounding bound reproduces it")
-NATIVE = {"precision": "native"}
 MISSED_SHOWN = 4  # rows a partial explanation names as missed, before "and N more"
-
-
-def _flips(values: dict[str, tuple], only: set[str] | None = None) -> list[dict]:
-    base = Semantics()
-    return [{name: v} for name, options in values.items() for v in options
-            if getattr(base, name) != v and (only is None or name in only)]
-
-
-def relevant_switches(scenario: Scenario) -> set[str]:
-    """Semantic switches that can change anything in this scenario (prunes the search)."""
-    layer, steps = scenario.layer, scenario.steps
-    training = [s for s in steps if s.op == "fit" or (s.op in ("call", "grad") and s.training is not False)]
-    found = set()
-    if training:
-        found |= {"variance_update", "ema", "training_normalization", "batch_of_one"}
-    if layer.track_running_stats:
-        found.add("initial_variance")
-    if any(s.op == "set" and s.trainable is False for s in steps):
-        found.add("frozen_means_inference")
-    if any(s.op in ("call", "grad") and s.training is None for s in steps) or \
-            any(s.op == "set" and s.mode for s in steps):
-        found.add("bare_call")
-    if any(s.op == "fit" and s.optimizer.name == "adam" for s in steps):
-        found.add("adam_form")
-    if any(s.op == "fit" for s in steps) and (
-            any(s.op == "set" and s.trainable is False for s in steps)
-            or not (layer.center or layer.scale)):
-        found.add("frozen_fit")
-    if any(s.op == "reset" for s in steps):
-        found.add("reset")
-    if not layer.defaults and layer.epsilon == 0:
-        found.add("zero_epsilon")
-    if layer.defaults:
-        found |= {"default_momentum", "default_epsilon"}
-    elif not layer.cumulative:
-        found.add("momentum_convention")
-    found |= relevant_edges(scenario) | ({"mask"} if any(s.mask for s in steps) else set())
-    if layer.replicas:  # elsewhere the replica switches change nothing: never tried
-        found.add("replica_readback")
-        if training:
-            found |= {"synchronized_statistics", "replica_variance_count"} \
-                if layer.synchronized else {"unsynchronized_statistics"}
-    return found
-
-
-def _profile(framework: str | None, only: set[str] | None = None) -> list[dict]:
-    """The framework's declared profile: its semantic switches, then with its arithmetic;
-    ``semantics.GATED_SWITCHES`` only where ``only`` (``relevant_switches``) names them."""
-    framework = base_id(framework) if framework else framework  # torch@cuda: torch's
-    if framework not in PROFILES:
-        return []
-    declared = {k: v for k, v in differences(framework).items()
-                if k not in GATED_SWITCHES or (only is not None and k in only)}
-    return [{k: v for k, v in declared.items() if k in SWITCH_VALUES}, declared]
-
-
-def candidates(framework: str | None = None, only: set[str] | None = None) -> list[dict]:
-    """Switch settings to try, smallest change first (the upgrade guard's order: single
-    switches, native rounding, the declared profile, pairs, a switch with native rounding)."""
-    singles = _flips(SWITCH_VALUES, only)
-    native = [NATIVE] + [{**NATIVE, **f} for f in _flips(NUMERIC_SWITCH_VALUES)]
-    profile = _profile(framework, only)
-    numeric = {k: v for k, v in profile[-1].items() if k not in SWITCH_VALUES} if profile else {}
-    pairs = [{**a, **b} for a, b in itertools.combinations(singles, 2) if set(a).isdisjoint(b)]
-    mixed = [{**s, **n} for s in singles for n in ([NATIVE, numeric] if numeric else [NATIVE])]
-    return _unique(singles + native + profile + pairs + mixed)
-
-
-def explanation_order(framework: str | None, only: set[str] | None = None) -> list[dict]:
-    """``candidates`` with the framework's declared profile first: among settings that
-    reproduce every row, the framework's own (the part of it that matters) is the cause."""
-    return _unique(_profile(framework, only) + candidates(framework, only))
-
-
-def _unique(changes: list[dict]) -> list[dict]:
-    unique = {_key(c): c for c in reversed(changes) if c}  # the first occurrence's position
-    return [unique[k] for k in dict.fromkeys(_key(c) for c in changes if c)]
-
-
-def _key(change: dict) -> tuple:
-    """A cache key: the setting without the entries that are the reference's defaults."""
-    base = Semantics()
-    return tuple(sorted((k, v) for k, v in change.items() if getattr(base, k) != v))
-
-
-def describe(change: dict, exact: bool = False) -> str:
-    text = ", ".join(f"{k}={_fmt(v)}" for k, v in change.items())
-    return text + (" (bit-exact)" if exact else "")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenario],
@@ -146,15 +49,14 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         return diffs
     by_name = {s.name: s for s in scenarios}
     values = {(r.scenario, r.framework, *row_at(r)): r for r in obs.itertuples(index=False)}
-    runs: dict[tuple, _LazyRun] = {}
+    runs: dict[tuple, LazyRun] = {}
 
-    def observe(name: str, change: dict) -> _LazyRun:
+    def observe(name: str, change: dict) -> LazyRun:
         """The reference's observations with ``change``, cached per scenario and setting, and
-        computed only as far as a caller reads them (see ``_LazyRun``)."""
-        key = (name, _key(change))
+        computed only as far as a caller reads them (see ``rerun.LazyRun``)."""
+        key = (name, setting_key(change))
         if key not in runs:
-            adapter = NumpyAdapter("numpy", Semantics().with_(**change))
-            runs[key] = _LazyRun(run_scenario(adapter, by_name[name]))
+            runs[key] = LazyRun(rerun(by_name[name], change))
         return runs[key]
 
     diffs = diffs.copy()
@@ -182,7 +84,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
         key = _search_key(scenario, framework, mine, targets, k) if cache is not None else None
         found = cache.get_json("explanations", key) if key else None
         if found is None:
-            search = _Search(mine, lambda change, name=name: observe(name, change), k)
+            search = Search(mine, lambda change, name=name: observe(name, change), k)
             texts = search.explain(scenario, framework, targets)
             found = {_row_name(mine[i]): texts.get(i, UNEXPLAINED) for i in targets}
             if key:
@@ -207,41 +109,7 @@ def _search_key(scenario: Scenario, framework: str, mine: dict, targets: list, k
     return derived_key(scenario.digest, framework, k, rows)
 
 
-class _LazyRun:
-    """One rerun of the reference, advanced only as far as rows are asked for. Most candidate
-    settings miss a framework's row at the first step; a search that stops there never runs
-    the thousand updates after it (the rerun that dominated ``xbn run``'s analysis time).
-    Rows come in step order, so a row is absent once a later step (or the end) is reached."""
-
-    def __init__(self, observations):
-        self._source, self._rows, self._last = observations, {}, None
-
-    def _advance(self) -> bool:
-        # far-off settings divide by zero or take roots of negative variances: answers
-        # ("this does not reproduce it"), not news
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            o = next(self._source, None)
-        if o is None:
-            self._source = iter(())
-            return False
-        self._rows[row_at(o)] = o
-        self._last = o["step"]
-        return True
-
-    def get(self, row: tuple) -> dict | None:
-        while row not in self._rows and (self._last is None or self._last <= row[0]):
-            if not self._advance():
-                break
-        return self._rows.get(row)
-
-    def full(self) -> dict:
-        while self._advance():
-            pass
-        return self._rows
-
-
-class _Search:
+class Search:
     """The search for one scenario and framework: ``mine`` (row index -> observation) holds
     every row a setting must reproduce; rows are matched against cached reference runs, row
     by row in step order, so a setting that misses an early row is dropped without running
@@ -264,13 +132,13 @@ class _Search:
 
     def covers(self, change: dict, need) -> bool:
         """Whether ``change`` reproduces every row in ``need``, stopping at the first miss."""
-        key = _key(change)
+        key = setting_key(change)
         self.tried.setdefault(key, change)
         return all(self._row(change, key, i) is not None for i in self.order if i in need)
 
     def hits(self, change: dict) -> dict:
         """Rows ``change`` reproduces: row -> bit-exact or not."""
-        key = _key(change)
+        key = setting_key(change)
         self.tried.setdefault(key, change)
         found = {i: self._row(change, key, i) for i in self.order}
         return {i: h for i, h in found.items() if h is not None}
@@ -351,8 +219,8 @@ class _Search:
         """(semantic switches, variance formula) to bound: the two-pass variance's rounding,
         then the one-pass formula only where the framework declares it (a bound that can
         reach a negative variance holds nearly anything: it explains only what it names)."""
-        profile = _profile(framework, only)
-        bases = _unique(profile[:1]) + [{}]
+        profile = declared_profile(framework, only)
+        bases = unique(profile[:1]) + [{}]
         declared = profile[-1].get("variance_algorithm") if profile else None
         algorithms = ["two_pass"] + [a for a in ALGORITHMS if a == declared != "two_pass"]
         return [(b, a) for b in bases for a in algorithms]

@@ -8,15 +8,13 @@ so ``xbn frameworks`` starts a probe process per engine and a run's worker check
 before anything else, answering "unavailable" with the reason when it is absent.
 
 This module is plain data and the standard library: the CLI, the runner and the cache use it.
+What a device id's worker is given lives in ``xbn.execution.environment``; asking the engines
+which devices they find, in ``xbn.execution.device_probe``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CPU = "cpu"
@@ -81,42 +79,6 @@ def parse(text: str) -> str:
     return f"{base}@{device}"
 
 
-def device_env(fid: str, env: dict[str, str]) -> dict[str, str]:
-    """The worker environment of ``fid`` from the CPU one (``env``, changed in place).
-
-    The CPU determinism settings hide every accelerator (``CUDA_VISIBLE_DEVICES=""``,
-    ``JAX_PLATFORMS=cpu``); a device id gives back the caller's visible devices, lets JAX pick
-    its GPU backend, and adds the engines' own determinism switches: cuBLAS' fixed workspace
-    (torch.use_deterministic_algorithms requires it for CUDA matmuls), TF32 off for every
-    NVIDIA library (``NVIDIA_TF32_OVERRIDE=0``), XLA's deterministic GPU ops and full-precision
-    JAX matmuls; and no engine takes the whole GPU's memory at start, since several workers
-    share it. A CPU id is returned unchanged."""
-    base, device = split(fid)
-    if device == CPU:
-        return env
-    env[DEVICE_ENV] = device
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        env["CUDA_VISIBLE_DEVICES"] = visible
-    else:
-        env.pop("CUDA_VISIBLE_DEVICES", None)
-    env["NVIDIA_TF32_OVERRIDE"] = "0"
-    engine = ENGINES[base]
-    if engine == "torch":
-        env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    if engine in ("jax", "tensorflow"):
-        flags = env.get("XLA_FLAGS", "")
-        env["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
-    if engine == "jax":
-        env["JAX_PLATFORMS"] = ""  # auto: the GPU plugin when installed, else CPU (probed)
-        env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-        # workers share the GPU: JAX would take 75% of its memory at start, TensorFlow all
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    if engine == "tensorflow":
-        env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-    return env
-
-
 def current() -> str:
     """The device of this worker (adapters place their layer and inputs on it)."""
     return os.environ.get(DEVICE_ENV) or CPU
@@ -143,50 +105,3 @@ def accelerator(fid: str) -> dict:
     driver = _read("/proc/driver/nvidia/version").splitlines()
     return {"device": device, "gpus": gpus, "driver": driver[0] if driver else "",
             "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
-
-
-def probe_engines(engines: list[str], timeout: float = 300.0) -> dict[str, dict]:
-    """Ask each engine in its own process (``python -m xbn.execution.device_probe ENGINE``, all at once)
-    which devices it finds: engine -> {"version", "devices", "absent": {device: reason}}; an
-    engine whose probe fails has "error"."""
-    from .registry import _installed  # metadata only
-
-    def one(engine: str) -> tuple[str, dict]:
-        if not any(_installed(d) for d in ENGINE_REQUIRES[engine].split("|")):
-            return engine, {"error": f"{engine} is not installed"}
-        fid = next(f for f, e in ENGINES.items() if e == engine)
-        env = device_env(f"{fid}@{ACCELERATOR[engine]}", {**os.environ,
-                                                          "TF_CPP_MIN_LOG_LEVEL": "3"})
-        try:
-            out = subprocess.run([sys.executable, "-m", "xbn.execution.device_probe", engine],
-                                 capture_output=True, text=True, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return engine, {"error": f"the {engine} probe exceeded {timeout:g} s"}
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-        if out.returncode != 0 or not lines:
-            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-            return engine, {"error": f"the {engine} probe failed: {tail}"}
-        return engine, json.loads(lines[-1])[engine]
-
-    if not engines:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(engines)) as pool:
-        return dict(pool.map(one, engines))
-
-
-def framework_devices(ids: list[str], probed: dict[str, dict]) -> dict[str, dict]:
-    """Per framework id: {"devices": found, "absent": {device: reason}} from ``probe_engines``."""
-    out = {}
-    for fid in ids:
-        engine = ENGINES.get(fid)
-        if engine is None:
-            out[fid] = {"devices": [CPU], "absent": {}}
-            continue
-        found = probed.get(engine, {})
-        if "error" in found:
-            out[fid] = {"devices": [CPU], "absent": {ACCELERATOR[engine]: found["error"]}}
-        else:
-            out[fid] = {"devices": list(found.get("devices", [CPU])),
-                        "absent": dict(found.get("absent", {})),
-                        "names": dict(found.get("names", {}))}
-    return out

@@ -37,7 +37,7 @@ class Since:
 
     def installed(self) -> bool:
         """Whether the installed distribution is at least ``version`` (False when absent)."""
-        found = _installed(self.distribution)
+        found = installed(self.distribution)
         return found is not None and _release(found) >= _release(self.version)
 
 
@@ -296,7 +296,7 @@ FORMATS: dict[str, Format] = {f.name: f for fam in FAMILIES.values() for f in fa
 
 # -- installation (package metadata only: nothing is imported) -----------------------------
 
-def _installed(dist_spec: str) -> str | None:
+def installed(dist_spec: str) -> str | None:
     for dist in dist_spec.split("|"):
         try:
             return metadata.version(dist)
@@ -309,7 +309,7 @@ def version(framework_id: str) -> str | None:
     """Version of the framework's main distribution, or None when not installed."""
     info = FRAMEWORKS[framework_id]
     for dist in info.distributions:
-        found = _installed(dist)
+        found = installed(dist)
         if found:
             return found
     return None
@@ -317,7 +317,7 @@ def version(framework_id: str) -> str | None:
 
 def missing(framework_id: str) -> list[str]:
     """Distributions this framework needs that are not installed (empty: available)."""
-    return [d for d in FRAMEWORKS[framework_id].requires if _installed(d) is None]
+    return [d for d in FRAMEWORKS[framework_id].requires if installed(d) is None]
 
 
 def available(framework_id: str) -> bool:

@@ -17,17 +17,17 @@ Rows covered by ``xbn/profiles/divergences.toml`` are known behaviour and stay q
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
-from ..adapters.base import run_scenario
-from ..adapters.numpy.adapter import NumpyAdapter
 from ..explain.bounds import MONOTONE
-from ..explain.search import _profile, _Search
-from ..profiles.facts import PROFILES, known_divergence
+from ..explain.candidates import declared_profile
+from ..explain.rerun import rerun
+from ..explain.search import Search
+from ..profiles.divergences import known_divergence
+from ..profiles.facts import PROFILES
 from ..reference.batchnorm import Semantics
 from ..reference.semantics import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
@@ -74,15 +74,12 @@ class _Run(dict):
 
 def reference(scenario: Scenario, change: dict) -> _Run:
     """(step, quantity) -> observation of the float64 reference with ``change`` applied."""
-    adapter = NumpyAdapter("numpy", Semantics().with_(**change))
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        return _Run({(o["step"], o["quantity"]): o for o in run_scenario(adapter, scenario)})
+    return _Run({(o["step"], o["quantity"]): o for o in rerun(scenario, change)})
 
 
 def declared(framework: str) -> tuple[dict, dict]:
     """(semantic switches, semantic and numeric switches) of the framework's profile."""
-    profile = _profile(framework)
+    profile = declared_profile(framework)
     return (profile[0], profile[-1]) if profile else ({}, {})
 
 
@@ -160,7 +157,7 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
             runs[key] = reference(scenario, change)
         return runs[key]
 
-    search = _Search(mine, observe, k)
+    search = Search(mine, observe, k)
     semantic, full = declared(framework)
     flags = _cancellations(framework, mine, search, semantic, full, observe)
     left = set(mine) - set(search.hits(full)) - set(search.hits(semantic))
@@ -244,7 +241,7 @@ def broken_switches(flag: Flag, scenario: Scenario, rows: list[dict]) -> tuple[s
         own = [o for o in rows if (o["step"], o["quantity"]) == (flag.step, flag.quantity)]
         if flag.kind == "unexplained":
             mine = {0: _row(own[0])}
-            return bool(_Search(mine, lambda c: reference(scenario, c), 16.0).hits(change))
+            return bool(Search(mine, lambda c: reference(scenario, c), 16.0).hits(change))
         fake = [{**o, "value": theirs.get((o["step"], o["quantity"]), {}).get("value"),
                  "status": theirs.get((o["step"], o["quantity"]), {}).get("status")}
                 for o in rows]

@@ -43,15 +43,12 @@ def releases(snapshot, k: float | None = None) -> list[Release]:
     """Each framework of one snapshot (numpy, the reference, left out) as a ``Release``."""
     import pandas as pd
 
-    from ..adapters.base import run_scenario
-    from ..adapters.numpy.adapter import NumpyAdapter
     from ..analysis.pipeline import analyze
     from ..comparison.diffs import DEFAULT_K
     from ..execution.runner import RunResult
-    from ..reference.batchnorm import Semantics
+    from ..explain.rerun import rerun
 
-    reference = [o for s in snapshot.scenarios
-                 for o in run_scenario(NumpyAdapter("numpy", Semantics()), s)]
+    reference = [o for s in snapshot.scenarios for o in rerun(s)]
     observations = [o for o in snapshot.observations if o["framework"] != "numpy"] + reference
     result = RunResult(observations, snapshot.frameworks, snapshot.scenarios)
     diffs = analyze(result, "numpy", DEFAULT_K if k is None else k).diffs
