@@ -41,19 +41,19 @@ def corner_changes(change: dict) -> list[dict]:
     return [{**change, "mean_error": m, "variance_error": v} for m, v in CORNERS]
 
 
-def within(mine, centre: dict | None, corners: list[dict | None], k: float):
-    """``Within`` when observation ``mine`` lies in the interval of the corner runs' values
+def within(observed, centre: dict | None, corners: list[dict | None], k: float):
+    """``Within`` when observation ``observed`` lies in the interval of the corner runs' values
     (``centre`` and ``corners``: the reference's observations of the same row), else None."""
     if centre is None or any(c is None for c in corners):
         return None
-    if mine.quantity not in MONOTONE or mine.status != "ok" or centre["status"] != "ok" \
+    if observed.quantity not in MONOTONE or observed.status != "ok" or centre["status"] != "ok" \
             or any(c["status"] != "ok" or c["value"] is None for c in corners) \
-            or mine.value is None or centre["value"] is None:
-        a = agreement(mine, centre, k, same_exception=False)
+            or observed.value is None or centre["value"] is None:
+        a = agreement(observed, centre, k, same_exception=False)
         if not a.agree:
             return None
         return Within(a.max_abs or 0.0, 0.0)
-    value = np.asarray(mine.value, np.float64)
+    value = np.asarray(observed.value, np.float64)
     mid = np.asarray(centre["value"], np.float64)
     ends = np.stack([np.asarray(c["value"], np.float64) for c in corners])
     if value.shape != mid.shape or ends.shape[1:] != mid.shape:
@@ -62,7 +62,7 @@ def within(mine, centre: dict | None, corners: list[dict | None], k: float):
         open_ = ~np.isfinite(ends).all(axis=0)  # a corner below -eps: no bound on that side
         low = np.where(open_, -np.inf, ends.min(axis=0))
         high = np.where(open_, np.inf, ends.max(axis=0))
-        dtype = less_precise(mine.dtype, centre["dtype"])
+        dtype = less_precise(observed.dtype, centre["dtype"])
         tol = k * EPS[dtype] * tolerance_scale(mid, centre.get("scale"))
         inside = ((value >= low - tol) & (value <= high + tol)) | (np.isnan(value) & open_)
         inside &= ~(np.isnan(mid) & ~np.isnan(value))  # the centre's NaN bounds nothing finite

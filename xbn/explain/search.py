@@ -64,7 +64,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
     mine_rows = diffs[diffs["scenario"].isin(list(by_name))]
     for (name, framework), rows in mine_rows.groupby(["scenario", "framework"], sort=False):
         scenario = by_name[name]
-        mine, targets = {}, []
+        framework_rows, targets = {}, []
         for i, r in zip(rows.index, rows.itertuples(index=False), strict=True):
             o = values.get((name, framework, *row_at(r)))
             if o is None or r.verdict not in ("same", "differs", "error") or \
@@ -76,21 +76,21 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
                     diffs.at[i, "explanation"] = (f"known divergence: {known['reason']} "
                                                   f"({known['link']})")
                 continue
-            mine[i] = o
+            framework_rows[i] = o
             if r.verdict != "same":
                 targets.append(i)
         if not targets:
             continue
-        key = _search_key(scenario, framework, mine, targets, k) if cache is not None else None
+        key = _search_key(scenario, framework, framework_rows, targets, k) if cache is not None else None
         found = cache.get_json("explanations", key) if key else None
         if found is None:
-            search = Search(mine, lambda change, name=name: observe(name, change), k)
+            search = Search(framework_rows, lambda change, name=name: observe(name, change), k)
             texts = search.explain(scenario, framework, targets)
-            found = {_row_name(mine[i]): texts.get(i, UNEXPLAINED) for i in targets}
+            found = {_row_name(framework_rows[i]): texts.get(i, UNEXPLAINED) for i in targets}
             if key:
                 cache.put_json("explanations", key, found)
         for i in targets:
-            diffs.at[i, "explanation"] = found[_row_name(mine[i])]
+            diffs.at[i, "explanation"] = found[_row_name(framework_rows[i])]
     return diffs
 
 
@@ -98,27 +98,27 @@ def _row_name(o) -> str:
     return "/".join(str(v) for v in row_at(o))  # step/quantity[/rep]
 
 
-def _search_key(scenario: Scenario, framework: str, mine: dict, targets: list, k: float) -> str:
+def _search_key(scenario: Scenario, framework: str, framework_rows: dict, targets: list, k: float) -> str:
     """Everything one search's answer depends on besides xbn's source (which ``derived_key``
     adds): the scenario's content (the reruns), the tolerance, and every row the search must
     reproduce (value, dtype, status, message, scale, and whether it is to be explained)."""
     from ..execution.cache import derived_key
 
     rows = sorted([_row_name(o), o.status, o.dtype, o.message, o.value,
-                   getattr(o, "scale", None), i in targets] for i, o in mine.items())
+                   getattr(o, "scale", None), i in targets] for i, o in framework_rows.items())
     return derived_key(scenario.digest, framework, k, rows)
 
 
 class Search:
-    """The search for one scenario and framework: ``mine`` (row index -> observation) holds
+    """The search for one scenario and framework: ``framework_rows`` (row index -> observation) holds
     every row a setting must reproduce; rows are matched against cached reference runs, row
     by row in step order, so a setting that misses an early row is dropped without running
     the rest of the scenario (``covers``); every row is matched only where all of a setting's
     hits are needed (``hits``)."""
 
-    def __init__(self, mine: dict, observe, k: float):
-        self.mine, self.observe, self.k = mine, observe, k
-        self.order = sorted(mine, key=lambda i: mine[i].step)  # the rerun's order
+    def __init__(self, framework_rows: dict, observe, k: float):
+        self.framework_rows, self.observe, self.k = framework_rows, observe, k
+        self.order = sorted(framework_rows, key=lambda i: framework_rows[i].step)  # the rerun's order
         self.tried: dict[tuple, dict] = {}  # key -> change, in the order tried
         self.rows: dict[tuple, dict] = {}  # key -> {row: None | exact}, as far as matched
         self.bounds: list[tuple[dict, str, dict]] = []  # (base, algorithm, {row: Within})
@@ -126,7 +126,7 @@ class Search:
     def _row(self, change: dict, key: tuple, i) -> bool | None:
         matched = self.rows.setdefault(key, {})
         if i not in matched:
-            m = self.mine[i]
+            m = self.framework_rows[i]
             matched[i] = _match(m, self.observe(change).get(row_at(m)), self.k)
         return matched[i]
 
@@ -149,7 +149,7 @@ class Search:
         centre = self.observe(centre_change).full()
         corners = [self.observe(c).full() for c in corner_changes(centre_change)]
         found = {}
-        for i, m in self.mine.items():
+        for i, m in self.framework_rows.items():
             row = row_at(m)
             w = within(m, centre.get(row), [c.get(row) for c in corners], self.k)
             if w is not None:
@@ -191,7 +191,7 @@ class Search:
         return base
 
     def explain(self, scenario: Scenario, framework: str, targets: list) -> dict:
-        everything = set(self.mine)
+        everything = set(self.framework_rows)
         for change in explanation_order(framework, relevant_switches(scenario)):
             if self.covers(change, everything):
                 change = self.minimize(change, everything)
@@ -258,11 +258,11 @@ class Search:
         return kind, change, algorithm, self.bound_hits(change, algorithm)
 
     def _missed(self, hits: dict) -> str:
-        missed = sorted(row_at(m) for i, m in self.mine.items() if i not in hits)
+        missed = sorted(row_at(m) for i, m in self.framework_rows.items() if i not in hits)
         names = [f"step {s} {q}" + "".join(f" rep {r}" for r in rep)
                  for s, q, *rep in missed[:MISSED_SHOWN]]
         more = f" and {len(missed) - MISSED_SHOWN} more" if len(missed) > MISSED_SHOWN else ""
-        return (f"; partial: reproduces {len(hits)} of {len(self.mine)} rows, not "
+        return (f"; partial: reproduces {len(hits)} of {len(self.framework_rows)} rows, not "
                 + ", ".join(names) + more)
 
 
@@ -273,15 +273,15 @@ def _bound_setting(base: dict, algorithm: str) -> dict:
     return {**base, **NATIVE, **extra}
 
 
-def _match(mine, cand: dict | None, k: float) -> bool | None:
+def _match(observed, cand: dict | None, k: float) -> bool | None:
     """None: not reproduced; False: reproduced within tolerance; True: bit for bit
     (``comparison.agreement``). A framework's error is reproduced by an error of the reference
     only when it is the refusal that framework's profile declares for it: raised inside the
     framework, of the declared exception type and message (``profiles.error_mismatch``);
     for a framework without a profile, an error of the same exception type."""
-    if cand is not None and mine.status == "error" and cand["status"] == "error" \
-            and mine.framework in PROFILES:  # else (plugins, tests): the exception type decides
-        got = mine._asdict() if hasattr(mine, "_asdict") else dict(mine)
-        return False if error_mismatch(base_id(mine.framework), got, cand) is None else None
-    a = agreement(mine, cand, k)
+    if cand is not None and observed.status == "error" and cand["status"] == "error" \
+            and observed.framework in PROFILES:  # else (plugins, tests): the exception type decides
+        got = observed._asdict() if hasattr(observed, "_asdict") else dict(observed)
+        return False if error_mismatch(base_id(observed.framework), got, cand) is None else None
+    a = agreement(observed, cand, k)
     return a.exact if a.agree else None

@@ -141,14 +141,14 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
     within its variance formula's rounding bound (``xbn.explain.search``'s own matching)."""
     if framework not in PROFILES:
         return []
-    mine = {}
+    framework_rows = {}
     for i, o in enumerate(rows):
         if o["quantity"] == "loss":  # a mean of squares of the output rows, which are checked
             continue
         if known_divergence(framework, scenario.name, scenario.layer.dtype, o["quantity"],
                             o["op"]):
             continue
-        mine[i] = _row(o)
+        framework_rows[i] = _row(o)
     runs: dict = {}
 
     def observe(change: dict) -> dict:
@@ -157,10 +157,10 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
             runs[key] = reference(scenario, change)
         return runs[key]
 
-    search = Search(mine, observe, k)
+    search = Search(framework_rows, observe, k)
     semantic, full = declared(framework)
-    flags = _cancellations(framework, mine, search, semantic, full, observe)
-    left = set(mine) - set(search.hits(full)) - set(search.hits(semantic))
+    flags = _cancellations(framework, framework_rows, search, semantic, full, observe)
+    left = set(framework_rows) - set(search.hits(full)) - set(search.hits(semantic))
     for name, options in NUMERIC_SWITCH_VALUES.items():  # one rounding order of the profile's
         for value in options:  # flipped: how XLA fuses under jit, TF's fused kernel, ...
             if left and name in full and value != full[name]:
@@ -173,7 +173,7 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
             if not left:
                 break
     for i in sorted(left):
-        o = mine[i]
+        o = framework_rows[i]
         want = observe(full).get((o.step, o.quantity))
         shown = want["message"] if want and want["status"] == "error" else \
             (want or {}).get("value")
@@ -183,7 +183,7 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
     return flags
 
 
-def _cancellations(framework, mine, search, semantic, full, observe) -> list[Flag]:
+def _cancellations(framework, framework_rows, search, semantic, full, observe) -> list[Flag]:
     """Rows of a framework that declares a one-pass variance (E[x^2] - E[x]^2) lying far
     outside what the exact two-pass formula's rounding can produce: the declared formula
     explains them, which does not make a collapsed variance right."""
@@ -193,7 +193,7 @@ def _cancellations(framework, mine, search, semantic, full, observe) -> list[Fla
     inside |= set(search.hits({**full, "variance_algorithm": "two_pass"}))
     flags = []
     exact = observe(semantic)
-    for i, o in mine.items():
+    for i, o in framework_rows.items():
         want = exact.get((o.step, o.quantity))
         if i in inside or o.status != "ok" or not want or want["status"] != "ok" \
                 or want["value"] is None or o.quantity not in MONOTONE:
@@ -240,8 +240,8 @@ def broken_switches(flag: Flag, scenario: Scenario, rows: list[dict]) -> tuple[s
         theirs = reference(scenario, change)
         own = [o for o in rows if (o["step"], o["quantity"]) == (flag.step, flag.quantity)]
         if flag.kind == "unexplained":
-            mine = {0: _row(own[0])}
-            return bool(Search(mine, lambda c: reference(scenario, c), 16.0).hits(change))
+            framework_rows = {0: _row(own[0])}
+            return bool(Search(framework_rows, lambda c: reference(scenario, c), 16.0).hits(change))
         fake = [{**o, "value": theirs.get((o["step"], o["quantity"]), {}).get("value"),
                  "status": theirs.get((o["step"], o["quantity"]), {}).get("status")}
                 for o in rows]
