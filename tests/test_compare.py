@@ -148,3 +148,23 @@ def test_reference_rows_record_their_scale(write_scenario):
     scales = {o["quantity"]: o.get("scale") for o in rows}
     assert scales["output"] > 0 and scales["moving_mean"] > 0
     assert "moving_variance" not in scales or scales["moving_variance"] is None
+
+
+def test_driver_rows_are_observations_in_the_tables_columns(write_scenario):
+    """Every row the driver yields has the keys ``Observation`` declares (the optional ones only
+    where set) and one of its statuses; tables list those fields in one order."""
+    from xbn.adapters.base import run_scenario
+    from xbn.adapters.numpy.adapter import NumpyAdapter
+    from xbn.comparison.diffs import COLUMNS
+    from xbn.scenario.loader import load
+    from xbn.scenario.observation import STATUSES, Observation
+
+    from .conftest import MINIMAL
+
+    required, optional = Observation.__required_keys__, Observation.__optional_keys__
+    rows = list(run_scenario(NumpyAdapter("numpy"), load(write_scenario(MINIMAL))))
+    assert rows and all(required <= set(o) <= required | optional for o in rows)
+    assert {o["status"] for o in rows} <= set(STATUSES)
+    assert COLUMNS == ["scenario", "step", "op", "framework", "quantity", "status", "value",
+                       "dtype", "message", "origin", "scale"]
+    assert set(COLUMNS) == (required | optional) - {"rep"}  # rep: only where traced

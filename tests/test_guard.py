@@ -185,6 +185,16 @@ def test_bad_snapshots_exit_2_with_one_line(snapshot, damage, message):
     assert line.startswith(f"xbn: error: {snapshot}: ") and message in line
 
 
+def test_the_snapshot_format_keeps_its_keys_and_statuses():
+    """Schema 1's observation keys in the order they are written (a regenerated snapshot must be
+    byte-identical), and its statuses in the order its error message lists them."""
+    from xbn.guard.snapshot import OBSERVATION_KEYS, STATUSES
+
+    assert OBSERVATION_KEYS == ("scenario", "step", "rep", "op", "framework", "quantity",
+                                "status", "value", "dtype", "message", "origin")
+    assert STATUSES == ("ok", "error", "n/a")
+
+
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"kind": "xbn-snapshot", "x": NaN}', ""])
 def test_malformed_json_exits_2(tmp_path, text):
     path = tmp_path / "bad.json"
@@ -212,7 +222,7 @@ def test_junit_is_valid_xml_with_a_failure_per_changed_case(snapshot, tmp_path):
                "--output", str(md))
     assert r.exit_code == 1
     (case,) = ET.parse(bad_xml).getroot().iter("testcase")
-    assert case.get("classname") == "xbn.guard.check" and case.get("name") == "numpy"
+    assert case.get("classname") == "xbn.guard" and case.get("name") == "numpy"
     assert "step 1 call output" in case.find("failure").text
     assert "| guard | 1 call | numpy | output |" in md.read_text()
 

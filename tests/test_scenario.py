@@ -384,3 +384,17 @@ input = "x"
     good = text.replace(native, '{ memory_format = "channels_last" }').replace(
         f'layout = "{layout}"', 'layout = "NHWC"').replace(str(shape), "[2, 2, 2, 2]")
     assert load(write_scenario(good)).layer.native["torch"] == {"memory_format": "channels_last"}
+
+
+def test_one_table_says_what_each_op_records():
+    """``RECORDS`` is both what an ``expect`` table may name per op and what the driver records
+    before the state (a ``step`` row for an op that records no value): every op, once."""
+    from xbn.adapters.base import primary_quantities
+    from xbn.scenario.model import OPS
+    from xbn.scenario.observation import RECORDS
+
+    assert tuple(RECORDS) == OPS
+    assert {op: primary_quantities(op) for op in OPS} == {
+        "call": ("output",), "predict": ("output",), "set": ("step",), "fit": ("loss",),
+        "grad": ("output", "grad_input", "grad_gamma", "grad_beta"), "set_weights": ("step",),
+        "reset": ("step",)}

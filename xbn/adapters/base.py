@@ -27,6 +27,15 @@ from ..scenario.loader import (
     chained,
     channel_axis,
 )
+from ..scenario.observation import (  # primary_quantities: xbn.execution.spawn imports it here
+    ERROR,
+    NOT_APPLICABLE,
+    OK,
+    STEP,
+    Observation,
+    Status,
+    primary_quantities,
+)
 from .errors import (  # noqa: F401 - re-exported: where exceptions come from
     REFERENCE,
     XBN,
@@ -228,21 +237,6 @@ def batches(n: int, batch_size: int | None) -> list[slice]:
 # ---------------------------------------------------------------------------------------
 # the driver loop
 
-PRIMARY = {
-    "call": ("output",),
-    "predict": ("output",),
-    "fit": ("loss",),
-    "grad": ("output", "grad_input", "grad_gamma", "grad_beta"),
-    "set": ("step",),
-    "set_weights": ("step",),
-    "reset": ("step",),
-}
-
-
-def primary_quantities(op: str) -> tuple[str, ...]:
-    return PRIMARY[op]
-
-
 def _as_record(value) -> tuple[list | float | None, str | None]:
     if value is None:
         return None, None
@@ -255,22 +249,23 @@ def _as_record(value) -> tuple[list | float | None, str | None]:
     return arr.tolist(), dtype
 
 
-def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
-    """Walk the scenario's steps; yield one observation dict per quantity after each step."""
+def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[Observation]:
+    """Walk the scenario's steps; yield one observation per quantity after each step: what
+    the step records (``primary_quantities``), then the state."""
     layer = scenario.layer
     own = adapter_modules(adapter)
 
-    def record(step: Step, quantity: str, status: str, value=None, message=None, origin=None,
-               scale=None, rep=None):
-        values, dtype = _as_record(value) if status == "ok" else (None, None)
-        obs = {"scenario": scenario.name, "step": step.index, "op": step.op,
-               "framework": adapter.framework_id, "quantity": quantity, "status": status,
-               "value": values, "dtype": dtype, "message": message}
+    def record(step: Step, quantity: str, status: Status, value=None, message=None, origin=None,
+               scale=None, rep=None) -> Observation:
+        values, dtype = _as_record(value) if status == OK else (None, None)
+        obs: Observation = {"scenario": scenario.name, "step": step.index, "op": step.op,
+                            "framework": adapter.framework_id, "quantity": quantity,
+                            "status": status, "value": values, "dtype": dtype, "message": message}
         if rep is not None:  # a traced step's repetition; untraced observations have no "rep"
             obs["rep"] = rep
         if scale is not None:
             obs["scale"] = scale
-        if status == "error":
+        if status == ERROR:
             obs["origin"] = origin or "unknown"
         return obs
 
@@ -284,9 +279,9 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
                                     f"{feature.replace('_', ' ')}")
         adapter.build(layer)
     except Exception as exc:  # every step reports why the layer could not be built
-        status = "n/a" if isinstance(exc, NotApplicable) else "error"
-        message = str(exc) if status == "n/a" else describe_exception(exc)
-        origin = exception_origin(exc, own) if status == "error" else None
+        status: Status = NOT_APPLICABLE if isinstance(exc, NotApplicable) else ERROR
+        message = str(exc) if status == NOT_APPLICABLE else describe_exception(exc)
+        origin = exception_origin(exc, own) if status == ERROR else None
         for step, rep in ((s, r) for s in scenario.steps for r in _reps(s)):
             for q in primary_quantities(step.op):
                 yield record(step, q, status, message=f"layer not built: {message}",
@@ -301,7 +296,7 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
         (RENORM_QUANTITIES if scenario.observes_renorm else ())
     for step, rep in ((s, r) for s in scenario.steps for r in _reps(s)):
         produced: dict = {}
-        status, message, origin = "ok", None, None
+        status, message, origin = OK, None, None
         try:  # a traced step runs one repetition at a time, observed after each
             run = step if rep is None else replace(step, repeat=1)
             produced = _run_step(adapter, scenario, run, last_optimizer, outputs)
@@ -310,29 +305,29 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
             if step.op == "set" and step.trainable is not None:
                 last_optimizer = None  # Keras must recompile after trainable changes: fresh state
         except NotApplicable as exc:
-            status, message = "n/a", str(exc)
+            status, message = NOT_APPLICABLE, str(exc)
         except Exception as exc:
-            status, message = "error", describe_exception(exc)
+            status, message = ERROR, describe_exception(exc)
             origin = exception_origin(exc, own)
             if not isinstance(exc, (ValueError, RuntimeError, TypeError)):
                 message += " | " + traceback.format_exc(limit=2).strip().splitlines()[-1]
-        output = produced.get("output") if status == "ok" else None
+        output = produced.get("output") if status == OK else None
         if output is not None:  # a framework's output is in the dtype already; the reference's
             # float64 output is rounded as the frameworks' are, and as every input is
             outputs[step.index] = round_to(np.asarray(
                 output[0] if isinstance(output, tuple) else output, np.float64), layer.dtype)
         scales = adapter.magnitudes()
         for q in primary_quantities(step.op):
-            if status != "ok":
+            if status != OK:
                 yield record(step, q, status, message=message, origin=origin, rep=rep)
-            elif q == "step":
-                yield record(step, q, "ok", rep=rep)
+            elif q == STEP:
+                yield record(step, q, OK, rep=rep)
             elif q in produced and produced[q] is not None:
-                yield record(step, q, "ok", produced[q], scale=scales.get(q), rep=rep)
+                yield record(step, q, OK, produced[q], scale=scales.get(q), rep=rep)
             elif q in ("grad_gamma", "grad_beta"):
                 if not _exists(layer, q.removeprefix("grad_")):
                     continue  # a parameter the layer does not have has no gradient either
-                yield record(step, q, "n/a", rep=rep, message=produced.get(
+                yield record(step, q, NOT_APPLICABLE, rep=rep, message=produced.get(
                     f"{q}_reason", "no such parameter"))
         try:
             state = adapter.state()
@@ -340,17 +335,17 @@ def run_scenario(adapter: Adapter, scenario: Scenario) -> Iterator[dict]:
                 state[COUNTER] = adapter.batches_tracked()
         except Exception as exc:
             for q in state_quantities:
-                yield record(step, q, "error", message=f"reading state: {describe_exception(exc)}",
+                yield record(step, q, ERROR, message=f"reading state: {describe_exception(exc)}",
                              origin=exception_origin(exc, own), rep=rep)
             continue
         for q in state_quantities:
             if state.get(q) is not None:
-                yield record(step, q, "ok", state[q], scale=scales.get(q), rep=rep)
+                yield record(step, q, OK, state[q], scale=scales.get(q), rep=rep)
             elif not _exists(layer, q):
                 continue
             else:
-                yield record(step, q, "n/a", message=f"{adapter.framework_id} exposes no {q}",
-                             rep=rep)
+                yield record(step, q, NOT_APPLICABLE, rep=rep,
+                             message=f"{adapter.framework_id} exposes no {q}")
 
 
 def _reps(step: Step) -> range | tuple[None]:

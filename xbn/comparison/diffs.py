@@ -25,20 +25,30 @@ import pandas as pd
 
 from ..common.dtypes import EPS, ulp_distance
 from ..scenario.loader import COUNTER, RENORM_QUANTITIES, REPLICA_QUANTITIES, STATE_QUANTITIES
+from ..scenario.observation import (  # REP: xbn.report.views imports it from here
+    ERROR,
+    FIELDS,
+    NOT_APPLICABLE,
+    OK,
+    REP,
+    STEP,
+    Observation,
+    with_rep,
+)
 
 QUANTITY_ORDER = ("output", "loss", "grad_input", "grad_gamma", "grad_beta", *STATE_QUANTITIES,
                   COUNTER, *REPLICA_QUANTITIES, *RENORM_QUANTITIES)
 
 DEFAULT_K = 16.0
-# "scale": the magnitude of the terms behind the value (the reference records it; else None)
-COLUMNS = ["scenario", "step", "op", "framework", "quantity", "status", "value", "dtype", "message",
-           "origin", "scale"]
+# an observation's fields (``xbn.scenario.observation.Observation``); "scale": the magnitude of
+# the terms behind the value (the reference records it; else None)
+COLUMNS = list(FIELDS)
 DIFF_COLUMNS = ["scenario", "step", "op", "quantity", "framework", "reference", "dtype",
                 "max_abs", "max_rel", "max_ulp", "tolerance", "verdict", "explanation", "message"]
-VERDICTS = ("same", "differs", "error", "n/a")
+# an observation that is an error or n/a has its status as its verdict
+VERDICTS = ("same", "differs", ERROR, NOT_APPLICABLE)
 # a traced step's observations carry "rep" (0-based repetition); frames get the column only
-# when some row has one, so untraced runs keep their columns (and reports) as they were
-REP = "rep"
+# when some row has one (``with_rep``), so untraced runs keep their columns (and reports)
 
 
 def rep_of(obs) -> int | None:
@@ -56,13 +66,10 @@ def row_at(obs) -> tuple:
     return at if rep is None else (*at, rep)
 
 
-def with_rep(columns: list[str]) -> list[str]:
-    """``columns`` with ``rep`` after ``step``: a table's columns when some row is traced."""
-    i = columns.index("step") + 1
-    return [*columns[:i], REP, *columns[i:]]
-
-
-def observations_frame(records: list[dict]) -> pd.DataFrame:
+def observations_frame(records: list[Observation]) -> pd.DataFrame:
+    """The observations as a frame of ``COLUMNS`` (``rep`` too where some row is traced), in one
+    order (scenario, step, repetition, ``QUANTITY_ORDER``, framework, stable otherwise), so
+    that every table and report built from it lists the rows the same way."""
     traced = any(r.get(REP) is not None for r in records)
     frame = pd.DataFrame.from_records(records, columns=with_rep(COLUMNS) if traced else COLUMNS)
     if frame.empty:
@@ -72,7 +79,7 @@ def observations_frame(records: list[dict]) -> pd.DataFrame:
         frame[REP] = pd.Series([rep_of(r) for r in records], dtype=object)
     frame["scale"] = pd.Series([_scale(s) for s in frame["scale"]], index=frame.index,
                                dtype=object)  # None where unknown, never NaN
-    order = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
+    order = {q: i for i, q in enumerate((STEP, *QUANTITY_ORDER))}
     frame["_q"] = frame["quantity"].map(lambda q: order.get(q, len(order)))
     frame["_r"] = [-1 if r is None else r for r in frame[REP]] if traced else 0
     frame = frame.sort_values(["scenario", "step", "_r", "_q", "framework"], kind="stable",
@@ -169,16 +176,16 @@ def _diff_row(row, ref, reference: str, k: float, terms: float | None = None) ->
            "framework": row.framework, "reference": reference, "dtype": row.dtype,
            "max_abs": None, "max_rel": None, "max_ulp": None, "tolerance": None,
            "verdict": None, "explanation": None, "message": row.message}
-    if row.status in ("error", "n/a"):
+    if row.status in (ERROR, NOT_APPLICABLE):
         out["verdict"] = row.status
         return out
-    if ref is None or ref.status != "ok":
+    if ref is None or ref.status != OK:
         why = "no reference value" if ref is None else f"reference {ref.status}: {ref.message}"
-        if ref is not None and ref.status == "error" and row.status == "ok":
+        if ref is not None and ref.status == ERROR and row.status == OK:
             out["verdict"] = "differs"
             out["explanation"] = f"{reference} raised, {row.framework} did not"
         else:
-            out["verdict"] = "n/a"
+            out["verdict"] = NOT_APPLICABLE
         out["message"] = why if row.message is None else f"{row.message}; {why}"
         return out
     a = agreement(row, ref, k, terms=terms)
@@ -251,11 +258,11 @@ def agreement(obs, ref, k: float = DEFAULT_K, *, same_dtype: bool = False,
     status = _field(obs, "status")
     if status != _field(ref, "status"):
         return Agreement(False, "status")
-    if status == "error" and same_exception and \
+    if status == ERROR and same_exception and \
             exception_type(_field(obs, "message")) != exception_type(_field(ref, "message")):
         return Agreement(False, "status")
     value, ref_value = _field(obs, "value"), _field(ref, "value")
-    if status != "ok":
+    if status != OK:
         return Agreement(True)
     if value is None or ref_value is None:  # a set/set_weights step records no value
         if value is None and ref_value is None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
+from ..scenario.observation import OK, STEP
 from .diffs import DEFAULT_K, agreement
 
 COLUMNS = ["scenario", "x", "step", "rep", "op", "framework", "quantity", "dtype", "status",
@@ -44,7 +45,7 @@ def drift_table(observations: Iterable[Mapping], reference: str = "numpy",
                 k: float = DEFAULT_K) -> pd.DataFrame:
     """One row per observation of a framework other than the reference that has a reference
     counterpart: its x position, status, and max_abs/max_ulp (NaN unless both hold values)."""
-    obs = [o for o in observations if o.get("quantity") != "step"]
+    obs = [o for o in observations if o.get("quantity") != STEP]
     refs = {(o["scenario"], int(o["step"]), _rep(o), o["quantity"]): o
             for o in obs if o["framework"] == reference}
     where = positions(obs)
@@ -56,7 +57,7 @@ def drift_table(observations: Iterable[Mapping], reference: str = "numpy",
         ref = refs.get((*key, o["quantity"]))
         if ref is None:
             continue
-        a = agreement(o, ref, k) if o["status"] == "ok" and ref["status"] == "ok" else None
+        a = agreement(o, ref, k) if o["status"] == OK and ref["status"] == OK else None
         measured = a is not None and a.compared and a.kind != "shape"
         rows.append({"scenario": o["scenario"], "x": where[key], "step": key[1],
                      "rep": None if key[2] == math.inf else key[2], "op": o["op"],

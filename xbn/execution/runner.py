@@ -26,6 +26,7 @@ from .._version import __version__
 from ..frameworks.devices import base_id
 from ..frameworks.registry import FRAMEWORKS, availability
 from ..scenario.loader import Scenario, quantity_dtype
+from ..scenario.observation import OK
 from .cache import ResultCache
 from .spawn import Progress, ProgressCallback, WorkerResult, group_env, run_group, run_worker
 
@@ -69,7 +70,7 @@ def expected_rows(scenario: Scenario) -> list[dict]:
             if q == "source":
                 continue
             rows.append({"scenario": scenario.name, "step": step.index, "op": step.op,
-                         "framework": "expected", "quantity": q, "status": "ok",
+                         "framework": "expected", "quantity": q, "status": OK,
                          "value": value,  # rounded by the loader to where q lives
                          "dtype": quantity_dtype(scenario.layer, q),
                          "message": step.expect["source"]})

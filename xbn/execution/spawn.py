@@ -32,6 +32,7 @@ from ..adapters.base import primary_quantities
 from ..frameworks.devices import base_id
 from ..frameworks.registry import module_path
 from ..scenario.loader import Scenario
+from ..scenario.observation import ERROR
 from .environment import group_env
 
 
@@ -284,7 +285,7 @@ def _error_rows(framework: str, scenarios: list[Scenario], seen: list[dict], rea
             for rep in reps:  # a traced step has a row per repetition, as the worker writes
                 for q in primary_quantities(step.op):
                     row = {"scenario": s.name, "step": step.index, "op": step.op,
-                           "framework": framework, "quantity": q, "status": "error",
+                           "framework": framework, "quantity": q, "status": ERROR,
                            "value": None, "dtype": None, "message": reason}
                     if rep is not None:
                         row["rep"] = rep

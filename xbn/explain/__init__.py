@@ -8,6 +8,8 @@ version matrix) run the reference under a setting. Not to be confused with the c
 
 from __future__ import annotations
 
-from .search import candidates, describe, explain_diffs
+from .candidates import candidates
+from .rerun import Setting, describe, rerun
+from .search import explain_diffs
 
-__all__ = ["candidates", "describe", "explain_diffs"]
+__all__ = ["Setting", "candidates", "describe", "explain_diffs", "rerun"]

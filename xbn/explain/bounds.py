@@ -19,6 +19,7 @@ import numpy as np
 
 from ..common.dtypes import EPS
 from ..comparison.diffs import agreement, less_precise, tolerance_scale
+from ..scenario.observation import OK
 
 # quantities monotone in every batch mean and batch variance (for fixed inputs)
 MONOTONE = ("output", "moving_mean", "moving_variance")
@@ -46,8 +47,8 @@ def within(observed, centre: dict | None, corners: list[dict | None], k: float):
     (``centre`` and ``corners``: the reference's observations of the same row), else None."""
     if centre is None or any(c is None for c in corners):
         return None
-    if observed.quantity not in MONOTONE or observed.status != "ok" or centre["status"] != "ok" \
-            or any(c["status"] != "ok" or c["value"] is None for c in corners) \
+    if observed.quantity not in MONOTONE or observed.status != OK or centre["status"] != OK \
+            or any(c["status"] != OK or c["value"] is None for c in corners) \
             or observed.value is None or centre["value"] is None:
         a = agreement(observed, centre, k, same_exception=False)
         if not a.agree:

@@ -18,6 +18,7 @@ from ..comparison.diffs import DEFAULT_K, agreement, row_at
 from ..profiles.facts import PROFILES, semantics_of
 from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from ..scenario.loader import Scenario
+from ..scenario.observation import ERROR
 from .candidates import candidates, relevant_switches
 from .rerun import format_value, rerun_rows, setting_of
 
@@ -76,7 +77,7 @@ class _OutOfTime(Exception):
 
 
 def _is_error_pair(old: dict, new: dict) -> bool:
-    return old["status"] == new["status"] == "error"
+    return old["status"] == new["status"] == ERROR
 
 
 def reproduces(obs: dict | None, cand: dict | None) -> bool:

@@ -29,6 +29,7 @@ from ..profiles.facts import PROFILES
 from ..profiles.refusals import error_mismatch
 from ..reference.batchnorm import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
+from ..scenario.observation import ERROR
 from .bounds import ALGORITHMS, bound_text, corner_changes, within
 from .candidates import NATIVE, declared_profile, explanation_order, relevant_switches, unique
 from .rerun import LazyRun, describe, rerun, setting_key
@@ -279,7 +280,7 @@ def _match(observed, cand: dict | None, k: float) -> bool | None:
     only when it is the refusal that framework's profile declares for it: raised inside the
     framework, of the declared exception type and message (``profiles.error_mismatch``);
     for a framework without a profile, an error of the same exception type."""
-    if cand is not None and observed.status == "error" and cand["status"] == "error" \
+    if cand is not None and observed.status == ERROR and cand["status"] == ERROR \
             and observed.framework in PROFILES:  # else (plugins, tests): the exception type decides
         got = observed._asdict() if hasattr(observed, "_asdict") else dict(observed)
         return False if error_mismatch(base_id(observed.framework), got, cand) is None else None

@@ -18,6 +18,7 @@ import numpy as np
 from ..adapters.repro import ReproUnsupported
 from ..frameworks.registry import family_module, family_of
 from ..scenario.loader import Scenario, channel_axis
+from ..scenario.observation import OK
 
 SUPPORTED_OPS = ("call", "predict", "set", "set_weights")
 
@@ -81,7 +82,7 @@ def script(scenario: Scenario, framework: str, flag=None) -> str:
     body = template_module(framework).template(framework, scenario.layer, shape)
     exact = reference(scenario, declared(framework)[0])
     rows = {f"{s}|{q}": o["value"] for (s, q), o in exact.items()
-            if o["status"] == "ok" and o["value"] is not None}
+            if o["status"] == OK and o["value"] is not None}
     layer = scenario.layer
     dtype = layer.dtype
     inputs = "\n".join(f"    {k!r}: np.array({_literal(v.tolist())}, dtype=np.{dtype}),"

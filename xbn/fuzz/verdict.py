@@ -31,6 +31,7 @@ from ..profiles.facts import PROFILES
 from ..reference.batchnorm import Semantics
 from ..reference.semantics import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
+from ..scenario.observation import ERROR, OK
 
 KINDS = ("nan", "inf", "negative_variance", "overshoot", "cancellation", "unexplained")
 FAR = 1e-3  # relative error beyond which a one-pass variance has collapsed (float32 eps 1.2e-7)
@@ -108,12 +109,12 @@ def hazards(framework: str, scenario: Scenario, rows: list[dict], exact: dict) -
     framework would give)."""
     flags = []
     for o in rows:
-        if o["status"] != "ok" or o["value"] is None or o["quantity"] == "loss":
+        if o["status"] != OK or o["value"] is None or o["quantity"] == "loss":
             continue  # a loss is a mean over the output rows: their hazards are the news
         value = _array(o["value"])
         step, q = o["step"], o["quantity"]
         want = exact.get((step, q))
-        finite = _array(want["value"]) if want and want["status"] == "ok" \
+        finite = _array(want["value"]) if want and want["status"] == OK \
             and want["value"] is not None else None
         if finite is not None and finite.shape == value.shape:
             bad = ~np.isfinite(value) & np.isfinite(finite)
@@ -175,7 +176,7 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
     for i in sorted(left):
         o = framework_rows[i]
         want = observe(full).get((o.step, o.quantity))
-        shown = want["message"] if want and want["status"] == "error" else \
+        shown = want["message"] if want and want["status"] == ERROR else \
             (want or {}).get("value")
         flags.append(Flag(framework, o.quantity, "unexplained", o.step,
                           f"{o.quantity} = {_short(o.value if o.status == 'ok' else o.message)}"
@@ -195,7 +196,7 @@ def _cancellations(framework, framework_rows, search, semantic, full, observe) -
     exact = observe(semantic)
     for i, o in framework_rows.items():
         want = exact.get((o.step, o.quantity))
-        if i in inside or o.status != "ok" or not want or want["status"] != "ok" \
+        if i in inside or o.status != OK or not want or want["status"] != OK \
                 or want["value"] is None or o.quantity not in MONOTONE:
             continue
         got, ref = _array(o.value), _array(want["value"])

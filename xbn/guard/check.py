@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .._version import __version__
 from ..comparison.diffs import agreement
+from ..scenario.observation import OK
 from .snapshot import Snapshot, platform_info
 
 
@@ -142,7 +143,7 @@ def compare_run(snapshot: Snapshot, observations: list[dict], now: dict[str, dic
     failed = {fid: now[fid]["error"] for fid in checked if now[fid].get("error")}
     gone = {fid: why for fid, why in failed.items() if not now[fid].get("available", True)}
     failed_steps = {(o["scenario"], o["step"], o["framework"]): o
-                    for o in reversed(observations) if o["status"] != "ok"}
+                    for o in reversed(observations) if o["status"] != OK}
     explainer = Explainer(snapshot.scenarios,
                           {fid: why for fid, why in failed.items() if fid not in gone},
                           failed_steps)

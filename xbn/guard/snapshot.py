@@ -28,12 +28,14 @@ from .._version import __version__
 from ..common.jsonio import review_dumps, strict_loads
 from ..common.strict import JSON_NAMES, Fields, StrictError, join, read_text
 from ..scenario.loader import Scenario
+from ..scenario.observation import FIELDS, OK, REP, STATUSES, STEP, Observation, with_rep
 
 KIND = "xbn-snapshot"
 SCHEMA = 1
-STATUSES = ("ok", "error", "n/a")
-OBSERVATION_KEYS = ("scenario", "step", "rep", "op", "framework", "quantity", "status", "value",
-                    "dtype", "message", "origin")  # rep, origin: only where the run has them
+# An observation's fields in their order, ``rep`` after ``step``; rep, origin: only where the run
+# has them. No ``scale``: the guard compares each framework with its own run in the snapshot at
+# that value's magnitude (``agreement`` would read a stored scale, and the verdicts would move).
+OBSERVATION_KEYS = tuple(k for k in with_rep(list(FIELDS)) if k != "scale")
 # What a snapshot keeps of a framework's run metadata (a run's timings are left out).
 FRAMEWORK_META = ("available", "version", "versions", "notes", "error", "extra", "missing")
 
@@ -48,7 +50,7 @@ class Snapshot:
     xbn_version: str
     frameworks: dict[str, dict]
     scenarios: list[Scenario]
-    observations: list[dict]
+    observations: list[Observation]
     platform: dict = field(default_factory=dict)
 
 
@@ -70,13 +72,13 @@ def snapshot_document(result) -> dict:
                   for fid, meta in result.frameworks.items()}
     scenario_pos = {s.name: i for i, s in enumerate(result.scenarios)}
     fw_pos = {fid: i for i, fid in enumerate(frameworks)}
-    q_pos = {q: i for i, q in enumerate(("step", *QUANTITY_ORDER))}
+    q_pos = {q: i for i, q in enumerate((STEP, *QUANTITY_ORDER))}
     observations = sorted(
         ({k: o.get(k) for k in OBSERVATION_KEYS
-          if (k != "origin" or o.get(k)) and (k != "rep" or o.get(k) is not None)}
+          if (k != "origin" or o.get(k)) and (k != REP or o.get(k) is not None)}
          for o in result.observations if o["framework"] in frameworks),
         key=lambda o: (scenario_pos.get(o["scenario"], len(scenario_pos)), o["step"],
-                       o.get("rep", -1), fw_pos[o["framework"]],
+                       o.get(REP, -1), fw_pos[o["framework"]],
                        q_pos.get(o["quantity"], len(q_pos))))
     return {
         "kind": KIND,
@@ -217,7 +219,7 @@ def _restore_expect(f: _Fields, definition: dict, where: str) -> dict:
 
 
 def _parse_observations(f: _Fields, raw: list, scenarios: dict[str, Scenario],
-                        frameworks: dict[str, dict]) -> list[dict]:
+                        frameworks: dict[str, dict]) -> list[Observation]:
     seen: set[tuple] = set()
     out = []
     for i, o in enumerate(raw):
@@ -234,24 +236,25 @@ def _parse_observations(f: _Fields, raw: list, scenarios: dict[str, Scenario],
         if fid not in frameworks:
             f.fail(f"{fid!r} is not in the snapshot's frameworks", f"{where}.framework")
         status = f.choice(f.get(o, "status", (str,), where), STATUSES, join(where, "status"))
-        rec = {"scenario": name, "step": step, "op": f.get(o, "op", (str,), where),
-               "framework": fid, "quantity": f.get(o, "quantity", (str,), where),
-               "status": status, "value": None,
-               "dtype": f.get(o, "dtype", (str,), where, optional=True),
-               "message": f.get(o, "message", (str,), where, optional=True),
-               "origin": f.get(o, "origin", (str,), where, optional=True)}
+        rec: Observation = {
+            "scenario": name, "step": step, "op": f.get(o, "op", (str,), where),
+            "framework": fid, "quantity": f.get(o, "quantity", (str,), where),
+            "status": status, "value": None,
+            "dtype": f.get(o, "dtype", (str,), where, optional=True),
+            "message": f.get(o, "message", (str,), where, optional=True),
+            "origin": f.get(o, "origin", (str,), where, optional=True)}
         if "value" not in o:
             f.fail(f.missing, f"{where}.value")
         if o["value"] is not None:
             rec["value"] = f.numbers(o["value"], f"{where}.value")
-        elif status == "ok" and rec["quantity"] != "step":
+        elif status == OK and rec["quantity"] != STEP:
             f.fail("an ok observation needs a value", f"{where}.value")
-        rep = f.get(o, "rep", (int,), where, optional=True)
+        rep = f.get(o, REP, (int,), where, optional=True)
         if rep is not None:  # a traced step's repetition
             s = scenarios[name].steps[step]
             if not s.trace or not 0 <= rep < s.repeat:
                 f.fail(f"step {step} of {name!r} records no repetition {rep}", f"{where}.rep")
-            rec["rep"] = rep
+            rec[REP] = rep
         key = (name, step, fid, rec["quantity"], rep)
         if key in seen:
             f.fail(f"duplicate observation {key}", where)

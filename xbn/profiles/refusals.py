@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..frameworks import registry
+from ..scenario.observation import ERROR
 from . import edges as profiles_edges
 from . import replicas as profiles_replicas
 from .facts import FLAX, HK
@@ -121,13 +122,13 @@ def error_problems(framework_id: str, observed: dict, expected: dict) -> list[st
     exception must be the one its profile declares (``error_mismatch``)."""
     problems = []
     for key, got in observed.items():
-        if got.get("status") != "error":
+        if got.get("status") != ERROR:
             continue
         want = expected.get(key)
         if got.get("origin") == "xbn":
             problems.append(f"{key}: raised by xbn's own code (origin xbn), a defect of the "
                             f"adapter, not {framework_id}'s answer: {got['message']}")
-        elif want is not None and want.get("status") == "error":
+        elif want is not None and want.get("status") == ERROR:
             why = error_mismatch(framework_id, got, want)
             if why:
                 problems.append(f"{key}: {why}")

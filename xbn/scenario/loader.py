@@ -2,8 +2,10 @@
 
 A typo must never change a result silently, so every key is checked, and every error names
 the file, the step and the key in one line (``ScenarioError``), which the CLI prints before
-exiting with status 2. The data it builds (``Layer``, ``Step``, ``Scenario``, the layouts and
-quantities) is defined in ``xbn.scenario.model`` and re-exported here.
+exiting with status 2. This module reads the file, the layer and the inputs; the steps, one
+parser per op, are in ``xbn.scenario.steps``. The data it builds (``Layer``, ``Step``,
+``Scenario``, the layouts and quantities) is defined in ``xbn.scenario.model`` and re-exported
+here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,6 @@ from .ddp import check_ddp_options
 from .model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     BUILTIN,
     COUNTER,
-    FRAMEWORK_NAME,
     LAYOUTS,
     MAX_REPLICAS,
     OPS,
@@ -30,6 +30,7 @@ from .model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     QUANTITIES,
     RENORM_QUANTITIES,
     REPLICA_QUANTITIES,
+    SCENARIO_NAME,
     SCHEMA,
     STATE_QUANTITIES,
     Layer,
@@ -41,6 +42,7 @@ from .model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     channels_last,
     quantity_dtype,
 )
+from .steps import parse_step
 
 try:  # Python 3.11+
     import tomllib
@@ -68,16 +70,6 @@ _LAYER_KEYS = {"features", "layout", "momentum", "epsilon", "center", "scale",
                *additions.LAYER_KEYS}
 MAX_ELEMENTS = 1 << 24  # per input array: a scenario is a handful of batches, not a data set
 MAX_FEATURES = 1 << 16
-_STEP_KEYS = {
-    "call": {"input", "training", "repeat"},
-    "predict": {"input", "repeat"},
-    "set": {"trainable", "mode"},
-    "fit": {"input", "target", "loss", "optimizer", "epochs", "batch_size", "repeat"},
-    "grad": {"input", "training", "weights"},
-    "set_weights": {"gamma", "beta", "moving_mean", "moving_variance"},
-    "reset": set(),
-}
-_OPTIMIZER_KEYS = {"name", "lr", "beta1", "beta2", "eps", "momentum"}
 
 
 def _parse_layer(c: _Checker, raw) -> Layer:
@@ -159,150 +151,6 @@ def _generated(c: _Checker, raw: dict, key: str) -> np.ndarray:
     return c.generated(raw, key, MAX_ELEMENTS)
 
 
-def _input_ref(c: _Checker, value, key: str, inputs, like: str | None = None) -> str:
-    name = c.string(value, key)
-    if name not in inputs:
-        c.fail(f"unknown input {name!r} (inputs: {', '.join(sorted(inputs)) or 'none'})", key)
-    if like is not None and inputs[name].shape != inputs[like].shape:
-        c.fail(f"shape {list(inputs[name].shape)} does not match input {like!r} "
-               f"{list(inputs[like].shape)}", key)
-    return name
-
-
-def _chained_ref(c: _Checker, value, key: str, steps: list[Step]) -> tuple[str, tuple]:
-    """"@N": this framework's own output of step N, which must come earlier and produce one.
-    Returns the name and the shape of that output (the shape of step N's input)."""
-    name = c.string(value, key)
-    n = chained(name)
-    if n is None:
-        c.fail(f"expected \"@N\" with N a step index, got {name!r}", key)
-    if n >= len(steps):
-        c.fail(f"step {n} is not an earlier step (a step can only take the output of one "
-               f"that ran before it)", key)
-    if steps[n].op not in OUTPUT_OPS:
-        c.fail(f"step {n} ({steps[n].op}) has no output (only {', '.join(OUTPUT_OPS)} do)", key)
-    shape = steps[n].input
-    while (m := chained(shape)) is not None:
-        shape = steps[m].input
-    return name, shape
-
-
-def _parse_step(c: _Checker, i: int, raw, layer: Layer, inputs, steps: list[Step]) -> Step:
-    """Step ``i``; ``steps``: the steps before it (what "@N" may name)."""
-    c = c.within(f"steps[{i}]")  # every location below is inside this step
-    c.expect(raw, (dict,))
-    if "op" not in raw:
-        c.fail(c.missing, "op")
-    op = c.string(raw["op"], "op", OPS)
-    c.keys(raw, {"op", "expect"} | _STEP_KEYS[op] | additions.step_keys(op))
-    step = Step(index=i, op=op)
-    source = None  # the named input whose shape the step's input has (through "@N" chains)
-    if op in ("call", "predict", "fit", "grad"):
-        if "input" not in raw:
-            c.fail(c.missing, "input")
-        if op in OUTPUT_OPS and isinstance(raw["input"], str) and raw["input"].startswith("@"):
-            step.input, source = _chained_ref(c, raw["input"], "input", steps)
-        else:
-            step.input = source = _input_ref(c, raw["input"], "input", inputs)
-        if inputs[source].ndim != layer.rank:
-            c.fail(f"input {source!r} has rank {inputs[source].ndim} (it is a mask); layout "
-                   f"{layer.layout} needs rank {layer.rank}", "input")
-    additions.parse_step(c, raw, step, layer, inputs,
-                         None if source is None else tuple(inputs[source].shape))
-    if "training" in raw:
-        step.training = c.boolean(raw["training"], "training")
-    if "repeat" in raw:
-        step.repeat = c.integer(raw["repeat"], "repeat")
-    if op == "set":
-        if not {"trainable", "mode", "momentum", "epsilon"} & set(raw):
-            c.fail("give at least one of trainable, mode, momentum, epsilon")
-        if "trainable" in raw:
-            step.trainable = c.boolean(raw["trainable"], "trainable")
-        if "mode" in raw:
-            step.mode = c.string(raw["mode"], "mode", ("train", "eval"))
-    if op == "fit":
-        if "target" not in raw:
-            c.fail(c.missing, "target")
-        step.target = _input_ref(c, raw["target"], "target", inputs, like=step.input)
-        step.loss = c.string(raw.get("loss", "mse"), "loss", ("mse",))
-        if "optimizer" not in raw:
-            c.fail(f"{c.missing} (e.g. optimizer = {{ name = \"sgd\", lr = 0.1 }})", "optimizer")
-        o = c.keys(raw["optimizer"], _OPTIMIZER_KEYS, "optimizer", required=("name", "lr"))
-        opt = Optimizer(name=c.string(o["name"], "optimizer.name", ("sgd", "adam")),
-                        lr=c.number(o["lr"], "optimizer.lr", positive=True))
-        for k in ("beta1", "beta2", "eps"):
-            if k in o:
-                if opt.name != "adam":
-                    c.fail("only meaningful for adam", f"optimizer.{k}")
-                setattr(opt, k, c.number(o[k], f"optimizer.{k}", positive=True))
-        if "momentum" in o:
-            c.fail("SGD momentum is not supported yet (plain SGD only)", "optimizer.momentum")
-        step.optimizer = opt
-        step.epochs = c.integer(raw.get("epochs", 1), "epochs")
-        n = inputs[step.input].shape[0]
-        if n == 0:  # a training loop over no batch has no loss to report
-            c.fail("a zero-size batch has no rows to train on", "input")
-        if "batch_size" in raw:
-            step.batch_size = c.integer(raw["batch_size"], "batch_size")
-            if step.batch_size > n:
-                c.fail(f"larger than the input's batch ({n})", "batch_size")
-    if op == "grad":
-        if "weights" not in raw:
-            c.fail(c.missing, "weights")
-        step.weights = _input_ref(c, raw["weights"], "weights", inputs, like=source)
-    if op == "set_weights":
-        if not any(k in raw for k in STATE_QUANTITIES):
-            c.fail("give at least one of gamma, beta, moving_mean, moving_variance")
-        for k in STATE_QUANTITIES:
-            if k in raw:
-                arr = c.array(raw[k], k)
-                if arr.ndim == 0:
-                    arr = np.full(layer.features, float(arr))
-                if arr.shape != (layer.features,):
-                    c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", k)
-                if k == "moving_variance" and np.any(arr < 0):
-                    c.fail("a variance cannot be negative", k)
-                step.values[k] = c.rounded(arr, quantity_dtype(layer, k), k).tolist()
-    if "expect" in raw:
-        step.expect = _parse_expect(c, raw["expect"], layer, inputs, step, source)
-    return step
-
-
-def _parse_expect(c: _Checker, raw, layer: Layer, inputs, step: Step,
-                  source: str | None) -> dict:
-    t = c.keys(raw, {"source", *QUANTITIES}, "expect", required=("source",))
-    out: dict[str, Any] = {"source": c.string(t["source"], "expect.source")}
-    for q, v in t.items():
-        if q == "source":
-            continue
-        if q in REPLICA_QUANTITIES and not layer.replicas:
-            c.fail("only observed in scenarios with replicas", f"expect.{q}")
-        if q in RENORM_QUANTITIES and layer.renorm is None:
-            c.fail("only observed in scenarios with renorm", f"expect.{q}")
-        if q not in STATE_QUANTITIES + REPLICA_QUANTITIES + RENORM_QUANTITIES and \
-                q not in _RECORDS[step.op]:
-            c.fail(f"a {step.op} step records no {q}", f"expect.{q}")
-        arr = c.array(v, f"expect.{q}", finite=False)
-        if q in ("output", "grad_input"):
-            want = inputs[source].shape
-        elif q == "loss":
-            want = ()
-        elif q in REPLICA_QUANTITIES:
-            want = (len(layer.replicas), layer.features)
-        else:
-            want = (layer.features,)
-        if arr.ndim == 0 and want != ():
-            arr = np.full(want, float(arr))
-        if arr.shape != want:
-            c.fail(f"expected shape {list(want)}, got {list(arr.shape)}", f"expect.{q}")
-        out[q] = c.rounded(arr, quantity_dtype(layer, q), f"expect.{q}").tolist()
-    return out
-
-
-_RECORDS = {"call": ("output",), "predict": ("output",), "fit": ("loss",), "set": (),
-            "set_weights": (), "reset": (), "grad": ("output", "grad_input", "grad_gamma", "grad_beta")}
-
-
 def parse(data: dict, file: str = "<memory>") -> Scenario:
     """Validate a decoded TOML/JSON document and build a Scenario."""
     c = _Checker(file)
@@ -312,7 +160,7 @@ def parse(data: dict, file: str = "<memory>") -> Scenario:
     if schema != SCHEMA:
         c.fail(f"unsupported schema {schema}; this xbn reads schema {SCHEMA}", "schema")
     name = c.string(data["name"], "name")
-    if not FRAMEWORK_NAME.match(name):
+    if not SCENARIO_NAME.match(name):
         c.fail(f"must match [a-z0-9-]+, got {name!r}", "name")
     title = c.string(data.get("title", ""), "title")
     description = c.string(data.get("description", ""), "description")
@@ -325,7 +173,7 @@ def parse(data: dict, file: str = "<memory>") -> Scenario:
     inputs = {k: _parse_input(c, k, v, layer, mask=k in masks) for k, v in raw_inputs.items()}
     steps: list[Step] = []
     for i, s in enumerate(steps_raw):
-        steps.append(_parse_step(c, i, s, layer, inputs, steps))
+        steps.append(parse_step(c, i, s, layer, inputs, steps))
     return Scenario(name, layer, inputs, steps, title, description, file)
 
 

@@ -44,7 +44,9 @@ REPLICAS_ENV = "XBN_REPLICAS"
 # layer keys of the "Additions" that an adapter must declare it expresses
 # (``Adapter.layer_features``); any other adapter reports n/a rather than ignore them
 LAYER_FEATURES = ("renorm", "virtual_batch_size")
-FRAMEWORK_NAME = re.compile(r"^[a-z0-9-]+$")
+# what a scenario's ``name`` may be (the loader checks it): lowercase, digits and dashes, so that it
+# reads the same in every report, snapshot and JUnit class name (``xbn.NAME``)
+SCENARIO_NAME = re.compile(r"^[a-z0-9-]+$")
 BUILTIN = "builtin:"  # how a built-in scenario's path is recorded: builtin:NAME
 
 
