@@ -45,7 +45,7 @@ def test_conventions_spell_what_the_capabilities_allow():
         conv, caps = registry.CONVENTIONS[fid], registry.capabilities(fid)
         assert (conv.affine_kw is None) == caps.split_affine, fid
         assert (conv.center_kw is not None and conv.scale_kw is not None) == caps.split_affine
-        assert bool(conv.without_running_stats) != caps.track_running_stats, fid
+        assert bool(conv.without_running_stats) != caps.no_running_stats, fid
 
 
 def test_formats_and_live_models_belong_to_families_with_port_code():
@@ -67,7 +67,7 @@ def test_formats_and_live_models_belong_to_families_with_port_code():
 
 
 def test_family_folders_and_port_hooks_import_no_framework():
-    code = ("import sys\nfrom xbn import registry\n"
+    code = ("import sys\nfrom xbn.frameworks import registry\n"
             "for fam in registry.FAMILIES.values():\n"
             "    __import__(fam.package)\n"
             "    if fam.formats: registry.family_module(fam.id, 'state_io')\n"
@@ -90,7 +90,7 @@ def test_one_momentum_conversion():
 @pytest.mark.parametrize("fid, capability, layer", [
     ("torch", "split_affine", Layer(features=2, center=False)),
     ("keras", "cumulative_momentum", Layer(features=2, momentum="cumulative")),
-    ("haiku", "track_running_stats", Layer(features=2, track_running_stats=False)),
+    ("haiku", "no_running_stats", Layer(features=2, track_running_stats=False)),
 ])
 def test_adapters_ask_the_registry_what_is_applicable(fid, capability, layer):
     with pytest.raises(NotApplicable, match="why"):

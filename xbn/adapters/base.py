@@ -52,7 +52,7 @@ class NotApplicable(Exception):
 # What a layer asks of its framework, per field of xbn.frameworks.registry.Capabilities.
 NEEDS = {
     "cumulative_momentum": lambda layer: layer.cumulative,
-    "track_running_stats": lambda layer: not layer.track_running_stats,
+    "no_running_stats": lambda layer: not layer.track_running_stats,
     "scale_without_center": lambda layer: layer.scale and not layer.center,
     "center_without_scale": lambda layer: layer.center and not layer.scale,
     "split_affine": lambda layer: layer.center != layer.scale,

@@ -63,7 +63,7 @@ class Capabilities:
     """
 
     cumulative_momentum: bool | Since = True  # momentum=None: cumulative average (torch)
-    track_running_stats: bool | Since = True  # can keep no running statistics at all
+    no_running_stats: bool | Since = True  # can keep no running statistics at all
     scale_without_center: bool | Since = True  # gamma without beta (torch: bias=False)
     center_without_scale: bool | Since = True  # beta without gamma
 
@@ -187,8 +187,8 @@ _KERAS_NO_STATS = ("call the layer with training=True at inference too (and neve
                    "trainable=False, which forces the moving statistics); the moving statistics "
                    "are then updated but unused")
 # The common case: an exponential moving average only, running statistics always kept.
-EMA_ONLY = Capabilities(cumulative_momentum=False, track_running_stats=False)
-EMA_ONLY_ONE_AFFINE = Capabilities(cumulative_momentum=False, track_running_stats=False,
+EMA_ONLY = Capabilities(cumulative_momentum=False, no_running_stats=False)
+EMA_ONLY_ONE_AFFINE = Capabilities(cumulative_momentum=False, no_running_stats=False,
                                    scale_without_center=False, center_without_scale=False)
 # torch/nn/modules/batchnorm.py:48 (2.13) `bias: bool = True` in _NormBase.__init__:
 # BatchNorm{1,2,3}d(C, affine=True, bias=False) has a weight and no bias.
@@ -224,7 +224,7 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
         FrameworkInfo(
             "torch", "xbn.adapters.torch.adapter", "torch", ("torch",), ("torch",),
             description="torch.nn.BatchNorm1d/2d/3d", family="torch",
-            capabilities=Capabilities(cumulative_momentum=True, track_running_stats=True,
+            capabilities=Capabilities(cumulative_momentum=True, no_running_stats=True,
                                       scale_without_center=TORCH_BIAS,
                                       center_without_scale=False),
             # torch/nn/modules/batchnorm.py: _NormBase(num_features, eps, momentum, affine,

@@ -97,7 +97,7 @@ def read_source(source: str, *, momentum: float | str | None = None, epsilon: fl
     center, scale = _read_affine(source, conv, caps, center, scale, affine)
     if track_running_stats is None:
         track_running_stats = True
-    elif not track_running_stats and not caps.track_running_stats:
+    elif not track_running_stats and not caps.no_running_stats:
         raise PortError(f"{source} has no track_running_stats option (only torch does)")
     if cumulative and not track_running_stats:
         raise PortError("momentum=None needs track_running_stats=True")

@@ -279,7 +279,7 @@ def _since(framework: str, capability: str) -> str:
 def _statistics(t: Translation, conv: Convention) -> None:
     if t.settings.track_running_stats:
         return
-    if registry.capabilities(conv.id).track_running_stats:
+    if registry.capabilities(conv.id).no_running_stats:
         t.kwargs["track_running_stats"] = False
         return
     how = conv.without_running_stats

@@ -90,7 +90,7 @@ def flax_batchnorm_kwargs(layer, framework_id: str, api: str) -> dict:
 
     require(framework_id, layer, "cumulative_momentum",
             f"{api} has only an exponential moving average (momentum); no cumulative average")
-    require(framework_id, layer, "track_running_stats",
+    require(framework_id, layer, "no_running_stats",
             f"{api} always keeps mean/var batch statistics and updates them whenever it "
             "normalizes with batch statistics; there is no option to keep none")
     kwargs: dict = {"axis": channel_axis(layer.layout), "use_bias": layer.center,

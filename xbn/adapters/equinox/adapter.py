@@ -52,7 +52,7 @@ class EquinoxAdapter(Adapter):
         self.require(layer, "cumulative_momentum",
                      "eqx.nn.BatchNorm keeps an exponential moving average only (no cumulative "
                      "average)")
-        self.require(layer, "track_running_stats",
+        self.require(layer, "no_running_stats",
                      "eqx.nn.BatchNorm always keeps running statistics and uses them when "
                      "inference=True")
         self.require(layer, "split_affine",

@@ -58,7 +58,7 @@ class HaikuAdapter(Adapter):
         self.require(layer, "cumulative_momentum",
                      "hk.BatchNorm keeps an exponential moving average only (no cumulative "
                      "average)")
-        self.require(layer, "track_running_stats",
+        self.require(layer, "no_running_stats",
                      "hk.BatchNorm always keeps moving averages and uses them when "
                      "is_training=False (test_local_stats only swaps the statistics used at test "
                      "time; training still updates the averages)")

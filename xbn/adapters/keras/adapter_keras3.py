@@ -120,7 +120,7 @@ class KerasAdapter(Adapter):
 
     # -- construction --------------------------------------------------------------------
     def build(self, layer: Layer) -> None:
-        self.require(layer, "track_running_stats",
+        self.require(layer, "no_running_stats",
                      "keras BatchNormalization always keeps moving statistics and uses them in "
                      "inference (no track_running_stats option)")
         native = dict(layer.native.get(self.framework_id, {}))

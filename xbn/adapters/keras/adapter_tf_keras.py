@@ -67,7 +67,7 @@ class TfKerasAdapter(Adapter):
         self.require(layer, "cumulative_momentum",
                      "tf_keras BatchNormalization has only an exponential moving average "
                      "(momentum is a number); no cumulative average")
-        self.require(layer, "track_running_stats",
+        self.require(layer, "no_running_stats",
                      "tf_keras BatchNormalization always creates and uses moving statistics; "
                      "it has no track_running_stats=False")
         tf_keras.backend.clear_session()
