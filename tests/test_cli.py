@@ -343,3 +343,17 @@ def test_framework_logs_are_hidden_unless_the_command_fails():
     assert out.returncode == 3, out.stderr
     assert "cuInit" not in out.stderr and "python warning" not in out.stderr, out.stderr
     assert "after" in out.stderr and "the cause" in out.stderr, out.stderr
+
+
+def test_frameworks_table_is_aligned_and_names_the_install_command():
+    """Each framework's line: id, version, state and the pip command in columns of one width
+    (the description starts at the same place on every line); the core install is plain."""
+    from xbn.frameworks.registry import FRAMEWORKS
+
+    r = CliRunner().invoke(cli, ["frameworks", "--no-devices"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln and not ln.startswith(" ")]
+    assert "(core)" not in r.output and lines[0].split()[0] == "numpy"
+    assert "pip install xbn " in lines[0] + " "
+    starts = {ln.index(FRAMEWORKS[ln.split()[0]].description) for ln in lines}
+    assert len(starts) == 1, r.output

@@ -398,3 +398,11 @@ def test_one_table_says_what_each_op_records():
         "call": ("output",), "predict": ("output",), "set": ("step",), "fit": ("loss",),
         "grad": ("output", "grad_input", "grad_gamma", "grad_beta"), "set_weights": ("step",),
         "reset": ("step",)}
+
+
+def test_a_quoted_momentum_is_named_as_a_number_in_quotes(write_scenario):
+    """momentum = "0.9" is a number written as a string: the error says so, rather than
+    offering "cumulative" as the only choice."""
+    path = write_scenario(MINIMAL.replace("features = 2", 'features = 2\nmomentum = "0.9"'))
+    with pytest.raises(ScenarioError, match=r"layer\.momentum: must be a number .*'0\.9'"):
+        load(path)

@@ -118,16 +118,23 @@ def frameworks(fmt, no_devices) -> None:
     if fmt == "json":
         click.echo(json.dumps(avail, indent=1))
         return
+    rows = []
     for fid, a in avail.items():
         state = "installed" if a["available"] else "missing: " + ", ".join(a["missing"])
-        click.echo(f"{fid:12s} {a['version'] or '-':12s} {state:28s} "
-                   f"xbn[{a['extra']}]  {FRAMEWORKS[fid].description}")
+        install = "pip install xbn" if a["extra"] == "(core)" else f"pip install xbn[{a['extra']}]"
+        rows.append((fid, a["version"] or "-", state, install, FRAMEWORKS[fid].description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for (fid, version, state, install, description), a in zip(rows, avail.values(), strict=True):
+        cells = (fid, version, state, install)
+        click.echo("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+                   + "  " + description)
+        indent = " " * widths[0]
         if a.get("devices"):
             names = a.get("names", {})
             found = ", ".join(f"{d} ({names[d]})" if d in names else d for d in a["devices"])
-            click.echo(f"{'':12s} devices: {found}")
+            click.echo(f"{indent}  devices: {found}")
             for device, why in a.get("absent", {}).items():
-                click.echo(f"{'':12s} no {fid}@{device}: {why}")
+                click.echo(f"{indent}  no {fid}@{device}: {why}")
 
 
 @click.command()

@@ -81,6 +81,9 @@ def _parse_layer(c: _Checker, raw) -> Layer:
         layer.layout = c.string(t["layout"], "layer.layout", tuple(LAYOUTS))
     if "momentum" in t:
         m = t["momentum"]
+        if isinstance(m, str) and _is_number(m):  # momentum = "0.9": a quoted number
+            c.fail(f"must be a number (0.9 without quotes, Keras convention) or "
+                   f"\"cumulative\", got the string {m!r}", "layer.momentum")
         if isinstance(m, str):
             layer.momentum = c.string(m, "layer.momentum", ("cumulative",))
         else:
@@ -111,6 +114,14 @@ def _parse_layer(c: _Checker, raw) -> Layer:
     additions.parse_layer(c, t, layer)
     check_ddp_options(c, layer)
     return layer
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_memory_format(c: _Checker, layer: Layer) -> None:
