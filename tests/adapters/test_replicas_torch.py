@@ -6,11 +6,17 @@ model wrapped in ``DistributedDataParallel``, two training forwards on each rank
 an evaluation forward. The engine under test must give the same numbers bit for bit, keep
 one process group for scenarios with the same R, report torch's own error where torch
 refuses (SyncBatchNorm on CPU), and end the whole group within seconds when a rank dies or
-hangs, leaving no process and no listening port behind.
+hangs, leaving no process and no listening port behind. While a group runs, none of its
+processes listens on an address other than loopback (read from /proc). A parameter-free layer
+(``center = false, scale = false``), which DDP refuses on its own, runs as users run it: inside
+a model with a parameterised layer after it (torch's own SyncBatchNorm_No_Affine test wraps
+``BatchNormNet(affine=False)``), its output read from the BatchNorm itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import multiprocessing
 import os
 import signal
@@ -29,6 +35,7 @@ from xbn.scenario.loader import parse
 # the issue's G: arange(24).reshape(8, 3)**1.5 / 10 in float32, split [3, 5]
 G = (np.arange(24, dtype=np.float64).reshape(8, 3) ** 1.5 / 10).astype(np.float32)
 SPLIT = [3, 5]
+G4, SPLIT4 = G[:4], [2, 2]  # the parameter-free scenario: replicas = [2, 2]
 
 
 def _free_port() -> int:
@@ -75,6 +82,7 @@ def _hand_rank(rank: int, port: int, out) -> None:
         steps.append((y.numpy().copy(), bn.running_mean.numpy().copy(),
                       bn.running_var.numpy().copy()))
         result[name] = {"steps": steps, "seen": seen}
+    result["no_affine"] = _no_affine_by_hand(rank)
     try:  # synchronized, as users ask for it: convert_sync_batchnorm, then DDP
         DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(
             _Net(torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-3))))
@@ -83,6 +91,35 @@ def _hand_rank(rank: int, port: int, out) -> None:
         result["sync_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     torch.distributed.destroy_process_group()
     out.put((rank, result))
+
+
+def _no_affine_by_hand(rank: int) -> dict:
+    """BatchNorm1d(affine=False) on a [2, 2] split as a user runs it: DDP refuses the bare
+    layer, so it sits in a model with a Linear after it (torch's BatchNormNet(affine=False),
+    torch/testing/_internal/distributed/distributed_test.py, puts it between two); the
+    layer's own output is read with a forward hook, the running statistics from its buffers."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    x = torch.from_numpy(G4[2 * rank:2 * rank + 2].copy())
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-3, affine=False)
+    try:
+        DDP(_Net(bn))
+        bare_error = None
+    except RuntimeError as exc:
+        bare_error = str(exc)
+    outputs: list = []
+    bn.register_forward_hook(lambda m, i, y: outputs.append(y.detach().numpy().copy()))
+    model = DDP(torch.nn.Sequential(bn, torch.nn.Linear(3, 3)))
+    steps = []
+    model.train()
+    for _ in range(2):
+        model(x)
+        steps.append((outputs[-1], bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    steps.append((outputs[-1], bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()))
+    return {"steps": steps, "bare_error": bare_error}
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +149,12 @@ def engine():
     base.close()
 
 
-def scenario(name="replicated", synchronized=False, native=None, split=SPLIT):
+def scenario(name="replicated", synchronized=False, native=None, split=SPLIT, x=G, **keys):
     layer = {"features": 3, "momentum": 0.9, "epsilon": 1e-3, "replicas": split,
-             "synchronized": synchronized}
+             "synchronized": synchronized, **keys}
     if native:
         layer["native"] = {"torch": native}
-    return parse({"schema": 1, "name": name, "layer": layer, "inputs": {"g": G.tolist()},
+    return parse({"schema": 1, "name": name, "layer": layer, "inputs": {"g": x.tolist()},
                   "steps": [{"op": "call", "input": "g", "training": True},
                             {"op": "call", "input": "g", "training": True},
                             {"op": "predict", "input": "g"}]})
@@ -162,6 +199,79 @@ def test_synchronized_on_cpu_is_torchs_own_error(engine, by_hand):
         row = obs[step, "output"]
         assert row["status"] == "error" and row["origin"] == "torch", row
         assert row["message"] == f"layer not built: {by_hand[0]['sync_error']}"
+
+
+def test_a_parameter_free_layer_runs_as_users_run_it(engine, by_hand):
+    """center = false, scale = false on replicas = [2, 2]: the numbers of the layer inside a
+    user's DDP model, bit for bit, where DDP alone refuses the layer."""
+    assert "doesn't have any parameter" in by_hand[0]["no_affine"]["bare_error"]
+    obs = observed(engine, scenario(name="no-affine", split=SPLIT4, x=G4,
+                                    center=False, scale=False))
+    hand = [by_hand[r]["no_affine"]["steps"] for r in range(2)]
+    for step in range(3):
+        assert obs[step, "output"]["status"] == "ok", obs[step, "output"]
+        want = np.concatenate([hand[0][step][0], hand[1][step][0]])
+        np.testing.assert_array_equal(np.asarray(obs[step, "output"]["value"]), want)
+        for q, i in (("moving_mean", 1), ("moving_variance", 2)):
+            np.testing.assert_array_equal(obs[step, q]["value"], hand[0][step][i])  # rank 0
+            np.testing.assert_array_equal(obs[step, f"replica_{q}"]["value"],
+                                          [hand[0][step][i], hand[1][step][i]])
+        assert (step, "gamma") not in obs and (step, "beta") not in obs
+
+
+def test_a_parameter_free_synchronized_layer_is_torchs_sync_error(engine, by_hand):
+    """Synchronized, the same model meets the refusal a user meets: SyncBatchNorm on CPU."""
+    obs = observed(engine, scenario(name="no-affine-synced", synchronized=True, split=SPLIT4,
+                                    x=G4, center=False, scale=False))
+    row = obs[0, "output"]
+    assert row["status"] == "error" and row["origin"] == "torch", row
+    assert row["message"] == f"layer not built: {by_hand[0]['sync_error']}"
+
+
+def _listeners(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket the processes ``pids`` hold: the
+    LISTEN rows (state 0A) of /proc/net/tcp and tcp6, matched by inode to the sockets in
+    /proc/<pid>/fd. Addresses are hex words in host (little-endian) order."""
+    owner = {}
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    owner[link[8:-1]] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+        for row in rows:
+            if row[3] != "0A" or row[9] not in owner:
+                continue
+            address, port = row[1].split(":")
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1]
+                           for i in range(0, len(address), 8))
+            found.append((owner[row[9]], str(ipaddress.ip_address(raw)), int(port, 16)))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc")
+def test_a_group_listens_on_loopback_only(engine):
+    """Mid-run, every listening socket of the worker and its ranks is on loopback: the
+    rendezvous store's (rank 0, on the group's port) as well as gloo's."""
+    seen = []
+    for o in run_scenario(engine, scenario(name="loopback")):
+        if (o["step"], o["quantity"]) == (0, "output"):
+            assert o["status"] == "ok", o
+            pids = list(engine.group.pids)
+            seen = _listeners([os.getpid(), *pids])
+            store = (pids[0], "127.0.0.1", engine.group.port)
+    assert [s for s in seen if not _loopback(s[1])] == [], seen
+    assert store in seen, seen  # and the check saw the store
 
 
 def test_group_is_set_up_once_per_r(engine):

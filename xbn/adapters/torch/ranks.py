@@ -2,12 +2,13 @@
 
 ``xbn.adapters.torch.replicas`` starts R of these (``python -m xbn.adapters.torch.ranks``)
 and talks to each over a socket pair (``multiprocessing.connection.Connection``; the file
-descriptor is the first argument). A rank imports torch, says ``imported``, waits for
-``("init", port)``, joins ``torch.distributed.init_process_group("gloo", tcp://127.0.0.1)``
-with a bounded timeout and then serves requests until ``stop`` or EOF. Inside, the layer is
-built exactly as the single-process torch adapter builds it (``TorchAdapter.build``: module
-class, dtype, momentum conversion, memory format), put in a one-layer ``nn.Module`` and
-wrapped in ``DistributedDataParallel`` on CPU (no ``device_ids``), after
+descriptor is the first argument). A rank imports torch (rank 0 also starts the rendezvous
+store, see ``loopback_store``), says ``imported`` (rank 0 with the store's port), waits for
+``("init", port)``, joins ``torch.distributed.init_process_group("gloo", store=...)`` with a
+bounded timeout and then serves requests until ``stop`` or EOF. Inside, the layer is built
+exactly as the single-process torch adapter builds it (``TorchAdapter.build``: module class,
+dtype, momentum conversion, memory format), put in a small ``nn.Module`` (``Net``) and wrapped
+in ``DistributedDataParallel`` on CPU (no ``device_ids``), after
 ``nn.SyncBatchNorm.convert_sync_batchnorm`` when the layer is ``synchronized``, as users do.
 
 Every reply is ("ok", value), ("n/a", why) or ("error", type name, message, origin): the
@@ -21,6 +22,7 @@ import ctypes
 import inspect
 import os
 import signal
+import socket
 import sys
 from dataclasses import replace
 from datetime import timedelta
@@ -54,15 +56,58 @@ def split_native(layer) -> tuple:
     return replace(layer, native=without_ddp_options(layer.native)), ddp_options(layer)
 
 
+def loopback_store(world: int, timeout: float) -> dist.TCPStore:
+    """Rank 0's rendezvous store, listening on 127.0.0.1 only, on a port the kernel picked.
+
+    torch's store server binds every interface whatever host name it is given: libuv's
+    ``UvTcpServer::makeWithPort`` binds ``::`` (or ``0.0.0.0``) and the host name only tells
+    clients where to connect (torch/csrc/distributed/c10d/TCPStoreLibUvBackend.cpp), so
+    ``init_method="tcp://127.0.0.1:<port>"`` listened on ``*:<port>``. The one way torch
+    offers to choose the address is ``master_listen_fd``: a socket bound here to
+    127.0.0.1:0, which also ends the race of picking a free port, closing it and handing the
+    number on (the socket is never closed before the store listens on it). SO_REUSEADDR as
+    libuv's own bind sets it (``uv__tcp_bind``): without it, the connections rank 0 still held
+    when it died leave TIME_WAIT entries that keep the port from being bound for a minute."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        store = dist.TCPStore("127.0.0.1", sock.getsockname()[1], world, True,
+                              timedelta(seconds=timeout), wait_for_workers=False,
+                              master_listen_fd=sock.fileno())
+    except BaseException:
+        sock.close()
+        raise
+    sock.detach()  # the store's server owns the descriptor now and closes it
+    return store
+
+
 class Net(torch.nn.Module):
-    """The smallest model a user wraps in DDP: one BatchNorm layer."""
+    """The smallest model a user wraps in DDP: one BatchNorm layer, and a gain of 1 after
+    it when the layer has no parameter that trains.
+
+    DDP refuses a module without such a parameter ("DistributedDataParallel is not needed
+    when a module doesn't have any parameter that requires a gradient",
+    torch/nn/parallel/distributed.py), so a user's parameter-free BatchNorm always sits in a
+    model with other layers (torch's own SyncBatchNorm_No_Affine test wraps
+    ``BatchNormNet(affine=False)``, Linear - BatchNorm - Linear,
+    torch/testing/_internal/distributed/distributed_test.py). The gain is such a layer whose
+    output is the BatchNorm's bit for bit: ``y * 1`` is exact in IEEE arithmetic (zeros keep
+    their sign, infinities and NaNs stay), and a 0-dim float32 parameter does not promote
+    ``y``'s dtype (16-bit outputs stay 16-bit). It is created on the CPU: a CPU 0-dim tensor
+    multiplies tensors of any device. A layer with parameters gets no gain: the model is then
+    exactly the one-layer model users and torch's docs wrap."""
 
     def __init__(self, bn: torch.nn.Module):
         super().__init__()
         self.bn = bn
+        trains = any(p.requires_grad for p in bn.parameters())
+        self.gain = None if trains else torch.nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(x)
+        y = self.bn(x)
+        return y if self.gain is None else y * self.gain
 
 
 class Rank:
@@ -141,17 +186,26 @@ def _answer(rank: Rank, request: tuple):
 
 
 def serve(conn: Connection, rank: int, world: int, timeout: float) -> int:
-    """The rank's life: say it is up (torch imported), rendezvous when told the port, answer
-    requests; EOF (the worker went away) or ``stop`` ends it."""
+    """The rank's life: say it is up (torch imported; rank 0: the store listens, on this
+    port), rendezvous when told the port, answer requests; EOF (the worker went away) or
+    ``stop`` ends it."""
     server = Rank(rank, world)
-    conn.send(("imported", os.getpid(), torch.__version__))
+    try:
+        store = loopback_store(world, timeout) if rank == 0 else None
+    except Exception as exc:
+        conn.send(("error", type(exc).__name__, str(exc), exception_origin(exc, OWN)))
+        return 1
+    conn.send(("imported", os.getpid(), torch.__version__, store and store.port))
     try:
         request = conn.recv()
     except EOFError:
         return 0
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{request[1]}",
-                                rank=rank, world_size=world, timeout=timedelta(seconds=timeout))
+        if store is None:  # a client of rank 0's store
+            store = dist.TCPStore("127.0.0.1", request[1], world, False,
+                                  timedelta(seconds=timeout))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout))
     except Exception as exc:
         conn.send(("error", type(exc).__name__, str(exc), exception_origin(exc, OWN)))
         return 1

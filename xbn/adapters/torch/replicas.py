@@ -1,8 +1,9 @@
 """Replicas for ``torch``: one process per replica, ``torch.distributed`` over gloo, DDP.
 
 This is how torch users run data-parallel training on CPU: R processes join one process group
-(``init_process_group("gloo", init_method="tcp://127.0.0.1:<port>")``), each wraps the same
-model in ``DistributedDataParallel`` and feeds it its own shard. The ranks
+(``init_process_group("gloo", store=...)``, rank 0's ``TCPStore`` listening on 127.0.0.1 only:
+``ranks.loopback_store`` says why ``init_method="tcp://127.0.0.1:<port>"`` is not enough), each
+wraps the same model in ``DistributedDataParallel`` and feeds it its own shard. The ranks
 (``xbn.adapters.torch.ranks``) build the BatchNorm exactly as the single-process adapter does
 and answer requests over a socket pair; this module, in the worker, splits every batch as
 ``layer.replicas`` says, gathers the ranks' outputs in batch order and reads the state back
@@ -34,7 +35,6 @@ import builtins
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -81,12 +81,6 @@ def _remote_exception(type_name: str, message: str, origin: str) -> Exception:
     return exc
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _first_line(text: str) -> str:
     lines = str(text).strip().splitlines()
     return lines[0] if lines else ""
@@ -124,9 +118,10 @@ class Group:
             self.pgid = proc.pid if self.pgid is None else self.pgid
             self.procs.append(proc)
             self.conns.append(mine)
-        # everyone has imported torch before the rendezvous starts its clock
-        self.pids = [reply[1] for reply in self.exchange(None, STARTUP, expect="imported")]
-        self.port = _free_port()
+        # everyone has imported torch before the rendezvous starts its clock; rank 0's store
+        # already listens, on the port the kernel gave it (no free port is picked and let go)
+        replies = self.exchange(None, STARTUP, expect="imported")
+        self.pids, self.port = [reply[1] for reply in replies], replies[0][3]
         self.exchange([("init", self.port)] * self.world, STARTUP, expect="ready")
 
     def alive(self) -> bool:
@@ -253,7 +248,10 @@ class TorchReplicated(Adapter):
         note = ("replicas: torch.distributed gloo on CPU over 127.0.0.1, one process per "
                 f"replica, DistributedDataParallel({options or 'its defaults'})"
                 + ("; synchronized: nn.SyncBatchNorm.convert_sync_batchnorm before DDP"
-                   if layer.synchronized else ""))
+                   if layer.synchronized else "")
+                + ("; no parameter in the layer: DDP wraps it with a gain parameter of 1 "
+                   "after it (DDP refuses a module without parameters; the output is the "
+                   "layer's, bit for bit)" if not (layer.center or layer.scale) else ""))
         if note not in self.notes:
             self.notes.append(note)
 
