@@ -22,34 +22,28 @@ from xbn.report import render
 from xbn.report.html_parts import anchor
 from xbn.report.plots import has_drift
 
+from .frameworks import missing
 from .plugins.drifting import small_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def _allowed_missing() -> bool:
-    value = os.environ.get("XBN_ALLOW_MISSING", "").strip()
-    return value in ("1", "all", "true") or "chromium" in {v.strip() for v in value.split(",")}
-
-
 def _missing() -> list[str]:
-    missing = [f"{p} (apt-get install chromium chromium-driver)"
-               for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    absent = [f"{p} (apt-get install chromium chromium-driver)"
+              for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     try:
         import selenium  # noqa: F401
     except ImportError:
-        missing.append("selenium (pip install -e '.[dev]')")
-    return missing
+        absent.append("selenium (pip install -e '.[dev]')")
+    return absent
 
 
 @pytest.fixture(scope="module")
 def driver():
-    missing = _missing()
-    if missing:
-        if _allowed_missing():
-            pytest.skip(f"missing {', '.join(missing)}; allowed by XBN_ALLOW_MISSING")
-        pytest.fail(f"the browser test needs {', '.join(missing)}")
+    absent = _missing()
+    if absent:
+        missing("chromium", f"the browser test needs {', '.join(absent)}")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

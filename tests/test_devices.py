@@ -25,13 +25,14 @@ from xbn.frameworks.devices import DeviceError, parse, split
 from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
+from .frameworks import require_framework
 
 
 def _cuda() -> bool:
     """A CUDA device torch can use (the NVIDIA driver first: no torch import without one)."""
     if not Path("/proc/driver/nvidia/version").exists():
         return False
-    torch = pytest.importorskip("torch")
+    torch = require_framework("torch", module="torch")
     return torch.cuda.is_available()
 
 
@@ -114,7 +115,7 @@ def test_cache_key_differs_by_device(write_scenario):
 
 def _torch_reason() -> str:
     """What torch itself says about CUDA here, as the probe words it."""
-    torch = pytest.importorskip("torch")
+    torch = require_framework("torch", module="torch")
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the unavailable path cannot be seen here")
     if torch.version.cuda is None:
@@ -164,7 +165,7 @@ def test_frameworks_lists_devices_and_reasons_without_importing_a_framework():
     assert listing["torch"]["devices"] == ["cpu"]
     assert listing["torch"]["absent"] == {"cuda": reason}
     assert listing["numpy"]["devices"] == ["cpu"] and listing["numpy"]["absent"] == {}
-    jax = pytest.importorskip("jax")
+    jax = require_framework("flax", module="jax")
     try:
         jax.devices("gpu")
     except RuntimeError:
@@ -242,7 +243,7 @@ def test_jax_gpu_ids_run_on_the_gpu(write_scenario):
     found = probe_engines(["jax"])["jax"]  # in a process of its own: none of JAX's here
     if "gpu" not in found.get("devices", []):
         pytest.skip(f"jax has no GPU here: {found}")
-    pytest.importorskip("flax")
+    require_framework("flax")
     result = run([load(write_scenario(MINIMAL))], ["flax@gpu"], timeout=600)
     assert all(o["status"] == "ok" for o in result.observations)
     assert any("default device" in n for n in result.frameworks["flax@gpu"]["notes"])

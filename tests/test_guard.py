@@ -27,6 +27,8 @@ from xbn.guard.snapshot import (
 from xbn.reference.batchnorm import Semantics
 from xbn.scenario.loader import load
 
+from .frameworks import require_framework
+
 # Two features, a batch of three: the biased and unbiased variances differ, and the inference
 # call afterwards shows the moving statistics in its output.
 SCENARIO = """
@@ -298,7 +300,7 @@ def test_non_finite_values_round_trip_through_strict_json():
 
 
 def test_numpy_and_torch_round_trip_exactly(scenario, tmp_path):
-    pytest.importorskip("torch")
+    require_framework("torch")
     path = tmp_path / "two.json"
     r = invoke("snapshot", str(scenario), "-f", "numpy,torch", "-o", str(path))
     assert r.exit_code == 0, r.output

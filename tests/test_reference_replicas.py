@@ -18,6 +18,8 @@ from xbn.reference.batchnorm import Semantics
 from xbn.reference.semantics import REPLICA_SWITCHES
 from xbn.scenario.loader import ScenarioError, builtin_paths, load
 
+from .frameworks import require_framework
+
 EPS, M = 1e-3, 0.9  # the built-in scenarios' epsilon and (Keras-convention) momentum
 # the issue's input: arange(24).reshape(8, 3)**1.5 / 10 in float32, split [3, 5]
 G = (np.arange(24).reshape(8, 3) ** 1.5 / 10).astype(np.float32).astype(np.float64)
@@ -297,8 +299,7 @@ def test_keras_off_tensorflow_refuses_synchronized_as_its_profile_declares(tmp_p
 
     from xbn.profiles.refusals import error_mismatch
 
-    pytest.importorskip("keras")
-    pytest.importorskip("jax")
+    require_framework("keras-jax")
     code = ("import keras\ntry:\n    keras.layers.BatchNormalization(synchronized=True)\n"
             "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

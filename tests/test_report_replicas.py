@@ -20,7 +20,9 @@ from xbn.report.replicas import HEADERS, TITLE, outcome, replica_section
 from xbn.scenario.loader import load
 from xbn.scenario.model import QUANTITIES
 
-torch = pytest.importorskip("torch")
+from .frameworks import require_framework
+
+torch = require_framework("torch", module="torch")
 
 SCENARIO = "replicas-unsynchronized"
 # the scenario's input (xbn/scenarios/replicas-unsynchronized.toml): arange(24)**1.5/10, 8x3

@@ -24,7 +24,8 @@ def describe_exception(exc: BaseException) -> str:
 
 
 XBN = "xbn"  # the origin of an exception raised by xbn's own code (an adapter, the driver)
-REFERENCE = "reference"  # xbn/reference/batchnorm.py, which raises where it models a framework's refusal
+REFERENCE = "reference"  # xbn/reference/, which raises where it models a framework's refusal
+REFERENCE_PACKAGE = "xbn.reference"
 
 
 def _innermost_frame(exc: BaseException):
@@ -43,7 +44,7 @@ def _innermost_frame(exc: BaseException):
 
 def exception_origin(exc: BaseException, own: Iterable[str] = ()) -> str:
     """Where ``exc`` was raised: the top-level package of the innermost traceback frame
-    ("torch", "keras", "jax", "flax", ...), "reference" for xbn/reference/batchnorm.py and "xbn" for the
+    ("torch", "keras", "jax", "flax", ...), "reference" for xbn/reference/ and "xbn" for the
     rest of xbn and for the modules in ``own`` (an adapter's own code, plugins included). An
     exception from xbn's code is a defect of the adapter, never the framework's answer.
     An exception re-raised from another process (a distributed rank) carries the origin
@@ -55,7 +56,7 @@ def exception_origin(exc: BaseException, own: Iterable[str] = ()) -> str:
     if frame is None:
         return "unknown"
     module = frame.f_globals.get("__name__") or ""
-    if module == "xbn.reference.batchnorm" or module.startswith("xbn.reference_"):  # its parts too
+    if module == REFERENCE_PACKAGE or module.startswith(REFERENCE_PACKAGE + "."):
         return REFERENCE
     if module in set(own) or module == XBN or module.startswith(XBN + "."):
         return XBN
