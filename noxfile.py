@@ -1,6 +1,7 @@
 """Environments: tests, lint, the reference report, and a version matrix for the upgrade guard.
 
-    nox -s tests        the test suite at the pinned versions (constraints.txt)
+    nox -s tests        the quick tier at the pinned versions (constraints.txt)
+    nox -s tests_full   the long suites (pytest -m slow)
     nox -s lint         ruff
     nox -s report       regenerate reports/ at the pinned versions
     nox -s matrix       one environment per released Keras version (see MATRIX_KERAS): a
@@ -29,6 +30,12 @@ def install_pinned(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     install_pinned(session)
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_full(session: nox.Session) -> None:
+    install_pinned(session)
+    session.run("pytest", "-q", "-m", "slow", *session.posargs)
 
 
 @nox.session(python=PYTHON)

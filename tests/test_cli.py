@@ -100,6 +100,7 @@ def test_same_run_twice_gives_the_same_json(write_scenario):
     assert strip[0] == strip[1]
 
 
+@pytest.mark.slow  # a device probe per engine
 def test_frameworks_lists_every_id():
     r = CliRunner().invoke(cli, ["frameworks", "--format", "json"])
     data = json.loads(r.stdout)

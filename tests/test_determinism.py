@@ -9,12 +9,16 @@ test_installed.py's failure, not this test's.
 
 from __future__ import annotations
 
+import pytest
+
 from xbn.analysis.pipeline import analyze
 from xbn.common.jsonio import strict_loads
 from xbn.execution.runner import run
 from xbn.frameworks.registry import FRAMEWORK_IDS, availability
 from xbn.report.json_out import render
 from xbn.scenario.loader import load, resolve
+
+pytestmark = pytest.mark.slow  # every framework over the built-in suite, twice
 
 SCENARIOS = (
     "gradients",       # grad in training and inference mode, set_weights

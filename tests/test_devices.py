@@ -123,6 +123,7 @@ def _torch_reason() -> str:
     return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device"
 
 
+@pytest.mark.slow  # a device probe per engine
 def test_device_absent_is_unavailable_and_others_unaffected(write_scenario, tmp_path):
     from xbn.execution.cache import ResultCache
 
@@ -149,6 +150,7 @@ def test_device_absent_is_unavailable_and_others_unaffected(write_scenario, tmp_
     assert len(cache.entries()) == 2  # numpy and torch; nothing kept for the absent device
 
 
+@pytest.mark.slow  # a device probe per engine
 def test_frameworks_lists_devices_and_reasons_without_importing_a_framework():
     """The devices are asked of each engine in its own process: this one imports none."""
     reason = _torch_reason()
@@ -176,6 +178,7 @@ def test_frameworks_lists_devices_and_reasons_without_importing_a_framework():
     assert table.exit_code == 0 and "devices:" not in table.stdout
 
 
+@pytest.mark.slow  # a device probe per engine
 def test_cudnn_native_option_changes_nothing_on_cpu(write_scenario):
     """``[layer.native.torch] cudnn = false`` is read by the torch adapter (not passed to the
     constructor): on CPU the same bits as without it; a non-boolean is n/a with the reason."""

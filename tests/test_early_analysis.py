@@ -76,6 +76,7 @@ with pytest.MonkeyPatch.context() as mp:
 """
 
 
+@pytest.mark.slow  # draws every figure twice
 def test_figures_drawn_in_forked_processes_equal_drawn_here():
     """In a fresh process, as the command line draws them: this one may hold a framework's
     threads (imported by other tests), which rule forking out."""

@@ -17,6 +17,8 @@ from xbn.execution.runner import run
 from xbn.frameworks.registry import availability
 from xbn.scenario.loader import load
 
+pytestmark = pytest.mark.slow  # every addition through every framework
+
 SCENARIOS = sorted((Path(__file__).parent / "additions").glob("*.toml"))
 
 

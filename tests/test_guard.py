@@ -299,6 +299,7 @@ def test_non_finite_values_round_trip_through_strict_json():
     assert classify(old, {**old, "status": "error", "value": None}).kind == "status"
 
 
+@pytest.mark.slow  # snapshot and check of the built-in suite
 def test_numpy_and_torch_round_trip_exactly(scenario, tmp_path):
     require_framework("torch")
     path = tmp_path / "two.json"

@@ -50,6 +50,7 @@ def _torch_running_var_after_one_call(rows: np.ndarray) -> np.ndarray:
     return bn.running_var.detach().numpy().astype(np.float64)
 
 
+@pytest.mark.slow  # every framework through the replica scenarios
 def test_section_columns_and_rows(report, cells):
     section = replica_section(report)
     assert section.columns == ["framework", "engine", *(HEADERS[s] for s in REPLICA_SWITCHES),

@@ -16,6 +16,8 @@ from xbn.scenario.loader import load
 
 from .conftest import MINIMAL
 
+pytestmark = pytest.mark.slow  # the JAX group against separate workers, over many scenarios
+
 # float64 first: its adapter switches jax_enable_x64 on, which must not reach the float32 one
 # nor the next framework
 FLOAT64 = MINIMAL.replace('name = "t"', 'name = "t64"').replace(

@@ -317,6 +317,7 @@ def test_torch_reports_not_applicable_through_the_driver():
 # ------------------------------------------------------- Keras 3: one subprocess per backend
 
 
+@pytest.mark.slow  # Keras on three backends, each in a process of its own
 @pytest.mark.parametrize("framework_id", ["keras", "keras-jax", "keras-torch"])
 def test_keras3_masked_call_and_grad_match_by_hand(framework_id: str) -> None:
     run_in_backend(__file__, framework_id)

@@ -18,6 +18,8 @@ import pytest
 from tests.adapters.keras_child import run_in_backend
 from xbn.common.dtypes import round_to
 
+pytestmark = pytest.mark.slow  # Keras on three backends, each in a process of its own
+
 ROOT = Path(__file__).resolve().parents[2]
 EPS = 1e-3
 CLIP = {"rmax": 2.0, "rmin": 0.5, "dmax": 1.0}

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a data-parallel engine per case
+
 ROOT = Path(__file__).resolve().parents[2]
 # the G: arange(24).reshape(8, 3)**1.5 / 10 in float32
 G = (np.arange(24, dtype=np.float64).reshape(8, 3) ** 1.5 / 10).astype(np.float32)

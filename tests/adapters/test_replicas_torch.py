@@ -32,6 +32,8 @@ from xbn.adapters.base import run_scenario
 from xbn.frameworks.registry import load_adapter
 from xbn.scenario.loader import parse
 
+pytestmark = pytest.mark.slow  # process groups of ranks per case
+
 # the G: arange(24).reshape(8, 3)**1.5 / 10 in float32, split [3, 5]
 G = (np.arange(24, dtype=np.float64).reshape(8, 3) ** 1.5 / 10).astype(np.float32)
 SPLIT = [3, 5]

@@ -38,6 +38,8 @@ from xbn.analysis.pipeline import analyze
 
 from ..frameworks import missing
 
+pytestmark = pytest.mark.slow  # the frameworks own BatchNorm tests, restated: every framework, many steps
+
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
