@@ -56,7 +56,7 @@ def test_key_changes_with_every_input(write_scenario, monkeypatch, what):
     s = load(write_scenario(MINIMAL))
     before = entry_key(s, "numpy")
     if what == "versions":
-        monkeypatch.setattr(cache_mod, "_versions", lambda fid: {"numpy": "0.0.1"})
+        monkeypatch.setattr(cache_mod, "_versions", lambda *a: {"numpy": "0.0.1"})
     elif what == "xbn":
         monkeypatch.setattr(cache_mod, "__version__", "9.9.9")
     elif what == "source":
@@ -172,15 +172,50 @@ def test_explanations_are_cached_by_what_the_search_reads(write_scenario, store,
 def test_report_key_and_kept_files(write_scenario, store, tmp_path, monkeypatch):
     t = load(write_scenario(MINIMAL, "t.toml"))
     u = load(write_scenario(OTHER, "u.toml"))
+    runner.run([t, u], ["numpy"], cache=store)  # its worker reports what it loads
     key = cache_mod.report_key([t, u], ["numpy"], "numpy")
+    assert not key.startswith(cache_mod.UNRECORDED)
     assert key == cache_mod.report_key([t, u], ["numpy"], "numpy")
     u2 = load(write_scenario(OTHER.replace("5.0", "7.0"), "u.toml"))
     assert cache_mod.report_key([t, u2], ["numpy"], "numpy") != key
     assert cache_mod.report_key([t, u], ["numpy", "torch"], "numpy") != key
-    monkeypatch.setattr(cache_mod, "_versions", lambda fid: {"numpy": "0.0.1"})
+    monkeypatch.setattr(cache_mod, "_versions", lambda *a: {"numpy": "0.0.1"})
     assert cache_mod.report_key([t, u], ["numpy"], "numpy") != key
     (tmp_path / "a.md").write_text("report")
     assert store.restore_files(key, tmp_path / "out") is None
     store.keep_files(key, [tmp_path / "a.md"])
     [restored] = store.restore_files(key, tmp_path / "out")
     assert restored.read_text() == "report"
+
+
+def test_a_report_keyed_before_its_workers_reported_is_not_kept(write_scenario, store,
+                                                               tmp_path):
+    """Before a framework's worker has reported what it loads, keys count only the declared
+    distributions; a report kept under one would be found again after an upgrade of another
+    (another virtual environment's first run into the same cache directory)."""
+    t = load(write_scenario(MINIMAL))
+    key = cache_mod.report_key([t], ["numpy"], "numpy")
+    assert key.startswith(cache_mod.UNRECORDED)
+    (tmp_path / "a.md").write_text("report")
+    store.keep_files(key, [tmp_path / "a.md"])
+    assert store.restore_files(key, tmp_path / "out") is None
+    runner.run([t], ["numpy"], cache=store)
+    assert cache_mod.report_key([t], ["numpy"], "numpy") != key
+
+
+def test_the_record_of_what_a_worker_loads(write_scenario, store, tmp_path, monkeypatch):
+    """Kept per framework, counted by the key its entries are stored under, and dropped when
+    the framework's own distributions change (an upgrade may load other things)."""
+    s = load(write_scenario(MINIMAL))
+    runner.run([s], ["numpy"], cache=store)
+    loaded = cache_mod.recorded_distributions("numpy", store.root)
+    assert {"numpy", "xbn"} <= loaded  # the framework, and xbn's own code
+    assert set(cache_mod.key_fields(s, "numpy", store.root)["versions"]) >= loaded
+    assert store.get(s, "numpy") is not None  # stored under the key that counts them
+    site = tmp_path / "site"
+    (site / "numpy-9.9.9.dist-info").mkdir(parents=True)
+    (site / "numpy-9.9.9.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: numpy\nVersion: 9.9.9\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert cache_mod.recorded_distributions("numpy", store.root) == set()
+    assert store.get(s, "numpy") is None

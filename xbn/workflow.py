@@ -40,18 +40,19 @@ def write_report_files(output_dir: Path, scenarios: list, ids: list[str] | None,
     from .profiles.facts import profile_matrix
     from .report.files import write_report
 
-    key = None
     if store is not None:
         from .execution.cache import report_key
 
-        key = report_key(scenarios, ids, reference)
-        kept = store.restore_files(key, Path(output_dir))
+        kept = store.restore_files(report_key(scenarios, ids, reference, store.root),
+                                   Path(output_dir))
         if kept:
             return kept, True
     analyzed = analyze(scenarios)
     if on_analyzed is not None:
         on_analyzed(analyzed)
     written = write_report(analyzed, Path(output_dir), profile_matrix())
-    if key and not any(meta.get("error") for meta in analyzed.frameworks.values()):
-        store.keep_files(key, written)  # a worker's error is kept for no later run
+    if store is not None and not any(meta.get("error") for meta in analyzed.frameworks.values()):
+        # keyed again: the run's workers have now recorded what they load (a worker's error
+        # is kept for no later run)
+        store.keep_files(report_key(scenarios, ids, reference, store.root), written)
     return written, False

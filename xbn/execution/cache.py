@@ -9,8 +9,8 @@ it instead of starting a worker; a changed scenario re-runs only itself.
 An entry is keyed by everything that can change its bits, so a stale entry is never read:
 
 - the scenario's content (``Scenario.digest``: layer, inputs, steps; not its path);
-- the framework id, its adapter module and the installed versions of its distributions (and
-  numpy's), read from package metadata without importing anything;
+- the framework id, its adapter module and the installed versions of every distribution its
+  worker loads code from (``_versions``), read from package metadata without importing anything;
 - xbn's version *and a digest of xbn's own source*: in a development tree the version does not
   change when an adapter or the reference is edited, and an adapter edit must re-run;
 - the device and determinism settings: Python, OS, machine, the CPU's model and feature
@@ -26,6 +26,18 @@ lives in the user cache directory (``$XBN_CACHE_DIR``, else ``$XDG_CACHE_HOME/xb
 ``--no-cache`` bypasses both and ``xbn cache clear`` empties both. Entries are
 plain JSON written through a rename, so an interrupted write leaves no half entry; an entry
 that cannot be read is a miss (and is removed).
+
+Which distributions a framework's bits come from is asked of its worker, not kept by hand:
+the registry names what installs a framework (``flax``, ``optax``; ``tf-keras``), while
+jaxlib, ml_dtypes, TensorFlow under tf-keras or protobuf change bits too. Each worker reports
+the distributions it loaded code from (``worker.loaded_distributions``), and the cache keeps
+that set per framework id and Python environment (``imports/``, ``record_distributions``).
+A key counts the versions of the declared distributions and of the recorded ones; an entry
+is stored under the key that also counts every distribution its own worker reported, so a
+change of any of them changes the key of its next lookup, whatever the record says by then
+(the first run has no record: its lookups count only the declared ones, under which nothing
+is ever stored). A record taken under other versions of the declared distributions is
+dropped: the framework's own upgrade may load other things.
 """
 
 from __future__ import annotations
@@ -34,17 +46,21 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import sys
 import tempfile
-from functools import cache, lru_cache
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 from .._version import __version__
 
-ENTRY_SCHEMA = 1
-# the folders under the cache directory ("jax": JAX's own compilation cache, ``compile_env``)
-KINDS = ("results", "explanations", "reports", "timings", "jax")
+ENTRY_SCHEMA = 2  # 2: an entry's notes are its scenario's own (1 had those run before it)
+# the folders under the cache directory ("jax": JAX's own compilation cache, ``compile_env``;
+# "imports": the distributions each framework's worker loaded, ``record_distributions``)
+KINDS = ("results", "explanations", "reports", "timings", "jax", "imports")
+UNRECORDED = "unrecorded-"  # starts a report key made before its workers' records (report_key)
 
 
 def cache_dir() -> Path:
@@ -88,27 +104,93 @@ def device() -> dict:
     return info
 
 
-@cache
-def _versions(framework: str) -> dict[str, str | None]:
-    """Installed versions of every distribution the framework names, and numpy's (read once
-    per process: a run's keys are made for every scenario)."""
+def _declared(framework: str) -> set[str]:
+    """The distributions the registry names for ``framework``, and numpy, normalized."""
     from ..frameworks.devices import base_id
     from ..frameworks.registry import FRAMEWORKS
 
     info = FRAMEWORKS[base_id(framework)]
-    names = {"numpy"} | {d for spec in (*info.distributions, *info.requires)
-                         for d in spec.split("|")}
-    found = {}
-    for name in sorted(names):
+    return {_normalized(d) for spec in ("numpy", *info.distributions, *info.requires)
+            for d in spec.split("|")}
+
+
+def _normalized(name: str) -> str:
+    """A distribution's name as PEP 503 compares them (``tf_keras`` is ``tf-keras``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _path_state() -> tuple:
+    """``sys.path`` and each folder's modification time: an install or upgrade adds and
+    removes ``*.dist-info`` folders, which changes its folder's time, so versions read under
+    another state are read again (a long-lived process sees a ``pip install`` made meanwhile)."""
+    state = []
+    for entry in sys.path:
         try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            state.append((entry, None))
+    return tuple(state)
 
 
-def key_fields(scenario, framework: str) -> dict:
-    """Everything an entry depends on (see the module docstring), as plain data."""
+@lru_cache(maxsize=4096)
+def _version(name: str, state: tuple) -> str | None:
+    """The installed version of distribution ``name`` under ``_path_state`` ``state``: package
+    metadata only, read once per name and state (a run makes a key per scenario x framework)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _declared_versions(framework: str, state: tuple | None = None) -> dict[str, str | None]:
+    state = _path_state() if state is None else state
+    return {name: _version(name, state) for name in sorted(_declared(framework))}
+
+
+def _record_path(root: Path, framework: str) -> Path:
+    """Where ``framework``'s recorded distributions live for this Python environment: one
+    cache directory may serve several virtual environments, each with its own installs."""
+    where = hashlib.sha256(f"{sys.prefix}\0{sys.executable}\0{framework}".encode()).hexdigest()
+    return root / "imports" / f"{where[:32]}.json"
+
+
+def recorded_distributions(framework: str, root: Path | None = None,
+                           state: tuple | None = None) -> set[str]:
+    """The distributions ``framework``'s workers reported loading, in this environment; empty
+    before its first run and when the record was taken under other versions of its declared
+    distributions (an upgrade of the framework itself)."""
+    path = _record_path(Path(root) if root is not None else cache_dir(), framework)
+    try:
+        stat = path.stat()
+        declared, names = _read_record(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return set(names) if declared == _declared_versions(framework, state) else set()
+
+
+@lru_cache(maxsize=256)
+def _read_record(path: str, inode: int, mtime_ns: int, size: int) -> tuple[dict, frozenset[str]]:
+    """A record's declared versions and distributions, read once per version of the file
+    (each write renames a new file into place; a run makes a key per scenario x framework)."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    return dict(record["declared"]), frozenset(str(d) for d in record["distributions"])
+
+
+def _versions(framework: str, root: Path | None = None,
+              loaded: frozenset[str] = frozenset()) -> dict[str, str | None]:
+    """Installed versions of the declared distributions, the recorded ones and ``loaded``
+    (those a worker just reported: the key its results are stored under)."""
+    state = _path_state()
+    names = _declared(framework) | recorded_distributions(framework, root, state) | \
+        {_normalized(d) for d in loaded}
+    return {name: _version(name, state) for name in sorted(names)}
+
+
+def key_fields(scenario, framework: str, root: Path | None = None,
+               loaded: frozenset[str] = frozenset()) -> dict:
+    """Everything an entry depends on (see the module docstring), as plain data. ``root``:
+    the cache directory whose record of ``framework``'s distributions counts (default
+    ``cache_dir()``); ``loaded``: distributions to count besides."""
     from ..frameworks.devices import accelerator, base_id
     from ..frameworks.registry import module_path
     from .environment import NUMERIC_ENV, xbn_env
@@ -119,7 +201,7 @@ def key_fields(scenario, framework: str) -> dict:
         "scenario": scenario.digest,
         "framework": framework,
         "adapter": module_path(base),
-        "versions": _versions(framework),
+        "versions": _versions(framework, root, loaded),
         "xbn": __version__,
         "xbn_source": source_digest(),
         "device": device(),
@@ -145,24 +227,36 @@ def derived_key(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def entry_key(scenario, framework: str) -> str:
-    text = json.dumps(key_fields(scenario, framework), sort_keys=True, separators=(",", ":"))
+def entry_key(scenario, framework: str, root: Path | None = None,
+              loaded: frozenset[str] = frozenset()) -> str:
+    """sha256 of ``key_fields`` (the same arguments)."""
+    text = json.dumps(key_fields(scenario, framework, root, loaded), sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def report_key(scenarios, frameworks: list[str] | None, reference: str) -> str:
+def report_key(scenarios, frameworks: list[str] | None, reference: str,
+               root: Path | None = None) -> str:
     """The key of a whole written report (``xbn report``): the result entries' keys of every
     scenario x framework it shows, what is installed (an unavailable framework is a column),
-    and the reference; ``derived_key`` adds xbn's source, which makes the report from them."""
+    and the reference; ``derived_key`` adds xbn's source, which makes the report from them.
+    ``root``: the cache directory whose records of distributions count (``entry_key``).
+
+    Before every shown framework's worker has reported what it loads, the entries' keys count
+    only the declared distributions, and a report kept under them would be found again after
+    an upgrade of another (a second virtual environment's first run): such a key starts with
+    ``UNRECORDED``, and ``keep_files`` keeps nothing under it."""
     from ..frameworks.devices import base_id
     from ..frameworks.registry import availability
 
     avail = availability()
     ids = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
-    keys = [[fid, avail[base_id(fid)]["available"]] + ([entry_key(s, fid) for s in scenarios]
-                                                      if avail[base_id(fid)]["available"] else [])
-            for fid in ids]
-    return derived_key("report", reference, [s.name for s in scenarios], keys)
+    shown = [fid for fid in ids if avail[base_id(fid)]["available"]]
+    keys = [[fid, fid in shown] + ([entry_key(s, fid, root) for s in scenarios]
+                                   if fid in shown else []) for fid in ids]
+    key = derived_key("report", reference, [s.name for s in scenarios], keys)
+    recorded = all(recorded_distributions(fid, root) for fid in shown)
+    return key if recorded else UNRECORDED + key
 
 
 class ResultCache:
@@ -177,7 +271,7 @@ class ResultCache:
 
     def get(self, scenario, framework: str) -> dict | None:
         """The entry ({"observations", "versions", "notes"}) or None (a miss)."""
-        path = self._path(entry_key(scenario, framework))
+        path = self._path(entry_key(scenario, framework, self.root))
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
             if entry.get("entry_schema") != ENTRY_SCHEMA or \
@@ -194,13 +288,27 @@ class ResultCache:
         return entry
 
     def put(self, scenario, framework: str, observations: list[dict], versions: dict,
-            notes: list[str]) -> None:
-        """Store one result; a failure to write (read-only home, full disk) only costs the
-        next run its speed, so it is ignored."""
+            notes: list[str], loaded: list[str] | None = None) -> None:
+        """Store one result with its scenario's own notes, under the key that also counts
+        ``loaded`` (the distributions its worker reported, ``WorkerResult.distributions``);
+        a failure to write (read-only home, full disk) only costs the next run its speed,
+        so it is ignored."""
+        key = entry_key(scenario, framework, self.root, frozenset(loaded or ()))
         # NaN/Infinity as JSON extensions and floats by repr: read back bit for bit
-        self.put_json("results", entry_key(scenario, framework), {
+        self.put_json("results", key, {
             "entry_schema": ENTRY_SCHEMA, "scenario": scenario.name, "framework": framework,
             "observations": observations, "versions": versions, "notes": notes})
+
+    def record_distributions(self, framework: str, loaded: list[str]) -> None:
+        """Keep the distributions a worker of ``framework`` reported loading, so that later
+        keys count their versions: added to the record while the declared distributions have
+        the versions it was taken under, else replacing it."""
+        if not loaded:
+            return
+        names = recorded_distributions(framework, self.root) | {_normalized(d) for d in loaded}
+        self._write(_record_path(self.root, framework),
+                    {"framework": framework, "python": sys.executable,
+                     "declared": _declared_versions(framework), "distributions": sorted(names)})
 
     def get_json(self, kind: str, key: str):
         """A derived result stored by ``put_json`` (e.g. ``explanations``), or None."""
@@ -216,7 +324,11 @@ class ResultCache:
     def put_json(self, kind: str, key: str, value) -> None:
         """Store a derived result under ``key``, which the caller makes from everything the
         result depends on (see ``explain.explain_diffs``); written like an entry."""
-        path = self.root / kind / key[:2] / f"{key}.json"
+        self._write(self.root / kind / key[:2] / f"{key}.json", value)
+
+    @staticmethod
+    def _write(path: Path, value) -> None:
+        """``value`` as JSON at ``path``, through a rename; a failure to write is ignored."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -244,7 +356,10 @@ class ResultCache:
         return written
 
     def keep_files(self, key: str, paths: list[Path]) -> None:
-        """Store a written report's files under ``key`` (a folder renamed into place whole)."""
+        """Store a written report's files under ``key`` (a folder renamed into place whole);
+        nothing under an ``UNRECORDED`` key."""
+        if key.startswith(UNRECORDED):
+            return
         dest, tmp = self.root / "reports" / key, None
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -245,21 +245,26 @@ def _merge(res: WorkerResult, scenarios: list[Scenario], hits: dict[str, dict],
            cache: ResultCache | None) -> list[dict]:
     """One framework's observations in scenario order, from the cache or the worker (as if
     one worker had run them all: the same order, versions and notes); stores what the worker
-    finished cleanly. A worker that crashed or timed out stores nothing: its rows may be
-    incomplete, and its error must not outlive this run."""
+    finished cleanly, each scenario with its own notes, under a key that counts the
+    distributions the worker loaded (recorded first, so later lookups count them too). A
+    worker that crashed or timed out stores nothing: its rows may be incomplete, and its
+    error must not outlive this run."""
     if cache is not None and not res.error:
+        cache.record_distributions(res.framework, res.distributions)
         by_scenario = _by_scenario(res.observations)
         for s in scenarios:
             if s.name in res.completed:
                 cache.put(s, res.framework, by_scenario.get(s.name, []), res.versions,
-                          res.scenario_notes.get(s.name, []))
-    notes = list(res.notes)
+                          res.scenario_notes.get(s.name, []), res.distributions)
+    notes: list[str] = []  # in scenario order, each scenario's from where its rows come
     for s in scenarios:
         entry = hits.get(s.name)
         if entry is not None:
             res.versions = res.versions or entry.get("versions", {})
             notes.extend(entry.get("notes", []))
-    res.notes = list(dict.fromkeys(notes))
+        else:
+            notes.extend(res.scenario_notes.get(s.name, []))
+    res.notes = list(dict.fromkeys(notes + res.notes))  # and the worker's hello
     return _ordered(res.observations, scenarios, hits)
 
 

@@ -73,7 +73,10 @@ class WorkerResult:
     seconds: float = 0.0
     completed: list[str] = field(default_factory=list)  # scenarios the worker finished
     unavailable: str | None = None  # ID@DEVICE whose device the worker did not find: why
-    scenario_notes: dict[str, list[str]] = field(default_factory=dict)  # notes at each end
+    # each scenario's notes, with the adapter's own (the hello's): what the cache stores
+    scenario_notes: dict[str, list[str]] = field(default_factory=dict)
+    # the distributions the worker had loaded code from when it finished (the cache's key)
+    distributions: list[str] = field(default_factory=list)
 
 
 class _Tracker:
@@ -134,6 +137,7 @@ class _Group:
         self.results = {fid: WorkerResult(fid) for fid in todo}
         self.trackers = {fid: _Tracker(fid, todo[fid], notify) for fid in todo}
         self.finished: list[str] = []  # frameworks whose "framework_done" came
+        self.hello_notes: dict[str, int] = {}  # how many of result.notes the hello gave
         self.current = self.order[0]
         self.began = time.monotonic()
 
@@ -152,16 +156,19 @@ class _Group:
             self.current = fid
             result.versions = msg.get("versions", {})
             result.notes = list(msg.get("notes", []))
+            self.hello_notes[fid] = len(result.notes)
             tracker.hello()
         elif kind == "scenario_done":
             name = msg["scenario"]
             result.completed.append(name)
-            result.scenario_notes[name] = list(msg.get("notes", []))
+            hello = result.notes[:self.hello_notes.get(fid, 0)]
+            result.scenario_notes[name] = list(dict.fromkeys(hello + msg.get("notes", [])))
             result.notes = list(dict.fromkeys(result.notes + msg.get("notes", [])))
             tracker.scenario_done(name)
         elif kind == "framework_done":
             now = time.monotonic()
             result.seconds = now - self.began
+            result.distributions = list(msg.get("distributions", []))
             self.finished.append(fid)
             if result.unavailable is None:  # done now, not when the whole group is
                 tracker.emit("done")
