@@ -59,7 +59,7 @@ def _checked(framework: str, scenario, rows: dict) -> list[dict]:
 
 
 def _known(framework: str, scenario, o: dict) -> dict | None:
-    return known_divergence(framework, scenario.name, scenario.layer.dtype, o["quantity"], o["op"])
+    return known_divergence(framework, scenario, o["step"], o["quantity"])
 
 
 def _departure(got: dict, want: dict | None) -> str | None:

@@ -57,11 +57,15 @@ def test_single_switch_is_named(write_scenario):
 
 
 def test_pair_of_switches_is_named(write_scenario):
+    """Both switches are needed; each row names those that have acted by its step: the
+    running variance differs from step 0, the frozen layer's training call at step 2."""
     scenario = load(write_scenario(SPATIAL))
     d = explain(scenario, "someframework",
                 Semantics(variance_update="unbiased", frozen_means_inference=False))
-    assert set(d["explanation"]) == {
-        "variance_update=unbiased, frozen_means_inference=false (bit-exact)"}
+    by_step = {s: set(d[d["step"] == s]["explanation"]) for s in set(d["step"])}
+    assert by_step == {0: {"variance_update=unbiased (bit-exact)"},
+                       1: {"variance_update=unbiased (bit-exact)"},
+                       2: {"variance_update=unbiased, frozen_means_inference=false (bit-exact)"}}
 
 
 def test_native_rounding_is_bit_exact(write_scenario):
@@ -166,6 +170,27 @@ def test_a_partial_explanation_names_the_rows_it_misses(write_scenario):
                                     "14 of 15 rows, not step 2 output"}
 
 
+def test_a_partial_explanation_names_the_switches_that_have_acted_by_its_step(write_scenario):
+    """The pair of switches, the output of step 2 off by a percent: each other row's best
+    setting is the pair, which misses that one row; rows before the freeze name only the
+    variance, those of step 2 both."""
+    scenario = load(write_scenario(SPATIAL))
+
+    def off_at_step_2(o):
+        if o["quantity"] == "output" and o["step"] == 2:
+            o["value"] = (np.asarray(o["value"]) * 1.01).tolist()
+        return o
+
+    d = explain(scenario, "someframework",
+                Semantics(variance_update="unbiased", frozen_means_inference=False), off_at_step_2)
+    by_step = {s: set(d[d["step"] == s]["explanation"]) for s in set(d["step"])}
+    partial = "; partial: reproduces 14 of 15 rows, not step 2 output"
+    assert by_step == {0: {"variance_update=unbiased (bit-exact)" + partial},
+                       1: {"variance_update=unbiased (bit-exact)" + partial},
+                       2: {UNEXPLAINED, "variance_update=unbiased, frozen_means_inference=false "
+                                        "(bit-exact)" + partial}}
+
+
 LARGE_MEAN = """
 schema = 1
 name = "lm"
@@ -207,7 +232,8 @@ def _tree_float32(x: np.ndarray, algorithm: str, eps: float = 1e-5) -> dict:
     out = ((x - mean).astype(f) * inv).astype(f)
     keep, take = f(0.9), f(0.1)
     return {"output": out, "moving_mean": (mean * take).astype(f),
-            "moving_variance": (keep + (var * take).astype(f)).astype(f)}
+            "moving_variance": (keep + (var * take).astype(f)).astype(f),
+            "batch_mean": mean, "batch_variance": var}
 
 
 def _computed_as(values: dict):
@@ -254,3 +280,200 @@ def test_two_pass_rounding_is_explained_by_its_bound(write_scenario):
     texts = dict(zip(d["quantity"], d["explanation"], strict=True))
     assert texts["output"].startswith("precision=native: within the float32 rounding bound of "
                                       "the two-pass variance (observed ")
+
+
+GHOSTS = """
+schema = 1
+name = "ghost-indivisible"
+[layer]
+features = 2
+momentum = 0.5
+virtual_batch_size = 2
+[inputs]
+x = { normal = { mean = 1.0, std = 2.0 }, shape = [5, 2], seed = 211 }
+y = { normal = { mean = 0.0, std = 1.0 }, shape = [4, 2], seed = 212 }
+t = { normal = { mean = 0.0, std = 1.0 }, shape = [5, 2], seed = 213 }
+[[steps]]
+op = "call"
+input = "x"
+training = true
+[[steps]]
+op = "call"
+input = "y"
+training = true
+[[steps]]
+op = "grad"
+input = "x"
+training = true
+weights = "t"
+[[steps]]
+op = "predict"
+input = "x"
+[[steps]]
+op = "fit"
+input = "x"
+target = "t"
+optimizer = { name = "sgd", lr = 0.1 }
+batch_size = 4
+"""
+
+
+def test_ghost_batches_that_do_not_divide_are_tf_keras_refusal(write_scenario):
+    """virtual_batch_size 2 on batches of 5 (a call, a gradient, and a fit whose batches of 4
+    and 1 fail on the second after the first moved the statistics), on tf-keras itself
+    (measured by hand: tests/test_reference_edges.py). The reference answers with uneven
+    ghost batches, not an error of its own; tf-keras' refusals are its declared
+    ``ghost_batch_remainder=error``, which explains every tf-keras row, and the conformance
+    suite's rule accepts tf-keras' rows against its profile."""
+    from types import SimpleNamespace
+
+    from tests import test_conformance
+    from xbn.execution.runner import run
+
+    scenario = load(write_scenario(GHOSTS))
+    result = run([scenario], ["numpy", "tf-keras"], timeout=600)
+    mine = [o for o in result.observations if o["framework"] == "numpy"]
+    assert not [o for o in mine if o["status"] == "error"]
+    theirs = [o for o in result.observations if o["framework"] == "tf-keras"]
+    errors = {(o["step"], o["quantity"]) for o in theirs if o["status"] == "error"}
+    assert {(0, "output"), (2, "grad_input"), (4, "loss")} <= errors
+    assert all(o["origin"] in ("tensorflow", "tf_keras") for o in theirs if o["status"] == "error")
+    obs = observations_frame(result.observations)
+    diffs = diff_table(obs, "numpy", DEFAULT_K)
+    out = explain_diffs(diffs, obs, [scenario], "numpy", DEFAULT_K)
+    out = out[(out["framework"] == "tf-keras") & (out["verdict"] != "same")]
+    assert set(out["verdict"]) == {"error", "differs"}
+    assert {t.removesuffix(" (bit-exact)") for t in out["explanation"]} == \
+        {"ghost_batch_remainder=error"}
+    from xbn.profiles.facts import semantics_of
+
+    profiled = list(run_scenario(NumpyAdapter("numpy", semantics_of("tf-keras")), scenario))
+    refused = {(o["step"], o["quantity"]) for o in profiled if o["status"] == "error"}
+    assert refused == errors
+    assert {(o["origin"], o["message"]) for o in profiled if o["status"] == "error"} == {
+        ("reference", f"ValueError: virtual_batch_size 2 does not divide the batch size {n}: "
+                      "ghost batches refused") for n in (5, 1)}  # fit: batches of 4 and 1
+    rows = {("tf-keras", scenario.name): theirs}
+    test_conformance.test_framework_matches_its_profile(
+        ([scenario], SimpleNamespace(frameworks={"tf-keras": {}}), rows), "tf-keras")
+
+
+FREEZE_AND_MASK = """
+schema = 1
+name = "freeze-and-mask"
+[layer]
+features = 2
+layout = "NLC"
+momentum = 0.5
+epsilon = 0.001
+[inputs]
+x = { normal = { mean = 1.0, std = 2.0 }, shape = [3, 4, 2], seed = 31 }
+m = [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+[[steps]]
+op = "call"
+input = "x"
+training = true
+[[steps]]
+op = "call"
+input = "x"
+training = true
+mask = "m"
+[[steps]]
+op = "set"
+trainable = false
+[[steps]]
+op = "call"
+input = "x"
+training = true
+"""
+
+
+def _switches(text: str) -> dict:
+    return dict(part.split("=") for part in text.removesuffix(" (bit-exact)").split(", "))
+
+
+def test_each_row_names_the_switches_that_have_acted_by_its_step(write_scenario):
+    """torch itself: a training call (its running variance is fed n/(n-1)), a masked training
+    call (torch's BatchNorm takes no mask: n/a, its statistics stay where they were),
+    trainable=False (torch has no such flag), a training call (torch still uses and moves
+    the batch statistics). One setting reproduces every row; each row names only the part of
+    it that has acted by its step, and that part alone reproduces every row up to it."""
+    from xbn.comparison.diffs import agreement
+    from xbn.execution.runner import run
+    from xbn.explain.rerun import rerun_rows
+
+    scenario = load(write_scenario(FREEZE_AND_MASK))
+    result = run([scenario], ["numpy", "torch"], timeout=600)
+    obs = observations_frame(result.observations)
+    diffs = diff_table(obs, "numpy", DEFAULT_K)
+    out = explain_diffs(diffs, obs, [scenario], "numpy", DEFAULT_K)
+    out = out[(out["framework"] == "torch") & out["verdict"].isin(["differs", "error"])]
+    named = {s: {tuple(sorted(_switches(t))) for t in out[out["step"] == s]["explanation"]}
+             for s in set(out["step"])}
+    assert named == {0: {("variance_update",)},  # before any mask or freeze
+                     1: {("mask", "variance_update")},
+                     2: {("mask", "variance_update")},  # the freeze itself moves nothing
+                     3: {("frozen_means_inference", "mask", "variance_update")}}
+    torch_rows = [o for o in result.observations if o["framework"] == "torch"
+                  and o["status"] != "n/a" and o["quantity"] != "step"]
+    for r in out.itertuples():
+        setting = {k: {"false": False}.get(v, v) for k, v in _switches(r.explanation).items()}
+        mine = rerun_rows(scenario, setting)
+        for o in (o for o in torch_rows if o["step"] <= r.step):
+            key = (o["step"], o["quantity"])
+            assert agreement(o, mine[key], DEFAULT_K).agree, (r.explanation, key)
+
+
+def test_an_error_raised_by_xbn_itself_is_never_explained(write_scenario):
+    """torch's refusal of a batch of one, as if raised by xbn's adapter (origin xbn): a
+    defect, which no setting reproduces, and no rounding bound either (a bound compared
+    errors by status alone, and called any error within any other's interval)."""
+    from xbn.profiles.facts import semantics_of
+
+    def from_xbn(o):
+        if o["status"] == "error":
+            o["origin"] = "xbn"
+        return o
+
+    scenario = load(write_scenario(BATCH_OF_ONE))
+    semantics = semantics_of("torch").with_(precision="float64")
+    assert list(explain(scenario, "torch", semantics)["explanation"]) == [
+        "bare_call=module_mode, batch_of_one=error"]
+    d = explain(scenario, "torch", semantics, from_xbn)
+    assert list(d["verdict"]) == ["error"]
+    assert list(d["explanation"]) == [UNEXPLAINED]
+
+
+def test_a_bound_explanation_names_the_switches_that_have_acted_by_its_step(write_scenario):
+    """LARGE_MEAN's two-pass float32 rounding at a training call, then trainable=False and
+    the same call again, from a framework that keeps training a frozen layer (flax's
+    frozen_means_inference=false: batch statistics, the running ones moved again, in
+    float32). The bound keeps the switch, which changes the reference's values at step 2;
+    the rows of step 0 do not name it."""
+    from xbn.profiles.facts import semantics_of
+
+    text = LARGE_MEAN + '[[steps]]\nop = "set"\ntrainable = false\n' + \
+        '[[steps]]\nop = "call"\ninput = "x"\ntraining = true\n'
+    scenario = load(write_scenario(text))
+    first = _tree_float32(scenario.inputs["x"], "two_pass")
+    f = np.float32
+    mean, var = first["batch_mean"], first["batch_variance"]
+    second = {"output": first["output"],
+              "moving_mean": (first["moving_mean"] * f(0.9) + (mean * f(0.1)).astype(f)).astype(f),
+              "moving_variance": (first["moving_variance"] * f(0.9)
+                                  + (var * f(0.1)).astype(f)).astype(f)}
+
+    def tamper(o):
+        values = {0: first, 1: first, 2: second}[o["step"]]
+        if o["quantity"] in ("output", "moving_mean", "moving_variance"):
+            o["value"] = values[o["quantity"]].astype(np.float64).tolist()
+            o["dtype"] = "float32"
+        return o
+
+    d = explain(scenario, "flax", semantics_of("flax").with_(precision="float64"), tamper)
+    texts = {(r.step, r.quantity): r.explanation for r in d.itertuples()}
+    assert {q for s, q in texts if s == 2} >= {"output", "moving_mean"}
+    for (step, _), t in texts.items():
+        prefix = "frozen_means_inference=false, " if step == 2 else ""
+        assert t.startswith(f"{prefix}precision=native: within the float32 rounding bound of "
+                            "the two-pass variance (observed "), (step, t)

@@ -70,12 +70,17 @@ def test_batch_of_one_switch():
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("layout", ["NC", "NHWC", "NCHW"])
+@pytest.mark.parametrize("layout", ["NC", "NHWC", "NCHW", "NC/3", "NCHW/2"])
 def test_backward_matches_finite_differences(training, layout):
+    """``/N``: ghost batches of virtual_batch_size N that does not divide the batch (7 rows in
+    ghost batches of 3, 2 and 2; 3 items of 4 values in ghost batches of 2 and 1)."""
     rng = np.random.default_rng(1)
-    shape = {"NC": (5, 3), "NHWC": (2, 2, 3, 3), "NCHW": (2, 3, 2, 2)}[layout]
+    layout, _, virtual = layout.partition("/")
+    shape = {"NC": (7, 3) if virtual else (5, 3), "NHWC": (2, 2, 3, 3),
+             "NCHW": (3, 3, 2, 2) if virtual else (2, 3, 2, 2)}[layout]
     axis = 1 if layout in ("NC", "NCHW") else -1
     lay = layer(features=3, layout=layout)
+    lay.virtual_batch_size = int(virtual) if virtual else None
     x, w = rng.normal(size=shape), rng.normal(size=shape)
     bn = ReferenceBatchNorm(lay, axis=axis)
     bn.gamma = rng.normal(size=3)
@@ -103,6 +108,36 @@ def test_backward_matches_finite_differences(training, layout):
         num = np.array([(loss(**{name: base + h * np.eye(3)[i]}) -
                          loss(**{name: base - h * np.eye(3)[i]})) / (2 * h) for i in range(3)])
         np.testing.assert_allclose(grads[key], num, rtol=1e-5, atol=1e-7)
+
+
+def test_ghost_batches_that_do_not_divide_the_batch():
+    """virtual_batch_size 2 on 5 rows. "uneven": tf-keras' strided layout over ceil(5/2) = 3
+    ghost batches, rows {0, 3}, {1, 4}, {2}, each normalized with its own moments, the running
+    statistics fed the mean of the three means and biased variances. "error": refused, as
+    tf-keras' reshape to [2, -1] fails; only in training (inference reshapes to [-1, 1])."""
+    x = np.array([[1.0, -2.0], [4.0, 0.5], [2.0, 3.0], [7.0, 1.5], [-3.0, 2.5]])
+    lay = layer(momentum=0.5, epsilon=1e-3)
+    lay.virtual_batch_size = 2
+    bn = ReferenceBatchNorm(lay)
+    y = bn.call(x, True)
+    groups = [[0, 3], [1, 4], [2]]
+    expected = np.zeros_like(x)
+    for rows in groups:
+        g = x[rows]
+        expected[rows] = (g - g.mean(axis=0)) / np.sqrt(g.var(axis=0) + 1e-3)
+    np.testing.assert_allclose(y, expected, rtol=1e-14)
+    means = np.mean([x[r].mean(axis=0) for r in groups], axis=0)
+    variances = np.mean([x[r].var(axis=0) for r in groups], axis=0)
+    np.testing.assert_allclose(bn.moving_mean, 0.5 * means, rtol=1e-14)
+    np.testing.assert_allclose(bn.moving_variance, 0.5 + 0.5 * variances, rtol=1e-14)
+
+    refusing = ReferenceBatchNorm(lay, Semantics(ghost_batch_remainder="error"))
+    with pytest.raises(ValueError, match="does not divide the batch size 5: ghost batches refused"):
+        refusing.call(x, True)
+    assert refusing.moving_mean.tolist() == [0.0, 0.0]  # refused before anything moved
+    np.testing.assert_allclose(refusing.call(x, False), x / np.sqrt(1.001), rtol=1e-14)
+    divided = ReferenceBatchNorm(lay, Semantics(ghost_batch_remainder="error"))
+    np.testing.assert_array_equal(divided.call(x[:4], True), ReferenceBatchNorm(lay).call(x[:4], True))
 
 
 def test_adam_first_step_moves_by_lr():

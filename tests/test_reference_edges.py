@@ -88,6 +88,36 @@ def test_empty_predict():
     np.testing.assert_allclose(_bn(empty_predict="error").predict(x), x / np.sqrt(1.001))
 
 
+
+def test_empty_batches_and_masks_warn_nothing():
+    """The reference's NaN statistics of no rows are a modelled answer, not an accident: run
+    under every framework's profile (and the rounding-bound corners, ``mean_error``/
+    ``variance_error``), the built-in scenarios with an empty batch or a mask emit no
+    RuntimeWarning ("Mean of empty slice", "invalid value encountered in divide"), which the
+    conformance suite printed from xbn/reference/numerics.py and batchnorm.py."""
+    from xbn.adapters.base import run_scenario
+    from xbn.adapters.numpy.adapter import NumpyAdapter
+    from xbn.frameworks.registry import FRAMEWORK_IDS
+    from xbn.profiles.facts import semantics_of
+    from xbn.scenario.loader import load
+
+    profiles = {semantics_of(fid) for fid in FRAMEWORK_IDS} | {Semantics()}
+    corners = {p.with_(mean_error=m, variance_error=v) for p in profiles
+               for m, v in ((-1.0, 1.0), (1.0, -1.0))}
+    for name in ("zero-size-batch", "mask-fully-masked", "mask-statistics"):
+        scenario = load(f"builtin:{name}")
+        for semantics in profiles | corners:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                list(run_scenario(NumpyAdapter("numpy", semantics), scenario))
+            assert not caught, (name, semantics, [str(w.message) for w in caught])
+    bn = _bn()  # and the values are still the NaN of no rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bn.call(EMPTY, True)
+        assert np.isnan(bn.moving_mean).all() and np.isnan(bn.moving_variance).all()
+        assert bn.magnitudes()["moving_mean"] is None  # no finite term: no floor
+
 def _normalized(x, mean, var, eps):
     return (x - mean) / np.sqrt(var + eps)
 
@@ -254,6 +284,51 @@ except ValueError as exc:
 print("ok")
 """
 
+# virtual_batch_size 2 on a batch of 5 (xbn/profiles/edges.py ghost_batch_remainder = "error"):
+# the exception and the first line of its message, as xbn's error rows keep it
+# (xbn/adapters/errors.py describe_exception), where tf-keras meets the reshape
+_TF_KERAS_GHOSTS = """
+import numpy as np, tensorflow as tf, tf_keras
+A = np.asarray({A}, np.float32)[:5]
+def model():
+    tf_keras.backend.clear_session()
+    inp = tf_keras.Input(shape=(2,))
+    bn = tf_keras.layers.BatchNormalization(momentum=0.5, virtual_batch_size=2)
+    m = tf_keras.Model(inp, bn(inp))
+    m.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.1), loss="mse")
+    return m, bn
+def refused(f):
+    try:
+        f()
+    except Exception as exc:
+        lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
+        return type(exc).__name__, lines[0], " ".join(lines)
+    raise SystemExit("no error")
+m, bn = model()
+eager = refused(lambda: m(tf.constant(A), training=True))
+assert eager[0] == "InvalidArgumentError" and "Input to reshape is a tensor with 10 values, but " \
+    "the requested shape requires a multiple of 4" in eager[2], eager
+x = tf.constant(A)
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    taped = refused(lambda: m(x, training=True))
+assert taped[0] == "InvalidArgumentError" and "Input to reshape is a tensor with" in taped[2]
+assert (bn.moving_mean.numpy() == 0).all()
+y = m(tf.constant(A), training=False).numpy()  # inference: [-1, 1, ...] reshapes anything
+np.testing.assert_allclose(y, A / np.sqrt(1.001), rtol=1e-6)
+assert m.predict(A, batch_size=5, verbose=0).shape == (5, 2)
+traced = refused(lambda: m.fit(A, A, batch_size=5, epochs=1, shuffle=False, verbose=0))
+assert traced[0] == "ValueError" and traced[1] == "in user code:", traced
+assert "Dimension size must be evenly divisible by 4 but is 10" in traced[2], traced
+m, bn = model()  # batches of 4 and 1: the trace made for 4 rows fails on the last row
+ran = refused(lambda: m.fit(A, A, batch_size=4, epochs=1, shuffle=False, verbose=0))
+assert ran[0] == "InvalidArgumentError" and "batch_normalization/Reshape" in ran[2], ran
+ghosts = A[:4].astype(np.float64)[[0, 2]], A[:4].astype(np.float64)[[1, 3]]
+np.testing.assert_allclose(bn.moving_mean.numpy().reshape(-1),  # the first batch's update
+                           0.5 * np.mean([g.mean(axis=0) for g in ghosts], axis=0), rtol=1e-5)
+print("ok")
+"""
+
 
 def _script(code: str, **env) -> None:
     arrays = {k: repr(v.tolist()) for k, v in (("A", A), ("B", B), ("T", T))}
@@ -269,6 +344,18 @@ def test_keras3_tensorflow_by_hand():
 
 def test_tf_keras_by_hand():
     _script(_TF_KERAS)
+
+
+def test_tf_keras_refuses_ghost_batches_that_do_not_divide_by_hand():
+    """What xbn/profiles/edges.py declares for tf-keras' ghost_batch_remainder = "error", and
+    that the forms it declares (type, fragment) are those of the messages measured here."""
+    from xbn.profiles.refusals import declared_error
+
+    _script(_TF_KERAS_GHOSTS)
+    forms = declared_error("tf-keras", "ghost_batch_remainder").forms()
+    assert forms == (("InvalidArgumentError", "Input to reshape is a tensor with"),
+                     ("InvalidArgumentError", "batch_normalization/Reshape"),
+                     ("ValueError", "in user code"))
 
 
 def test_keras3_jax_retraces_per_shape_by_hand():

@@ -169,8 +169,13 @@ def test_reference_ghost_batches_match_derivation(layout, shape):
     np.testing.assert_allclose(a.state()["moving_variance"], moving_variance, rtol=1e-12)
     # the average of ghost variances is not the batch variance
     assert np.abs(moving_variance - (0.5 + 0.5 * last.reshape(-1, 3).var(axis=0))).max() > 1e-3
+    # a batch that 2 does not divide: uneven ghost batches, or refused where the semantics
+    # model tf-keras' reshape (ghost_batch_remainder = "error", tf-keras' profile)
+    assert np.isfinite(a.call(x[:3], True)).all()
+    refusing = reference(layout=layout, virtual_batch_size=2,
+                         native={"numpy": {"ghost_batch_remainder": "error"}})
     with pytest.raises(ValueError, match="does not divide"):
-        a.call(x[:3], True)
+        refusing.call(x[:3], True)
 
 
 def test_reference_ghost_gradients():

@@ -7,9 +7,13 @@ moves one row onto the framework's value and another off it names the wrong caus
 in order: the framework's declared profile (its semantic switches, then with its arithmetic);
 one semantic switch; native precision (float32 arithmetic in a given operation order); two
 semantic switches; one semantic switch with native precision. The first that reproduces every
-row, reduced to the switches it needs, explains them all; ``(bit-exact)`` marks a row
-reproduced to the last bit. When no rerun reproduces every row, rounding-error bounds are tried
-(``xbn.explain.bounds``): the two-pass variance's, then the one-pass formula's, which account for
+row, reduced to the switches it needs, explains them all. Each row names only the switches of
+that setting that have acted by its step (``Search.word``): one that can be left out without
+losing any row up to that step is not named there (``frozen_means_inference`` before anything
+is frozen), where the named ones reproduce those rows on their own; ``(bit-exact)`` marks a
+row that the named switches reproduce to the last bit. Bound and partial explanations name
+their switches by the same rule. When no rerun reproduces every row, rounding-error bounds are
+tried (``xbn.explain.bounds``): the two-pass variance's, then the one-pass formula's, which account for
 an ill-conditioned reduction whose summation order no rerun can match. When nothing reproduces
 every row, each row gets the setting that reproduces it and the most of the framework's other
 rows, and names the rows that setting misses. A row that nothing reproduces says so: that is a
@@ -19,6 +23,7 @@ finding, not a failure of the search.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pandas as pd
 
@@ -30,7 +35,7 @@ from ..profiles.refusals import error_mismatch
 from ..reference.batchnorm import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR
-from .bounds import ALGORITHMS, bound_text, corner_changes, within
+from .bounds import ALGORITHMS, Within, bound_text, corner_changes, within
 from .candidates import NATIVE, declared_profile, explanation_order, relevant_switches, unique
 from .rerun import LazyRun, describe, rerun, setting_key
 
@@ -71,7 +76,7 @@ def explain_diffs(diffs: pd.DataFrame, obs: pd.DataFrame, scenarios: list[Scenar
             if o is None or r.verdict not in ("same", "differs", "error") or \
                     (r.verdict != "same" and not pd.isna(r.explanation)):
                 continue
-            known = known_divergence(framework, name, scenario.layer.dtype, r.quantity, r.op)
+            known = known_divergence(framework, scenario, int(r.step), r.quantity)
             if known:  # data, not a setting: no rerun is asked to reproduce it
                 if r.verdict != "same":
                     diffs.at[i, "explanation"] = (f"known divergence: {known['reason']} "
@@ -123,6 +128,7 @@ class Search:
         self.tried: dict[tuple, dict] = {}  # key -> change, in the order tried
         self.rows: dict[tuple, dict] = {}  # key -> {row: None | exact}, as far as matched
         self.bounds: list[tuple[dict, str, dict]] = []  # (base, algorithm, {row: Within})
+        self.acting: dict[tuple, dict] = {}  # (setting, rows, algorithm) -> switch -> step
 
     def _row(self, change: dict, key: tuple, i) -> bool | None:
         matched = self.rows.setdefault(key, {})
@@ -133,9 +139,15 @@ class Search:
 
     def covers(self, change: dict, need) -> bool:
         """Whether ``change`` reproduces every row in ``need``, stopping at the first miss."""
+        self.tried.setdefault(setting_key(change), change)
+        return self._first_miss(change, need) == math.inf
+
+    def _first_miss(self, change: dict, need) -> float:
+        """The step of the first row in ``need`` that ``change`` does not reproduce (inf:
+        none), matched in step order as far as that row (the reruns are lazy)."""
         key = setting_key(change)
-        self.tried.setdefault(key, change)
-        return all(self._row(change, key, i) is not None for i in self.order if i in need)
+        return next((self.framework_rows[i].step for i in self.order
+                     if i in need and self._row(change, key, i) is None), math.inf)
 
     def hits(self, change: dict) -> dict:
         """Rows ``change`` reproduces: row -> bit-exact or not."""
@@ -146,16 +158,21 @@ class Search:
 
     def bound_hits(self, base: dict, algorithm: str) -> dict:
         """Rows within the rounding-error interval of ``algorithm``'s variance: row -> Within."""
+        found = {i: self._bound_row(base, algorithm, i) for i in self.order}
+        return {i: w for i, w in found.items() if w is not None}
+
+    def _bound_row(self, base: dict, algorithm: str, i) -> Within | None:
+        """Row ``i`` within the interval (the runs computed as far as its step). An error is
+        within it only as ``_match`` reproduces errors: the refusal the framework declares,
+        never an error of xbn's own code nor any error for any other."""
         centre_change = {**base, "variance_algorithm": algorithm}
-        centre = self.observe(centre_change).full()
-        corners = [self.observe(c).full() for c in corner_changes(centre_change)]
-        found = {}
-        for i, m in self.framework_rows.items():
-            row = row_at(m)
-            w = within(m, centre.get(row), [c.get(row) for c in corners], self.k)
-            if w is not None:
-                found[i] = w
-        return found
+        m = self.framework_rows[i]
+        row = row_at(m)
+        centre = self.observe(centre_change).get(row)
+        if m.status == ERROR or (centre is not None and centre["status"] == ERROR):
+            return None if _match(m, centre, self.k) is None else Within(0.0, 0.0)
+        return within(m, centre, [self.observe(c).get(row) for c in
+                                  corner_changes(centre_change)], self.k)
 
     def minimize(self, change: dict, need: set, hits_of=None) -> dict:
         """Drop what the rows in ``need`` do not need (a profile brings many switches): each
@@ -191,13 +208,69 @@ class Search:
                 base = trial
         return base
 
+    def word(self, change: dict, need: set, i) -> str:
+        """Row ``i``'s explanation by ``change``, which reproduces every row in ``need``: the
+        switches of ``change`` whose removal loses a row of ``need`` at a step up to row
+        ``i``'s (the arithmetic leaves as one: native precision with its rounding switches;
+        a rounding switch named brings precision with it). Named only where those switches
+        alone reproduce every such row and row ``i`` as well as ``change`` does (to the last
+        bit where it does): otherwise ``change`` itself."""
+        step = self.framework_rows[i].step
+        exact = self._row(change, setting_key(change), i)
+        arithmetic = {k for k in change if k == "precision" or k in NUMERIC_SWITCH_VALUES}
+        acting = self._acting(change, need, None, lambda trial: self._first_miss(trial, need),
+                              arithmetic)
+        shown = {k for k in change if acting[k] <= step}
+        if shown & set(NUMERIC_SWITCH_VALUES) and "precision" in change:
+            shown.add("precision")
+        named = {k: v for k, v in change.items() if k in shown}
+        if named and named != change:
+            here = self._row(named, setting_key(named), i)
+            upto = {j for j in need if self.framework_rows[j].step <= step}
+            if here is not None and (here or not exact) and \
+                    self._first_miss(named, upto) == math.inf:
+                return describe(named, here)
+        return describe(change, exact)
+
+    def bound_word(self, base: dict, algorithm: str, arithmetic: str, need: set, i) -> str:
+        """Row ``i``'s bound explanation, the switches named as ``word`` names them, by the
+        rule ``matters`` keeps them: the switches of ``base`` whose removal changes the
+        reference's values (the interval's centre) at a step up to row ``i``'s, where those
+        alone hold every row of ``need`` up to that step in their interval."""
+        step = self.framework_rows[i].step
+        w = self._bound_row(base, algorithm, i)
+
+        def centre(b: dict) -> dict:
+            return self.observe({**b, "variance_algorithm": algorithm}).full()
+
+        acting = self._acting(base, need, algorithm,
+                              lambda trial: _first_change(centre(trial), centre(base)), set())
+        named = {k: v for k, v in base.items() if acting[k] <= step}
+        if named != base:
+            upto = [j for j in self.order if j in need and self.framework_rows[j].step <= step]
+            here = self._bound_row(named, algorithm, i)
+            if here is not None and all(self._bound_row(named, algorithm, j) is not None
+                                        for j in upto):
+                base, w = named, here
+        return describe(_bound_setting(base, algorithm)) + bound_text(algorithm, arithmetic, w)
+
+    def _acting(self, change: dict, need: set, algorithm: str | None, first, arithmetic: set) -> dict:
+        """Switch -> the first step at which ``change`` without it (without all of
+        ``arithmetic`` for precision) differs by ``first``; computed once per setting."""
+        key = (setting_key(change), frozenset(need), algorithm)
+        if key not in self.acting:
+            self.acting[key] = {
+                k: first({kk: v for kk, v in change.items()
+                          if kk not in (arithmetic if k == "precision" else {k})})
+                for k in change}
+        return self.acting[key]
+
     def explain(self, scenario: Scenario, framework: str, targets: list) -> dict:
         everything = set(self.framework_rows)
         for change in explanation_order(framework, relevant_switches(scenario)):
             if self.covers(change, everything):
                 change = self.minimize(change, everything)
-                hits = self.hits(change)
-                return {i: describe(change, hits[i]) for i in targets}
+                return {i: self.word(change, everything, i) for i in targets}
         arithmetic = "float64" if "float64" in (scenario.layer.dtype,
                                                 getattr(scenario.layer, "state_dtype", None)) \
             else "float32"
@@ -210,9 +283,8 @@ class Search:
                 hits = hits_of(base)
                 if set(hits) == everything:
                     base = self.matters(base, algorithm)
-                    hits = hits_of(base)
-                    return {i: describe(_bound_setting(base, algorithm))
-                            + bound_text(algorithm, arithmetic, hits[i]) for i in targets}
+                    return {i: self.bound_word(base, algorithm, arithmetic, everything, i)
+                            for i in targets}
                 self.bounds.append((base, algorithm, hits))
         return self._partial(targets, arithmetic)
 
@@ -241,10 +313,9 @@ class Search:
                 settled[id(best)] = self._settle(best)
             kind, change, algorithm, hits = settled[id(best)]
             if kind == "rerun":
-                text = describe(change, hits[i])
+                text = self.word(change, set(hits), i)
             else:
-                text = describe(_bound_setting(change, algorithm)) + \
-                    bound_text(algorithm, arithmetic, hits[i])
+                text = self.bound_word(change, algorithm, arithmetic, set(hits), i)
             texts[i] = text + self._missed(hits)
         return texts
 
@@ -265,6 +336,15 @@ class Search:
         more = f" and {len(missed) - MISSED_SHOWN} more" if len(missed) > MISSED_SHOWN else ""
         return (f"; partial: reproduces {len(hits)} of {len(self.framework_rows)} rows, not "
                 + ", ".join(names) + more)
+
+
+def _first_change(a: dict, b: dict) -> float:
+    """The first step at which two runs of the reference (row -> observation) differ at all,
+    as ``Search.matters`` compares them: a row only one has, or values not equal (inf: none)."""
+    for r in sorted(a.keys() | b.keys(), key=lambda r: r[0]):
+        if r not in a or r not in b or not agreement(a[r], b[r], 0).agree:
+            return r[0]
+    return math.inf
 
 
 def _bound_setting(base: dict, algorithm: str) -> dict:

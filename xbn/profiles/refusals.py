@@ -21,6 +21,12 @@ class Raises:
     type: str  # the exception class's name, as an error observation's message starts
     fragment: str  # a piece of the message (after "Type: ") that it always contains
     source: str
+    # other (type, fragment) forms of the same refusal, where the exception depends on where
+    # the framework meets it (TensorFlow: an eager op, a function being traced, a traced one)
+    also: tuple[tuple[str, str], ...] = ()
+
+    def forms(self) -> tuple[tuple[str, str], ...]:
+        return ((self.type, self.fragment), *self.also)
 
 
 # Switch values that make a framework refuse.
@@ -106,11 +112,14 @@ def error_mismatch(framework_id: str, got: dict, expected: dict) -> str | None:
     if declared is None:
         return f"{framework_id} declares no exception for {setting} (xbn/profiles/refusals.py ERRORS)"
     kind, text = _exception(got.get("message"))
-    if kind != declared.type:
+    forms = declared.forms()
+    if all(kind != t for t, _ in forms):
+        types = " or ".join(dict.fromkeys(t for t, _ in forms))
         return (f"{kind or 'an exception'} where {framework_id}'s profile declares "
-                f"{declared.type} for {setting} ({declared.source}): {got.get('message')}")
-    if declared.fragment not in text:
-        return (f"{declared.type} without {declared.fragment!r}, which {framework_id}'s profile "
+                f"{types} for {setting} ({declared.source}): {got.get('message')}")
+    if all(kind != t or f not in text for t, f in forms):
+        fragments = " or ".join(repr(f) for t, f in forms if t == kind)
+        return (f"{kind} without {fragments}, which {framework_id}'s profile "
                 f"declares for {setting} ({declared.source}): {got.get('message')}")
     return None
 

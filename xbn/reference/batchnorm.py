@@ -18,7 +18,7 @@ from ..scenario.loader import Layer, Optimizer
 from . import edges, numerics
 from .numerics import channels_last_2d as _channels_last_2d
 from .numerics import restore as _restore
-from .renorm import Renorm, compose, ghost_groups, ghost_moments, group_sum
+from .renorm import Renorm, compose, ghost_groups, ghost_moments, group_count, group_sum
 from .semantics import (  # noqa: F401 - re-exported: the reference's vocabulary
     INTERVAL_FIELDS,
     NUMERIC_SWITCH_VALUES,
@@ -173,7 +173,7 @@ class ReferenceBatchNorm:
         if training or not self.track:
             if training and self.virtual_batch_size:  # per ghost batch; their average updates
                 groups = ghost_groups(x.shape[0], n // max(x.shape[0], 1),
-                                      self.virtual_batch_size)
+                                      self.virtual_batch_size, self.sem.ghost_batch_remainder)
                 batch_mean, batch_var, avg_mean, avg_var = ghost_moments(
                     x2, groups, self.ft, self._batch_stats)
             else:
@@ -186,7 +186,7 @@ class ReferenceBatchNorm:
             if training and update and self.track:  # fed the ghost batches' average
                 self._update(avg_mean, avg_var, n)
                 self._mean_terms = numerics.average_magnitude(
-                    self._mean_terms, np.abs(x2.astype(np.float64)).mean(axis=0),
+                    self._mean_terms, numerics.column_mean(np.abs(x2.astype(np.float64))),
                     self.momentum, self.sem.ema, self.num_batches)
                 if self.sem.training_normalization == "running":
                     mean, var = self.moving_mean, self.moving_variance
@@ -210,7 +210,7 @@ class ReferenceBatchNorm:
         self._terms["backward"] = dy2
         centered, inv, a = cache["centered"], cache["inv"], cache["weight"]
         groups = cache.get("groups")  # ghost batches: the sums run over each row's own
-        n = dy2.shape[0] // (1 if groups is None else len(np.unique(groups)))
+        n = group_count(dy2.shape[0], groups)  # per row: its ghost batch's rows
         if "rows" in cache:  # a mask: only the valid rows' inputs moved the statistics
             a, n = cache["rows"].weights(a)
         # renorm: r and d are constants (stop_gradient), r scales gamma, d shifts x_hat

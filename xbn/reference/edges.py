@@ -20,12 +20,15 @@ EMPTY_PREDICT = "predict on an empty batch is refused (no batch to run)"
 def relevant_edges(scenario) -> set[str]:
     """The edge switches that can change anything in ``scenario`` (``xbn.explain.search`` tries them
     only there): the empty-batch ones where an input has no rows, ``traced_functions`` where
-    a ``set`` step changes momentum or epsilon."""
+    a ``set`` step changes momentum or epsilon, ``ghost_batch_remainder`` where the layer has
+    ghost batches (``virtual_batch_size``)."""
     found = set()
     if any(np.size(v) == 0 for v in scenario.inputs.values()):
         found |= {"empty_batch", "empty_gradient", "empty_predict"}
     if any(s.op == "set" and (s.momentum, s.epsilon) != (None, None) for s in scenario.steps):
         found.add("traced_functions")
+    if getattr(scenario.layer, "virtual_batch_size", None):
+        found.add("ghost_batch_remainder")
     return found
 
 

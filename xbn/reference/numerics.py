@@ -47,18 +47,26 @@ def moments(x2: np.ndarray, ft, algorithm: str) -> tuple[np.ndarray, np.ndarray]
     """Per-channel mean and biased variance in arithmetic ``ft``: the mean of squared
     deviations ("two_pass") or E[x^2] - E[x]^2 ("fast", "fast_clamped"; the caller clamps)."""
     count = ft(x2.shape[0])
-    mean = (x2.sum(axis=0, dtype=ft) / count).astype(ft)
-    if algorithm == "two_pass":
-        dev = (x2 - mean).astype(ft)
-        return mean, ((dev * dev).sum(axis=0, dtype=ft) / count).astype(ft)
-    return mean, ((x2 * x2).sum(axis=0, dtype=ft) / count - mean * mean).astype(ft)
+    with np.errstate(invalid="ignore"):  # no rows: 0/0, the NaN statistics of an empty batch
+        mean = (x2.sum(axis=0, dtype=ft) / count).astype(ft)
+        if algorithm == "two_pass":
+            dev = (x2 - mean).astype(ft)
+            return mean, ((dev * dev).sum(axis=0, dtype=ft) / count).astype(ft)
+        return mean, ((x2 * x2).sum(axis=0, dtype=ft) / count - mean * mean).astype(ft)
+
+
+def column_mean(a: np.ndarray) -> np.ndarray:
+    """``a.mean(axis=0)``, NaN per column for no rows without numpy's "Mean of empty slice"
+    warning (a batch of no rows is a scenario, not an accident)."""
+    a = np.asarray(a)
+    return a.mean(axis=0) if a.shape[0] else np.full(a.shape[1:], np.nan)
 
 
 def mean_error_bound(x2: np.ndarray, u: float) -> np.ndarray:
     """d: how far a computed per-channel mean sum(x)/n can be from the exact one,
     gamma(n) * mean|x| (n - 1 additions, one division)."""
     x = np.asarray(x2, np.float64)
-    return gamma(x.shape[0], u) * np.abs(x).mean(axis=0)
+    return gamma(x.shape[0], u) * column_mean(np.abs(x))
 
 
 def variance_error_bound(x2: np.ndarray, algorithm: str, u: float) -> np.ndarray:
@@ -75,13 +83,13 @@ def variance_error_bound(x2: np.ndarray, algorithm: str, u: float) -> np.ndarray
     """
     x = np.asarray(x2, np.float64)
     n = x.shape[0]
-    mu = x.mean(axis=0)
+    mu = column_mean(x)
     d = mean_error_bound(x, u)
     if algorithm == "two_pass":
-        var = np.square(x - mu).mean(axis=0)
+        var = column_mean(np.square(x - mu))
         return gamma(n + 3, u) * (var + d * d) + d * d
     big = np.abs(mu) + d
-    return (gamma(n + 2, u) * np.square(x).mean(axis=0) + 2 * np.abs(mu) * d + d * d
+    return (gamma(n + 2, u) * column_mean(np.square(x)) + 2 * np.abs(mu) * d + d * d
             + 2 * u * (1 + u) * big * big)
 
 
@@ -109,8 +117,8 @@ def gradient_magnitudes(dy2: np.ndarray, gamma_, centered: np.ndarray, deviation
     dxhat = np.abs(dy2) * g
     grad_input = inv * dxhat
     if weight:
-        grad_input = grad_input + weight * inv * dxhat.mean(axis=0) \
-            + weight * inv**3 * np.abs(deviation) * (dxhat * np.abs(centered)).mean(axis=0)
+        grad_input = grad_input + weight * inv * column_mean(dxhat) \
+            + weight * inv**3 * np.abs(deviation) * column_mean(dxhat * np.abs(centered))
     return {"grad_input": grad_input, "grad_gamma": (np.abs(dy2 * centered) * inv).sum(axis=0),
             "grad_beta": np.abs(dy2).sum(axis=0)}
 

@@ -22,6 +22,10 @@ hooks them in:
   ... (strided, not consecutive rows); each is normalized with its own moments, and the
   running statistics are fed the mean over the ghost batches of their means and (biased)
   variances; with renorm, r and d come from those averages too. Inference is plain BN.
+  Where N does not divide B, tf-keras' reshape fails (``Semantics.ghost_batch_remainder =
+  "error"``, ``ghost_groups`` raises); the reference's own answer ("uneven") is
+  the same strided layout over ceil(B/N) ghost batches of at most N rows, as a reshape of the
+  batch padded to a multiple of N would put them (the padding left out).
 """
 
 from __future__ import annotations
@@ -32,16 +36,30 @@ import numpy as np
 DEFAULT_RENORM_MOMENTUM = 0.99
 
 
-def ghost_groups(batch: int, rows_per_item: int, virtual_batch_size: int) -> np.ndarray:
+def ghost_groups(batch: int, rows_per_item: int, virtual_batch_size: int,
+                 remainder: str = "uneven") -> np.ndarray:
     """The ghost batch of every row of the channels-last [values, channels] matrix (rows of
-    one batch item are consecutive there): item b is in ghost batch b % (batch / N), as
-    tf-keras' reshape to [N, -1, ...] puts it. ValueError when N does not divide the batch,
-    as tf-keras' reshape fails."""
-    if virtual_batch_size <= 0 or batch % virtual_batch_size:
+    one batch item are consecutive there): item b is in ghost batch b % ceil(batch / N), as
+    tf-keras' reshape to [N, -1, ...] puts it where N divides the batch. Where N does not,
+    ``remainder`` (``Semantics.ghost_batch_remainder``) decides: "uneven", ghost batches of N
+    or fewer items; "error", refused as tf-keras refuses it
+    (tf_keras/src/layers/normalization/batch_normalization.py:559-590, "Will cause errors if
+    virtual_batch_size does not divide the batch size"; :125 "Must divide the actual batch
+    size during execution"), with the message xbn/profiles/edges.py declares."""
+    if batch % virtual_batch_size and remainder == "error":
         raise ValueError(f"virtual_batch_size {virtual_batch_size} does not divide the batch "
-                         f"size {batch}")
-    per_group = batch // virtual_batch_size
-    return np.repeat(np.arange(batch) % per_group, rows_per_item)
+                         f"size {batch}: ghost batches refused")
+    count = -(-batch // virtual_batch_size)  # ceil
+    return np.repeat(np.arange(batch) % max(count, 1), rows_per_item)
+
+
+def group_count(rows: int, groups: np.ndarray | None):
+    """How many rows each row's ghost batch has, as a column (all ``rows`` without ghost
+    batches): the n of the backward pass's per-group means."""
+    if groups is None:
+        return rows
+    ids, counts = np.unique(groups, return_counts=True)
+    return counts[np.searchsorted(ids, groups)][:, None]
 
 
 def ghost_moments(x2: np.ndarray, groups: np.ndarray, ft, moments) -> tuple:
@@ -49,6 +67,9 @@ def ghost_moments(x2: np.ndarray, groups: np.ndarray, ft, moments) -> tuple:
     ghost batches that update the running statistics (shape [channels]). ``moments(rows)``
     is the reference's own per-channel (mean, biased variance) in arithmetic ``ft``."""
     ids = np.unique(groups)
+    if not ids.size:  # a batch of no rows: its own (NaN) moments, as without ghost batches
+        mean, var = moments(x2)
+        return np.zeros(x2.shape, ft), np.zeros(x2.shape, ft), mean, var
     row_mean = np.zeros(x2.shape, ft)
     row_var = np.zeros(x2.shape, ft)
     means, variances = [], []

@@ -92,6 +92,11 @@ class Semantics:
     empty_batch: str = "nan"  # nan | skip
     empty_gradient: str = "zero"  # zero | nan
     empty_predict: str = "runs"  # runs | error
+    # tf-keras' ghost batches (virtual_batch_size N, xbn.reference.renorm) on a training batch of
+    # B rows that N does not divide: ceil(B/N) strided ghost batches of at most N rows
+    # ("uneven": row b in ghost batch b % ceil(B/N), tf-keras' layout where N divides B), or
+    # refused ("error": tf-keras' reshape to [N, -1, ...] fails)
+    ghost_batch_remainder: str = "uneven"  # uneven | error
     # momentum/epsilon changed by `set` (xbn.reference.edges): every operation uses the new
     # values ("none"), or predict and fit keep the values their functions were traced with
     # until the next compile, a fit with a fresh optimizer, or a new batch shape retraces:
@@ -138,19 +143,22 @@ SWITCH_VALUES: dict[str, tuple] = {
     "empty_batch": ("nan", "skip"),
     "empty_gradient": ("zero", "nan"),
     "empty_predict": ("runs", "error"),
+    "ghost_batch_remainder": ("uneven", "error"),
     "traced_functions": ("none", "until_compile", "until_compile_per_shape"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
 }
 
 # Switches that matter only in scenarios with replicas: the explanation search tries them
-# (single, or in a declared profile) only there (xbn.explain.search.relevant_switches)
+# (single, or in a declared profile) only there (xbn.explain.candidates.relevant_switches)
 REPLICA_SWITCHES = ("synchronized_statistics", "unsynchronized_statistics",
                     "replica_variance_count", "replica_readback")
 
-# Switches that matter only in scenarios with an empty input or a `set` of momentum/epsilon:
-# tried, alone or in a declared profile, only there (xbn.explain.search.relevant_switches)
-EDGE_SWITCHES = ("empty_batch", "empty_gradient", "empty_predict", "traced_functions")
+# Switches that matter only in scenarios with an empty input, a `set` of momentum/epsilon, or
+# ghost batches (virtual_batch_size): tried, alone or in a declared profile, only there
+# (xbn.explain.candidates.relevant_switches, xbn.reference.edges.relevant_edges)
+EDGE_SWITCHES = ("empty_batch", "empty_gradient", "empty_predict", "traced_functions",
+                 "ghost_batch_remainder")
 
 # Switches that only change rounding: tried together with precision="native".
 NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
@@ -160,6 +168,6 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
 }
 
 # Switches tried, alone or in a declared profile, only where the scenario can show them
-# (``xbn.explain.search.relevant_switches`` names them): anywhere else each would cost a
+# (``xbn.explain.candidates.relevant_switches`` names them): anywhere else each would cost a
 # minimization rerun and change nothing
 GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask")
