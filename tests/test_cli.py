@@ -164,7 +164,7 @@ def test_table_shows_error_messages_with_a_key(drifting):
 
 
 def test_long_messages_are_cut_unless_full():
-    from xbn.report.views import Footnotes
+    from xbn.report.cells import Footnotes
 
     notes = Footnotes()
     notes.key("torch", "RuntimeError: " + "x" * 300)

@@ -15,7 +15,7 @@ from xbn.analysis.pipeline import analyze
 from xbn.common.jsonio import strict_loads
 from xbn.execution.runner import run
 from xbn.frameworks.registry import FRAMEWORK_IDS, availability
-from xbn.report.json_out import render
+from xbn.report import render
 from xbn.scenario.loader import load, resolve
 
 pytestmark = pytest.mark.slow  # every framework over the built-in suite, twice
@@ -46,7 +46,7 @@ def test_the_same_run_twice_gives_identical_json():
         failed = {fid: meta["error"] for fid, meta in result.frameworks.items()
                   if meta.get("error")}
         assert not failed, failed
-        texts.append(render(analyze(result)))
+        texts.append(render(analyze(result), "json"))
     if texts[0] != texts[1]:
         first, second = (strict_loads(t) for t in texts)
         again = {_key(o): o for o in second["observations"]}

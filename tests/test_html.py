@@ -13,7 +13,7 @@ from xbn.profiles.facts import profile_matrix
 from xbn.report import render
 from xbn.report.html_parts import anchor
 from xbn.report.plots import drift_figure, has_drift
-from xbn.report.views import column_order
+from xbn.report.view import column_order
 
 from .plugins.drifting import small_report
 

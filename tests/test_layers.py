@@ -259,6 +259,23 @@ def test_layer_checks_can_fail():
     """The rules see what they forbid (a test that cannot fail proves nothing)."""
     assert layer_of("xbn.reference.batchnorm") < layer_of("xbn.explain.search")
     assert layer_of("xbn.adapters.torch.adapter") == layer_of("xbn.adapters")
-    assert layer_of("xbn.cli.run") > layer_of("xbn.report.text")
+    assert layer_of("xbn.cli.run") > layer_of("xbn.report.view")
     with pytest.raises(AssertionError):
         layer_of("xbn_elsewhere")
+
+
+def test_faces_hide_no_module():
+    """A package's face re-exports no name that is also one of its modules: ``from .check
+    import check`` in ``guard/__init__.py`` would make ``xbn.guard.check`` the function, and
+    ``import xbn.guard.check as m`` or a monkeypatch of ``"xbn.guard.check.X"`` would reach
+    the function instead of the module."""
+    hidden = []
+    for init in sorted(ROOT.rglob("__init__.py")):
+        modules = {p.stem for p in init.parent.glob("*.py")} | {
+            p.name for p in init.parent.iterdir() if (p / "__init__.py").exists()}
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                hidden += [f"{init.parent.name}: {a.asname or a.name}" for a in node.names
+                           if (a.asname or a.name) in modules]
+    assert not hidden, hidden

@@ -43,7 +43,7 @@ def plot(scenario, output, frameworks, reference, dpi, timeout, jobs, quiet) -> 
     ids = frameworks_to_run(frameworks, reference)
     (loaded,) = load_scenarios([scenario])
     from ..report.plots import drift_figure, save
-    from ..report.views import column_order
+    from ..report.view import column_order
 
     report = analyze_with_progress([loaded], ids, reference, None, timeout, jobs, quiet)
     fig = drift_figure(report.drift, loaded.name, column_order(report), reference, loaded.steps)

@@ -75,7 +75,7 @@ def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, 
     report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs, quiet,
                                    result_cache(no_cache))
     if only_diffs:
-        from ..report.views import only_diffs as restrict
+        from ..report.subset import only_diffs as restrict
 
         report = restrict(report)
     matrix = None
@@ -185,7 +185,7 @@ def explain(framework, fmt) -> None:
         if fmt == "json":
             click.echo(json.dumps(matrix, indent=1))
             return
-        from ..report.text import matrix_text
+        from ..report.matrix_out import matrix_text
 
         click.echo(matrix_text(matrix, markdown=fmt == "markdown"))
         return

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..common.dtypes import EPS, ulp_distance
 from ..scenario.loader import COUNTER, RENORM_QUANTITIES, REPLICA_QUANTITIES, STATE_QUANTITIES
-from ..scenario.observation import (  # REP: xbn.report.views imports it from here
+from ..scenario.observation import (  # REP: xbn.report.cells and xbn.report.view import it from here
     ERROR,
     FIELDS,
     NOT_APPLICABLE,

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from .._version import __version__
 from ..common.jsonio import review_dumps
 from ..guard.check import Change, CheckResult
-from .views import summarize
+from .cells import summarize
 
 
 def versions_text(meta: dict | None) -> str:

@@ -3,7 +3,7 @@
 Drawing the built-in suite's 49 drift plots is most of writing the report (about 7 of 10 s
 on two cores) and the last thing a cold ``xbn report`` waits for, with every worker ended and
 the cores free. Each figure is independent of the others, so they are drawn by forked
-processes, one per core, which inherit the finished report instead of pickling it; the page
+processes, one per core, which inherit the report's finished view instead of pickling it; the page
 is the same, byte for byte, as one process draws it (figures are reproducible: ``plots``).
 
 Forking is used only where it is safe and pays: the "fork" start method exists (not on
@@ -22,14 +22,16 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 MIN_FIGURES = 8  # fewer: not worth starting processes for
 THREADED_FRAMEWORKS = ("jax", "jaxlib", "torch", "tensorflow")  # start thread pools at import
-_JOB: tuple | None = None  # (draw, report, scenarios by name), inherited by forked processes
+_JOB: tuple | None = None  # (draw, view, scenarios by name), inherited by forked processes
 
 
-def drawn(report, draw: Callable) -> dict[str, str]:
-    """``draw(report, scenario)`` for every scenario of the report, by scenario name."""
+def drawn(report: Any, draw: Callable) -> dict[str, str]:
+    """``draw(report, scenario)`` for every scenario of ``report`` (the HTML page passes its
+    view; anything with named ``scenarios`` will do), by scenario name."""
     scenarios = list(report.scenarios)
     workers = min(os.cpu_count() or 1, len(scenarios))
     if workers < 2 or len(scenarios) < MIN_FIGURES or not _fork_is_safe():

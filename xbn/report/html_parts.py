@@ -1,7 +1,8 @@
 """Pieces of the HTML report: the verdict heatmap, a scenario's side-by-side values (whole
-arrays and messages one click away, in ``<details>``), its differences with explanations, and
-the semantics matrix. Every table is built from the same views as the terminal and Markdown,
-in the same column order; no script is needed to read any of it.
+arrays and messages one click away, in ``<details>``), its differences with explanations, the
+cross-replica section and the semantics matrix. Every table is drawn from the same report's
+view as the terminal and Markdown, in the same column order; no script is needed to read any
+of it.
 """
 
 from __future__ import annotations
@@ -11,18 +12,11 @@ from html import escape
 
 import pandas as pd
 
-from .views import (
-    Cell,
-    cell_grid,
-    column_order,
-    differences,
-    framework_order,
-    is_cut,
-    measure_text,
-    published_explanation,
-    summarize,
-    verdict_counts,
-)
+from .cells import Cell, is_cut, summarize
+from .replicas import INTRO as REPLICAS_INTRO
+from .replicas import TITLE as REPLICAS_TITLE
+from .replicas import ReplicaSection
+from .view import ReportView, ScenarioView
 
 VERDICTS = ("same", "differs", "error", "n/a")
 WORST_FIRST = ("error", "differs", "n/a", "same")
@@ -48,8 +42,9 @@ def table(frame: pd.DataFrame, cls: str = "") -> str:
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_table(report) -> str:
-    counts = verdict_counts(report).reset_index()
+def summary_table(view: ReportView) -> str:
+    """The verdict counts per framework, each verdict's header in its colour."""
+    counts = view.verdicts.reset_index()
     head = "".join(f"<th class='{_vclass(v) if v in VERDICTS else ''}'>{escape(v)}</th>"
                    for v in counts.columns)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
@@ -63,16 +58,16 @@ def legend() -> str:
     return f"<ul class='legend'>{items}</ul>"
 
 
-def heatmap(report) -> str:
+def heatmap(view: ReportView) -> str:
     """Scenario × framework: a cell's colour is its worst verdict (error, differs, n/a, same),
     its text the number of rows that are not 'same', and it links to that framework's column
     in the scenario's section."""
-    frameworks = [f for f in framework_order(report) if f != report.reference]
-    d = report.diffs
+    frameworks = [f for f in view.frameworks if f != view.header.reference]
+    d = view.diffs
     counts = d.groupby(["scenario", "framework", "verdict"]).size()
     head = "".join(f"<th class='fw'>{escape(f)}</th>" for f in frameworks)
     rows = []
-    for s in report.scenarios:
+    for s in view.scenarios:
         cells = [f"<th class='sc'><a href='#{anchor(s.name)}'>{escape(s.name)}</a></th>"]
         for f in frameworks:
             n = {v: int(counts.get((s.name, f, v), 0)) for v in VERDICTS}
@@ -109,12 +104,10 @@ def _cell(cell: Cell | None) -> str:
     return f"<td class='{cls}'>{escape(cell.status)}</td>"
 
 
-def values_table(report, scenario: str) -> str:
+def values_table(s: ScenarioView) -> str:
     """The side-by-side values of one scenario; each framework's header cell carries the
     anchor the heatmap links to."""
-    grid = cell_grid(report.obs, report.diffs, scenario)
-    present = {f for cells in grid.values() for f in cells}
-    cols = [c for c in column_order(report) if c in present]
+    scenario, grid, cols = s.name, s.tables.cells, s.tables.columns
     head = "".join(f"<th id='{anchor(scenario, c)}' class='fw'>{escape(c)}</th>" for c in cols)
     body = []
     reps = any(len(key) == 4 for key in grid)  # a traced step: the step cell says "step·rep"
@@ -131,27 +124,39 @@ def values_table(report, scenario: str) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def differences_table(report, scenario: str) -> str:
+def differences_table(s: ScenarioView) -> str:
     """What differs, errs or is n/a in one scenario, with the explanation and the framework's
     whole message."""
-    d = differences(report, scenario)
+    d = s.tables.differences_with("explanation", "message")
     if d.empty:
         return "<p class='agree'>Every framework agrees with the reference at every step.</p>"
     rows = []
     reps = "rep" in d.columns
     for r in d.itertuples(index=False):
-        expected = r.framework == "expected"
-        explanation = published_explanation(r) if expected else r.explanation
         rows.append(f"<tr><td>{r.step}</td>" + (f"<td>{r.rep}</td>" if reps else "") +
                     f"<td>{escape(r.quantity)}</td><td>{escape(r.framework)}</td>"
-                    f"<td class='{_vclass(r.verdict)}'>{escape(r.verdict)}</td><td class='num'>{measure_text(r.max_abs)}</td>"
-                    f"<td class='num'>{measure_text(r.max_ulp)}</td><td>{escape(explanation)}</td>"
-                    f"<td class='msg'>{'' if expected else escape(r.message)}</td></tr>")
+                    f"<td class='{_vclass(r.verdict)}'>{escape(r.verdict)}</td>"
+                    f"<td class='num'>{r.max_abs}</td><td class='num'>{r.max_ulp}</td>"
+                    f"<td>{escape(r.explanation)}</td><td class='msg'>{escape(r.message)}</td>"
+                    "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("step", *(["rep"] if reps else []), "quantity",
                                              "framework", "verdict", "max_abs", "max_ulp",
                                              "explanation", "message"))
     return (f"<div class='scroll'><table class='diffs'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def replica_table(section: ReplicaSection) -> str:
+    """The cross-replica section: text escaped, `code` spans as <code>."""
+    def cell(text: str) -> str:
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+
+    head = "".join(f"<th>{escape(c)}</th>" for c in section.columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in section.columns)
+                   + "</tr>" for r in section.rows)
+    return (f"<section id='replicas'><h2>{REPLICAS_TITLE}</h2><p>{cell(REPLICAS_INTRO)}</p>"
+            f"<div class='scroll'><table class='replicas'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div></section>")
 
 
 def matrix_table(matrix: dict, frameworks: list[str] | None = None) -> str:

@@ -1,4 +1,5 @@
-"""The contract's JSON: metadata, every observation, every diff. Strict JSON, stable order."""
+"""The contract's JSON: metadata, every observation, every diff, and the cross-replica section
+when there is one, from the report's view. Strict JSON, stable order."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 from .._version import __version__
 from ..common.jsonio import strict_dumps
-from .replicas import records, replica_section
+from .replicas import ReplicaSection
+from .view import ReportView
 
 # Columns that hold data: a NaN there is a value, written "NaN" like the other non-finite
 # numbers (strict JSON has none). Anywhere else a float NaN is how pandas marks an empty cell
@@ -32,23 +34,30 @@ def _records(frame) -> list[dict]:
     return out
 
 
-def document(report) -> dict:
-    frameworks = {fid: dict(meta) for fid, meta in report.frameworks.items()}
-    section = replica_section(report)
-    extra = {} if section is None else {"replicas": records(section)}
+def records(section: ReplicaSection) -> dict:
+    """The cross-replica section: its columns and rows (cell texts, switch values in
+    backticks as in every format)."""
+    return {"columns": section.columns, "rows": section.rows}
+
+
+def document(view: ReportView) -> dict:
+    """The JSON document of a report's view: its metadata and raw tables, whole."""
+    frameworks = {fid: dict(meta) for fid, meta in view.metadata.items()}
+    extra = {} if view.replicas is None else {"replicas": records(view.replicas)}
     return {
         "xbn_version": __version__,
         "schema": 1,
-        "reference": report.reference,
-        "tolerance_k": report.k,
+        "reference": view.header.reference,
+        "tolerance_k": view.header.k,
         "frameworks": frameworks,
         "scenarios": [{"name": s.name, "title": s.title, "path": s.path, "sha256": s.digest}
-                      for s in report.scenarios],
-        "observations": _records(report.obs),
-        "diffs": _records(report.diffs),
+                      for s in view.scenarios],
+        "observations": _records(view.observations),
+        "diffs": _records(view.diffs),
         **extra,  # the cross-replica section, only in a report with replicas
     }
 
 
-def render(report) -> str:
-    return strict_dumps(document(report), indent=1) + "\n"
+def render(view: ReportView) -> str:
+    """The JSON text of a report's view (strict JSON, stable order)."""
+    return strict_dumps(document(view), indent=1) + "\n"

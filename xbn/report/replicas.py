@@ -3,22 +3,27 @@ declares about synchronization, weighting, Bessel's count and read-back (the fou
 switches of its profile, ``xbn.profiles.facts``), and what really happened in each replicated
 scenario of the report (its rows' verdicts and explanations).
 
-Only formatting: the declared values are read from the profiles (data), the outcomes from the
-report's finished diff table; nothing here runs a framework or searches an explanation. The
-section exists only when the report has a scenario with replicas (``replica_section`` returns
-None otherwise), and every writer (Markdown, terminal, HTML, JSON) shows the same cells.
+The section's data, part of the report's view (``view.py``): the declared values are read
+from the profiles (data), the outcomes from the report's finished diff table; nothing here
+runs a framework or searches an explanation. The section exists only when the report has a
+scenario with replicas (``replica_section`` returns None otherwise). Its cells are text with
+switch values marked as code by backticks, the one form every format starts from: the JSON
+and the terminal keep them, Markdown shows them as code, the HTML page as ``<code>``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from html import escape
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from ..frameworks.devices import base_id
 from ..reference.semantics import REPLICA_SWITCHES
+
+if TYPE_CHECKING:
+    from ..analysis.model import Report
 
 TITLE = "Cross-replica BatchNorm"
 INTRO = ("What each framework does when a BatchNorm runs data parallel on its own distributed "
@@ -61,8 +66,8 @@ CUT = 180  # characters of a message (an error's, an n/a's reason) kept in a cel
 
 @dataclass
 class ReplicaSection:
-    """The section's table: ``rows`` are dicts keyed by ``columns`` (cells as Markdown text:
-    switch values in backticks)."""
+    """The section's table: ``rows`` are dicts keyed by ``columns`` (cells as text, switch
+    values in backticks)."""
 
     columns: list[str]
     rows: list[dict[str, str]] = field(default_factory=list)
@@ -174,7 +179,7 @@ def outcome(rows: pd.DataFrame) -> str:
     return "; ".join(out)
 
 
-def replica_section(report) -> ReplicaSection | None:
+def replica_section(report: Report) -> ReplicaSection | None:
     """The section of a report, or None when none of its scenarios has replicas."""
     names = [s.name for s in report.scenarios if getattr(s.layer, "replicas", None)]
     if not names:
@@ -198,36 +203,3 @@ def replica_section(report) -> ReplicaSection | None:
                 row[name] = outcome(d[(d["scenario"] == name) & (d["framework"] == fid)])
         section.rows.append(row)
     return section
-
-
-def markdown_lines(section: ReplicaSection, table) -> list[str]:
-    """The section in Markdown; ``table`` formats a DataFrame (``text._md_table``)."""
-    return [f"## {TITLE}", "", INTRO, "", table(section.frame(), index=False), ""]
-
-
-def text_lines(section: ReplicaSection) -> list[str]:
-    """The section for the terminal: a block per framework, one line per column (the table
-    would be far wider than a terminal)."""
-    out = [f"== {TITLE}"]
-    for row in section.rows:
-        out.append(row["framework"])
-        out += [f"  {c}: {row[c]}" for c in section.columns[1:]]
-    return out
-
-
-def html(section: ReplicaSection) -> str:
-    """The section as HTML: text escaped, `code` spans as <code>."""
-    def cell(text: str) -> str:
-        return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
-
-    head = "".join(f"<th>{escape(c)}</th>" for c in section.columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in section.columns)
-                   + "</tr>" for r in section.rows)
-    return (f"<section id='replicas'><h2>{TITLE}</h2><p>{cell(INTRO)}</p>"
-            f"<div class='scroll'><table class='replicas'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table></div></section>")
-
-
-def records(section: ReplicaSection) -> dict:
-    """The section for the JSON document: its columns and rows (Markdown cell texts)."""
-    return {"columns": section.columns, "rows": section.rows}
