@@ -11,7 +11,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from xbn.cli.main import cli
+from xbn.cli import cli
 from xbn.execution import cache as cache_mod
 from xbn.execution import runner
 from xbn.execution.cache import ResultCache, entry_key

@@ -400,7 +400,7 @@ def test_each_row_names_the_switches_that_have_acted_by_its_step(write_scenario)
     it that has acted by its step, and that part alone reproduces every row up to it."""
     from xbn.comparison.diffs import agreement
     from xbn.execution.runner import run
-    from xbn.explain.rerun import rerun_rows
+    from xbn.explain.reruns import rerun_rows
 
     scenario = load(write_scenario(FREEZE_AND_MASK))
     result = run([scenario], ["numpy", "torch"], timeout=600)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
-from xbn.cli.main import cli
+from xbn.cli import cli
 from xbn.execution.runner import RunResult
 from xbn.guard.matrix import settings
 from xbn.guard.snapshot import dumps, snapshot_document

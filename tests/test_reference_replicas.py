@@ -4,11 +4,10 @@ that the replica switches cost nothing in the explanation of a scenario without 
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
+import xbn.explain.reruns as rerun_module
 from xbn.adapters.base import run_scenario
 from xbn.adapters.numpy.adapter import NumpyAdapter
 from xbn.adapters.numpy.replicas import make_replicated
@@ -20,10 +19,6 @@ from xbn.reference.semantics import REPLICA_SWITCHES
 from xbn.scenario.loader import ScenarioError, builtin_paths, load
 
 from .frameworks import require_framework
-
-# the module itself: xbn.explain's attribute `rerun` is the function of that name, which
-# `import xbn.explain.rerun as ...` would give
-rerun_module = importlib.import_module("xbn.explain.rerun")
 
 EPS, M = 1e-3, 0.9  # the built-in scenarios' epsilon and (Keras-convention) momentum
 # the issue's input: arange(24).reshape(8, 3)**1.5 / 10 in float32, split [3, 5]

@@ -1,13 +1,13 @@
-"""The command line: ``main`` (the group and entry point), ``common`` (what every command
-shares), and one module per family of commands: ``run``, ``guard``, ``port``.
+"""The command line: ``app`` (the click group and the entry point), ``common`` (what every
+command shares), and one module per family of commands: ``run``, ``plot``, ``guard``, ``port``,
+``fuzz``, ``cache``, ``matrix``. Commands parse, call one plain function and print.
 
 ``cli`` and ``main`` are re-exported here for the ``xbn = "xbn.cli:main"`` entry point and
-``from xbn.cli import cli``; importing them imports click and no framework. (So the name
-``xbn.cli.main`` is the function: the module is reached as ``from xbn.cli.main import ...``.)
+``from xbn.cli import cli``; importing them imports click and no framework.
 """
 
 from __future__ import annotations
 
-from .main import cli, main
+from .app import cli, main
 
 __all__ = ["cli", "main"]

@@ -1,5 +1,5 @@
 """Why a framework differs: the smallest change to the reference's switches that
-reproduces all of its rows. ``search`` explains a diff table (``explain_diffs``), ``bounds``
+reproduces all of its rows. ``candidates`` lists the settings to try, ``search`` explains a diff table (``explain_diffs``), ``bounds``
 the rounding-error intervals of the batch statistics, ``changes`` what moved between two
 versions for the upgrade guard; ``rerun`` is the one way all of them (and the fuzzer and the
 version matrix) run the reference under a setting. Not to be confused with the command
@@ -8,8 +8,7 @@ version matrix) run the reference under a setting. Not to be confused with the c
 
 from __future__ import annotations
 
-from .candidates import candidates
-from .rerun import Setting, describe, rerun
+from .reruns import Setting, describe, rerun
 from .search import explain_diffs
 
-__all__ = ["Setting", "candidates", "describe", "explain_diffs", "rerun"]
+__all__ = ["Setting", "describe", "explain_diffs", "rerun"]

@@ -13,7 +13,7 @@ from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantic
 from ..reference.edges import relevant_edges
 from ..reference.semantics import GATED_SWITCHES
 from ..scenario.loader import Scenario
-from .rerun import Setting, setting_key
+from .reruns import Setting, setting_key
 
 NATIVE: Setting = {"precision": "native"}
 

@@ -20,7 +20,7 @@ from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantic
 from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR
 from .candidates import candidates, relevant_switches
-from .rerun import format_value, rerun_rows, setting_of
+from .reruns import format_value, rerun_rows, setting_of
 
 ROUNDING_K = DEFAULT_K
 # Seconds of reference runs one check may spend searching: a long scenario takes about a

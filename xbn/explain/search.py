@@ -37,7 +37,7 @@ from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR
 from .bounds import ALGORITHMS, Within, bound_text, corner_changes, within
 from .candidates import NATIVE, declared_profile, explanation_order, relevant_switches, unique
-from .rerun import LazyRun, describe, rerun, setting_key
+from .reruns import LazyRun, describe, rerun, setting_key
 
 UNEXPLAINED = ("unexplained: no single switch, pair, native rounding, declared profile or "
                "rounding bound reproduces it")

@@ -46,7 +46,7 @@ def releases(snapshot, k: float | None = None) -> list[Release]:
     from ..analysis.pipeline import analyze
     from ..comparison.diffs import DEFAULT_K
     from ..execution.runner import RunResult
-    from ..explain.rerun import rerun
+    from ..explain.reruns import rerun
 
     reference = [o for s in snapshot.scenarios for o in rerun(s)]
     observations = [o for o in snapshot.observations if o["framework"] != "numpy"] + reference
