@@ -358,3 +358,27 @@ def test_frameworks_table_is_aligned_and_names_the_install_command():
     assert "pip install xbn " in lines[0] + " "
     starts = {ln.index(FRAMEWORKS[ln.split()[0]].description) for ln in lines}
     assert len(starts) == 1, r.output
+
+
+def test_plot_reads_the_result_cache(tmp_path, monkeypatch):
+    """A second `xbn plot` of an unchanged scenario starts no worker (it reads the result
+    cache, as `xbn run` does); --no-cache runs them again."""
+    from xbn.execution import runner
+
+    started = []
+    real = runner.run_worker
+
+    def run_worker(fid, scenarios, *args, **kwargs):
+        started.append(fid)
+        return real(fid, scenarios, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_worker", run_worker)
+    args = ["plot", "seed-keras", "-f", "numpy", "-q", "-o", str(tmp_path / "a.svg")]
+    for expected in (["numpy"], []):
+        started.clear()
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+        assert started == expected
+    started.clear()
+    assert CliRunner().invoke(cli, [*args, "--no-cache"]).exit_code == 0
+    assert started == ["numpy"]

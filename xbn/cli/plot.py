@@ -7,12 +7,14 @@ import click
 
 from .common import (
     analyze_with_progress,
+    cache_option,
     check_reference,
     fail,
     frameworks_to_run,
     jobs_option,
     load_scenarios,
     quiet_option,
+    result_cache,
     timeout_option,
 )
 
@@ -34,8 +36,9 @@ Examples:
               help="Resolution of a PNG.")
 @timeout_option
 @jobs_option
+@cache_option
 @quiet_option
-def plot(scenario, output, frameworks, reference, dpi, timeout, jobs, quiet) -> None:
+def plot(scenario, output, frameworks, reference, dpi, timeout, jobs, no_cache, quiet) -> None:
     """Run SCENARIO and draw each framework's distance to the reference per step."""
     if not output.lower().endswith((".png", ".svg")):
         fail(f"--output {output}: write a .png or .svg file")
@@ -45,7 +48,8 @@ def plot(scenario, output, frameworks, reference, dpi, timeout, jobs, quiet) -> 
     from ..report.plots import drift_figure, save
     from ..report.view import column_order
 
-    report = analyze_with_progress([loaded], ids, reference, None, timeout, jobs, quiet)
+    report = analyze_with_progress([loaded], ids, reference, None, timeout, jobs, quiet,
+                                   result_cache(no_cache))
     fig = drift_figure(report.drift, loaded.name, column_order(report), reference, loaded.steps)
     if fig is None:
         fail(f"{loaded.name}: no running statistics measured at two or more steps to plot")

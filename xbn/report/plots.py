@@ -68,6 +68,15 @@ def _series(d: pd.DataFrame, quantity: str | None, column: str) -> pd.Series:
     return rows.groupby("x")[column].max(min_count=1)
 
 
+def _underlays(series: dict[str, pd.Series]) -> dict[str, int]:
+    """How many later frameworks lie exactly on each framework's line (the same values at the
+    same positions): that many bands of its colour are drawn under theirs."""
+    keys = {f: tuple(s.dropna().items()) for f, s in series.items()}
+    names = list(series)
+    return {f: sum(1 for g in names[i + 1:] if keys[g] == keys[f] and keys[f])
+            for i, f in enumerate(names)}
+
+
 def drift_figure(drift: pd.DataFrame, scenario: str, frameworks: list[str], reference: str,
                  steps: list | None = None):
     """A figure of three panels for one scenario, or None when it has no trajectory.
@@ -96,7 +105,9 @@ def drift_figure(drift: pd.DataFrame, scenario: str, frameworks: list[str], refe
         # measure every label of every figure first, a third of the time of writing them
         fig = Figure(figsize=(11, 3.1))
         labelled = bool(steps) and not traced and len(steps) <= 12  # "3\ncall\n×1000" ticks
-        fig.subplots_adjust(left=0.065, right=0.815, bottom=0.26 if labelled else 0.16,
+        # the legend's column is wide enough for "expected (published)" in a browser's own
+        # font (the page's SVG keeps text as text), not only in matplotlib's
+        fig.subplots_adjust(left=0.065, right=0.775, bottom=0.26 if labelled else 0.16,
                             top=0.9, wspace=0.3)
         axes = fig.subplots(1, 3)
         for ax, (quantity, title) in zip(axes, PANELS, strict=True):
@@ -104,6 +115,7 @@ def drift_figure(drift: pd.DataFrame, scenario: str, frameworks: list[str], refe
             series = {f: _series(d[d["framework"] == f], quantity, column) for f in shown}
             values = np.concatenate([s.to_numpy(dtype=float) for s in series.values()] or [[]])
             floor = _floor(values)
+            under = _underlays(series)
             for f, s in series.items():
                 if s.dropna().empty:
                     continue
@@ -115,10 +127,13 @@ def drift_figure(drift: pd.DataFrame, scenario: str, frameworks: list[str], refe
                     continue
                 # hollow markers of shrinking size and varied dashes: lines that coincide
                 # (frameworks that agree with each other) stay visible as nested shapes
+                # a line that others lie exactly on is drawn wider, under them, so each
+                # framework's colour still shows as a band around the one above it
                 i = others.index(f) if f in others else len(others)
                 ax.plot(s.index, y, marker=MARKERS[i % len(MARKERS)], markersize=8 - 0.5 * (i % 8),
                         markerfacecolor="none", markeredgewidth=1.2,
-                        linestyle=LINES[i % len(LINES)], linewidth=1.3, alpha=0.9,
+                        linestyle=LINES[i % len(LINES)], linewidth=1.3 + 1.6 * under[f],
+                        alpha=0.9, zorder=2 - 0.01 * under[f],
                         color=palette[i % len(palette)], label=f)
             ax.set_yscale("log")
             ax.set_ylim(bottom=floor / 2)
@@ -142,8 +157,10 @@ def drift_figure(drift: pd.DataFrame, scenario: str, frameworks: list[str], refe
                 if label not in labels:
                     handles.append(h)
                     labels.append(label)
-        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.82, 0.95),
-                   frameon=False)
+        legend = fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.785, 0.95),
+                            frameon=False)
+        for line in legend.get_lines():  # one width in the legend: the bands are the plot's
+            line.set_linewidth(1.3)
     return fig
 
 

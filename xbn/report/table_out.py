@@ -16,6 +16,16 @@ DETAIL_WIDTH = 90
 """The differences table's columns are cut here unless ``--full``."""
 
 
+def cut_at_word(text, width: int):
+    """``text`` cut to ``width`` characters at the last space (a "…" marks the cut), so an
+    explanation never ends in half a switch name; other values pass unchanged."""
+    if not isinstance(text, str) or len(text) <= width:
+        return text
+    head = text[: width - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > width // 2 else head).rstrip(" ,;") + "…"
+
+
 def replica_lines(section: ReplicaSection) -> list[str]:
     """The cross-replica section: a block per framework, one line per column (the table would
     be far wider than a terminal)."""
@@ -31,6 +41,8 @@ def _scenario(s: ScenarioView, full: bool, width: int | None) -> list[str]:
     out = ["", f"== {s.name}: {s.title}" if s.title else f"== {s.name}", tables.values.to_string()]
     if not tables.differences.empty:
         rows = tables.differences_with("detail")
+        if not full:  # cut at a word, where pandas would cut mid-word
+            rows = rows.assign(detail=[cut_at_word(v, DETAIL_WIDTH) for v in rows["detail"]])
         out += ["", rows.to_string(index=False, max_colwidth=None if full else DETAIL_WIDTH)]
     if tables.footnotes:
         out += ["", *(note.line(width) for note in tables.footnotes)]
