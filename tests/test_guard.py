@@ -370,3 +370,25 @@ def test_snapshot_holds_no_timing_and_no_absolute_path(snapshot, tmp_path):
     snap.scenarios[0].inputs["x"] = snap.scenarios[0].inputs["x"] + 1.0  # as if edited since
     assert any("builtin:bare-call has changed" in w for w in
                compare_run(snap, snap.observations, {"numpy": {"available": True}}, {}).warnings)
+
+
+def test_exact_only_on_the_snapshots_cpu():
+    """Bit-exact comparison is what the same versions on the same CPU give; a snapshot made on
+    another CPU (or one that does not say which) is compared within the rounding tolerance,
+    with a warning that says so, unless a tolerance is given."""
+    from xbn.guard.check import OTHER_CPU_K, tolerance_for
+    from xbn.guard.snapshot import Snapshot, platform_info
+
+    here = platform_info()
+    assert here["cpu_flags"] and here["machine"]
+
+    def snap(plat):
+        return Snapshot("s.json", "0", {}, [], [], plat)
+
+    assert tolerance_for(snap(here), None) == (0.0, None)
+    other = {**here, "cpu_flags": "0" * 16, "cpu": "another CPU"}
+    k, why = tolerance_for(snap(other), None)
+    assert k == OTHER_CPU_K > 0 and "another CPU" in why and "--tolerance 0" in why
+    assert tolerance_for(snap({"machine": here["machine"]}), None)[0] == OTHER_CPU_K
+    assert tolerance_for(snap(other), 0.0) == (0.0, None)
+    assert tolerance_for(snap(here), 4.0) == (4.0, None)

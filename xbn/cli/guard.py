@@ -82,9 +82,10 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
               help="Write the report here instead of stdout.")
 @click.option("--junit", type=click.Path(dir_okay=False),
               help="Also write JUnit XML here (a test case per scenario x framework).")
-@click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=0.0,
-              show_default="0: exact",
-              help="Accept differences within K eps(dtype) x the old array's largest magnitude.")
+@click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=None,
+              show_default="exact on the snapshot's CPU, else 16",
+              help="Accept differences within K eps(dtype) x the old array's largest magnitude "
+                   "(0: bit for bit, even on another CPU).")
 @click.option("--require-all", is_flag=True,
               help="A framework the snapshot recorded that cannot run here fails the check "
                    "(its rows are missing: exit 1) instead of being skipped with a warning. "

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._version import __version__
-from ..comparison.diffs import agreement
+from ..comparison.diffs import DEFAULT_K, agreement
 from ..scenario.observation import OK
 from .snapshot import Snapshot, platform_info
 
@@ -97,16 +97,40 @@ def plan(snapshot: Snapshot, wanted: list[str] | None) -> tuple[list[str], dict[
     return runnable, skipped
 
 
-def check(snapshot: Snapshot, frameworks: list[str] | None = None, k: float = 0.0, *,
+# The tolerance of a check whose snapshot was made on another CPU: float rounding of that
+# CPU's kernels (the comparison's own rule for "same"), not a change of behaviour.
+OTHER_CPU_K = DEFAULT_K
+
+
+def tolerance_for(snapshot: Snapshot, k: float | None) -> tuple[float, str | None]:
+    """The check's tolerance and, where it was chosen for the user, why. ``k`` None: exact
+    on the CPU the snapshot was made on; elsewhere ``OTHER_CPU_K``, since another CPU's
+    float32 kernels (FMA, vector widths) round differently without any upgrade."""
+    from .snapshot import same_cpu
+
+    if k is not None:
+        return k, None
+    if same_cpu(snapshot.platform):
+        return 0.0, None
+    made_on = snapshot.platform.get("cpu") or "a CPU it does not name"
+    return OTHER_CPU_K, (f"the snapshot was made on another CPU ({made_on}): compared within "
+                         f"{OTHER_CPU_K:g} eps of the dtype (float rounding of this CPU's "
+                         f"kernels) instead of bit for bit; --tolerance 0 insists on the bits")
+
+
+def check(snapshot: Snapshot, frameworks: list[str] | None = None, k: float | None = None, *,
           require_all: bool = False, timeout: float = 1800.0, jobs: int | None = None,
           progress: Callable[[str], None] | None = None) -> CheckResult:
     """Re-run the snapshot's scenarios through its installed frameworks and compare.
 
     A framework the snapshot recorded that cannot run here (not installed now, unknown to this
     xbn) is skipped with a warning; with ``require_all`` it is checked with no observations
-    instead, so each of its recorded rows is a "missing" change and the check fails.
+    instead, so each of its recorded rows is a "missing" change and the check fails. ``k``
+    None: exact on the snapshot's CPU, else within the rounding tolerance (``tolerance_for``).
     """
     from ..execution.runner import run
+
+    k, why = tolerance_for(snapshot, k)
 
     runnable, skipped = plan(snapshot, frameworks)
     absent = {}
@@ -123,7 +147,10 @@ def check(snapshot: Snapshot, frameworks: list[str] | None = None, k: float = 0.
         observations, now = result.observations, dict(result.frameworks)
     now.update({fid: {"available": False, "error": f"{why}, and --require-all requires it"}
                 for fid, why in absent.items()})
-    return compare_run(snapshot, observations, now, skipped, k)
+    result = compare_run(snapshot, observations, now, skipped, k)
+    if why:
+        result.warnings.insert(0, why)
+    return result
 
 
 def compare_run(snapshot: Snapshot, observations: list[dict], now: dict[str, dict],

@@ -59,9 +59,22 @@ class Snapshot:
 
 
 def platform_info() -> dict:
-    """Where the snapshot was made: bit-exact results are only expected on the same kind."""
+    """Where the snapshot was made: bit-exact results are only expected on the same kind of
+    machine, CPU included (its model and a digest of its feature flags: fused multiply-adds and
+    vector widths change the float32 kernels' bits), as the result cache keys it."""
+    from ..execution.cache import device
+
+    cpu = device()
     return {"python": platform.python_version(), "system": platform.system(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "cpu": cpu["cpu"], "cpu_flags": cpu["flags"]}
+
+
+def same_cpu(recorded: dict) -> bool:
+    """Whether a snapshot's ``platform`` names this machine's CPU (model and feature flags);
+    False for a snapshot that does not say."""
+    here = platform_info()
+    return bool(recorded.get("cpu_flags")) and all(
+        recorded.get(k) == here[k] for k in ("machine", "cpu", "cpu_flags"))
 
 
 def snapshot_document(result) -> dict:
