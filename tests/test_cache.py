@@ -155,11 +155,11 @@ def test_explanations_are_cached_by_what_the_search_reads(write_scenario, store,
     texts = list(first.diffs["explanation"].dropna())
     assert texts
 
-    class Refused(explain._Search):
+    class Refused(explain.Search):
         def explain(self, *args):
             raise AssertionError("searched although cached")
 
-    monkeypatch.setattr(explain, "_Search", Refused)
+    monkeypatch.setattr(explain, "Search", Refused)
     again = analyze(_analysed(write_scenario, 2.0), cache=store)
     assert list(again.diffs["explanation"].dropna()) == texts
     with pytest.raises(AssertionError, match="searched"):  # another value: another search
