@@ -88,3 +88,30 @@ def test_unsupported_step_exits_2(tmp_path):
     r = CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", "torch"])
     assert r.exit_code == 2
     assert "fit" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_summary_names_only_files_that_exist(tmp_path):
+    """A finding whose scenario has no standalone form (a fit) gets no script, and its summary
+    names no script: every file it names is beside it; it ends with the upstream report."""
+    need("haiku")
+    from xbn.fuzz.campaign import Finding
+    from xbn.fuzz.cause import root_cause
+    from xbn.fuzz.output import write
+    from xbn.fuzz.verdict import flags_of
+    from xbn.scenario.loader import parse
+
+    from .test_fuzz import _files_named, rows_of
+
+    doc = large_mean("fit", 1e4, 1e-1)
+    doc["steps"] = [{"op": "fit", "input": "x", "target": "x",
+                     "optimizer": {"name": "sgd", "lr": 0.01}}]
+    scenario = parse(doc)
+    rows = rows_of("haiku", [doc])["fit"]
+    flag = next(f for f in flags_of("haiku", scenario, rows, 16.0) if f.kind == "nan")
+    finding = Finding(flag, doc, scenario, rows, root_cause(flag, scenario, rows))
+    paths = write(finding, tmp_path, {"dm-haiku": "0"}, 0)
+    names = {p.name for p in paths}
+    assert {p.suffix for p in paths} == {".toml", ".md"}  # no template for fit
+    md = next(p for p in paths if p.suffix == ".md").read_text()
+    assert _files_named(md) <= names, _files_named(md) - names
+    assert "## Upstream report" in md and "Upstream status:" in md.splitlines()[-1]

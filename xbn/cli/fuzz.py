@@ -6,8 +6,6 @@ Hypothesis, pandas and the frameworks are imported inside the commands, never he
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .common import fail, framework_ids
@@ -22,21 +20,32 @@ from .common import fail, framework_ids
               help="Stop after this many generated scenarios.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Hypothesis seed: the same seed, frameworks and budget repeat a campaign.")
-@click.option("--out", "out", default="findings", show_default=True,
-              help="Folder for each finding's scenario TOML, summary and repro script.")
+@click.option("--out", "out", default=None,
+              help="Folder for each finding's scenario TOML, summary and repro script (default: "
+                   "the first of findings, findings-2, ... that is absent or empty). A folder "
+                   "that holds files is refused unless --force.")
+@click.option("--force", is_flag=True,
+              help="Write into an --out folder that already holds files (same names replaced).")
 @click.option("--batch", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="Scenarios per round trip to each worker.")
 def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None, seed: int,
-         out: str, batch: int) -> None:
+         out: str | None, force: bool, batch: int) -> None:
     """Search for scenarios where a framework departs from its own declared profile or hits a
     numerical hazard (NaN/inf, a negative variance, a collapsed variance, a moving mean outside
-    its data); shrink each, write it under --out. Exit 1 with findings, 0 without."""
+    its data) that no declared switch, rounding bound or known divergence accounts for; shrink
+    each, keep one per framework and root cause, write it to a new folder (never over existing
+    files without --force). Exit 1 with findings, 0 without."""
     import sys
 
     from ..frameworks.registry import FRAMEWORK_IDS, available
+    from ..fuzz.output import OutputExists, out_dir
 
     if budget is not None and max_examples is not None:
         fail("give --budget or --max-examples, not both")
+    try:  # before the campaign: a refusal must not cost its budget
+        folder = out_dir(out, force)
+    except OutputExists as exc:
+        fail(str(exc))
     ids = framework_ids(frameworks) or list(FRAMEWORK_IDS)
     missing = [f for f in ids if not available(f)]
     if missing:
@@ -52,12 +61,14 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
     def log(text: str) -> None:
         click.echo(f"xbn fuzz: {text}", err=True)
 
+    log(f"findings will be written to {folder}/" + (" (--force: same names replaced)"
+                                                       if force and folder.exists() else ""))
     campaign = Campaign(ids, seed=seed, budget=budget, max_examples=max_examples, batch=batch,
-                        shrink_seconds=max(10.0, (budget or 300.0) / 10), log=log)
+                        shrink_seconds=max(10.0, (budget or 300.0) / 6), log=log)
     findings = campaign.run()
     for finding in findings:
         versions = campaign.sessions[finding.flag.framework].versions
-        for path in write(finding, Path(out), versions, seed):
+        for path in write(finding, folder, versions, seed, campaign.k):
             click.echo(str(path))
     busy = campaign.seconds - campaign.startup
     overhead = max(0.0, busy - campaign.worker_seconds)
@@ -65,7 +76,8 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
     log(f"{campaign.examples} examples in {campaign.seconds:.0f} s (workers' start-up "
         f"{campaign.startup:.0f} s); examples per second per framework: {rates}; fuzzer "
         f"overhead {overhead:.1f} s ({100 * overhead / busy if busy else 0:.0f}% of the search)")
-    log(f"{len(findings)} finding(s)" + (f" written to {out}/" if findings else ""))
+    log(f"{len(findings)} finding(s)" + (f" written to {folder}/" if findings else
+                                         f"; nothing written (would have gone to {folder}/)"))
     sys.exit(1 if findings else 0)
 
 

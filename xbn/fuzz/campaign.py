@@ -1,11 +1,15 @@
 """The campaign: Hypothesis generates batches of scenarios, every framework's persistent worker
 runs them, xbn's verdicts (``xbn.fuzz.verdict``) decide, and Hypothesis shrinks each new finding.
 
-One Hypothesis run per finding: the property "no framework shows a finding we have not seen"
-fails on the first new one; from then on the run's *target* is that finding's key (framework,
-quantity, kind), only that framework's worker is asked, and an example fails only when it shows
-the same key, so Hypothesis' shrinker cannot wander off to another bug. The smallest failing
-scenario is kept; its key joins the known ones and the next run starts with the next seed. The
+One Hypothesis run per finding: the property "no framework shows a root cause we have not
+seen" fails on the first flag whose cause (``xbn.fuzz.cause``: the mechanism, e.g. a one-pass
+variance not clamped) is new for its framework; from then on the run's *target* is that
+signature (framework, cause) and the flag's kind, only that framework's worker is asked, and an
+example fails only when it shows the same kind of symptom (a NaN in any quantity) of the same
+cause, so Hypothesis' shrinker cannot wander off to another bug, nor from a NaN to a milder
+symptom. The smallest failing scenario is kept (one a standalone script can
+replay first); its signature joins the known ones, and the next run starts with the next seed.
+A flag of a known cause adds its symptom to that finding instead of starting a run. The
 campaign stops when the wall-clock budget or the example count is spent.
 """
 
@@ -19,7 +23,8 @@ from dataclasses import dataclass, field
 
 from ..execution.session import Session
 from ..scenario.loader import Scenario, parse
-from .verdict import KINDS, Flag, broken_switches, flags_of
+from .cause import Cause, root_cause
+from .verdict import KINDS, Flag, flags_of
 
 
 class _OutOfTime(BaseException):
@@ -36,13 +41,27 @@ class Finding:
     document: dict
     scenario: Scenario
     rows: list[dict]
-    switches: tuple[str, ...] = ()
+    cause: Cause
     shrink_calls: int = 0
+    symptoms: set[tuple[str, str]] = field(default_factory=set)  # (quantity, kind) seen
 
     @property
-    def signature(self) -> tuple[str, str, str, tuple[str, ...]]:
-        """What deduplicates findings: framework, quantity, kind and the switches involved."""
-        return (*self.flag.key, self.switches)
+    def signature(self) -> tuple[str, str]:
+        """What deduplicates findings: the framework and the root cause (its mechanism)."""
+        return (self.flag.framework, self.cause.name)
+
+
+def deduplicate(findings: list[Finding]) -> list[Finding]:
+    """One finding per signature: the first (the campaign finds the worst kind first), with
+    the symptoms of the others added to it."""
+    kept: dict[tuple[str, str], Finding] = {}
+    for f in findings:
+        if f.signature in kept:
+            kept[f.signature].symptoms |= f.symptoms | {f.flag.key[1:]}
+        else:
+            f.symptoms.add(f.flag.key[1:])
+            kept[f.signature] = f
+    return list(kept.values())
 
 
 @dataclass
@@ -89,7 +108,7 @@ class Campaign:
         return 10**9 if self.max_examples is None else self.max_examples - self.examples
 
     def evaluate(self, documents: list[dict], frameworks: list[str]) -> list[tuple]:
-        """(document, scenario, framework, rows, flags) for every document and framework."""
+        """(document, scenario, framework, rows) for every document and framework."""
         scenarios = [parse(d, "<fuzz>") for d in documents]
         start = time.monotonic()
         with ThreadPoolExecutor(len(frameworks)) as pool:
@@ -97,26 +116,48 @@ class Campaign:
                 lambda fw: self.sessions[fw].run([s.to_dict() for s in scenarios]), frameworks),
                 strict=True))
         self.worker_seconds += time.monotonic() - start
-        out = []
-        for doc, scenario in zip(documents, scenarios, strict=True):
-            for fw in frameworks:
-                rows = results[fw].get(scenario.name, [])
-                out.append((doc, scenario, fw, rows, flags_of(fw, scenario, rows, self.k)))
-        return out
+        return [(doc, scenario, fw, results[fw].get(scenario.name, []))
+                for doc, scenario in zip(documents, scenarios, strict=True) for fw in frameworks]
+
+    def hits(self, evaluated: list[tuple], hazards_only: bool = False) -> list[tuple]:
+        """(doc, scenario, framework, rows, flag) of every flag (``verdict.flags_of``;
+        ``hazards_only``: the hazards alone), the worst kind first (a NaN before a rounding
+        question)."""
+        found = sorted(((KINDS.index(flag.kind), i, (doc, scenario, fw, rows, flag))
+                        for i, (doc, scenario, fw, rows) in enumerate(evaluated)
+                        for flag in flags_of(fw, scenario, rows, self.k, hazards_only)),
+                       key=lambda h: h[:2])
+        return [hit for *_, hit in found]
+
+    def cause_of(self, flag: Flag, scenario: Scenario, rows: list[dict]) -> Cause:
+        return root_cause(flag, scenario, rows, self.k)
+
+    def _new(self, hits: list[tuple]) -> tuple | None:
+        """The worst hit whose cause is new for its framework; each hit of a known cause adds
+        its symptom to that finding. A hit is (doc, scenario, framework, rows, flag)."""
+        known = {f.signature: f for f in self.findings}
+        for hit in hits:
+            _, scenario, fw, rows, flag = hit
+            cause = self.cause_of(flag, scenario, rows)
+            if (fw, cause.name) not in known:
+                return (*hit, cause)
+            known[(fw, cause.name)].symptoms.add(flag.key[1:])
+        return None
 
     def _round(self, attempt: int) -> bool:
         """One Hypothesis run; True when it found (and shrank) a new finding."""
         from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 
+        from .repro import scriptable
         from .strategies import batches
 
-        known = {f.flag.key for f in self.findings}
         state: dict = {"target": None, "best": None, "calls": 0, "since": None}
 
-        def keep(doc, scenario, fw, rows, flag) -> None:
-            size = len(json.dumps(doc))
-            if state["best"] is None or size < state["best"][0]:
-                state["best"] = (size, Finding(flag, doc, scenario, rows))
+        def keep(doc, scenario, fw, rows, flag, cause) -> None:
+            # one a standalone script can replay, then the smallest
+            rank = (not scriptable(scenario, fw), len(json.dumps(doc)))
+            if state["best"] is None or rank < state["best"][0]:
+                state["best"] = (rank, Finding(flag, doc, scenario, rows, cause))
 
         @settings(max_examples=max(1, self._examples_left()), deadline=None, database=None,
                   phases=(Phase.generate, Phase.shrink), verbosity=Verbosity.quiet,
@@ -136,17 +177,21 @@ class Campaign:
             else:
                 state["calls"] += 1
             frameworks = [target[0]] if target else self.frameworks
-            hits = [(KINDS.index(flag.kind), i, doc, scenario, fw, rows, flag)
-                    for i, (doc, scenario, fw, rows, flags)
-                    in enumerate(self.evaluate(documents, frameworks)) for flag in flags
-                    if (flag.key == target if target else flag.key not in known)]
-            if hits:  # the worst kind first: a NaN before a rounding question
-                _, _, doc, scenario, fw, rows, flag = min(hits, key=lambda h: h[:2])
+            evaluated = self.evaluate(documents, frameworks)
+            if target is None:
+                found = self._new(self.hits(evaluated))
+            else:  # the same kind of symptom, any quantity, of the same cause; hazards first
+                found = next(((*hit, target[1]) for quick in (True, False)
+                              for hit in self.hits(evaluated, quick) if hit[4].kind == target[2]
+                              and self.cause_of(hit[4], hit[1], hit[3]) == target[1]), None)
+            if found:
+                doc, scenario, fw, rows, flag, cause = found
                 if target is None:
-                    state["target"], state["since"] = flag.key, time.monotonic()
-                    self.log(f"found {' '.join(flag.key)} after {self.examples} examples; "
-                             "shrinking")
-                keep({**doc, "name": "fuzz"}, scenario, fw, rows, flag)
+                    state["target"] = (fw, cause, flag.kind)
+                    state["since"] = time.monotonic()
+                    self.log(f"found {' '.join(flag.key)} ({cause.name}) after "
+                             f"{self.examples} examples; shrinking")
+                keep({**doc, "name": "fuzz"}, scenario, fw, rows, flag, cause)
                 raise _Found
 
         try:
@@ -162,10 +207,11 @@ class Campaign:
                 and self._examples_left() > 0 and not self._exhausted(attempt)
         finding = state["best"][1]
         finding.shrink_calls = state["calls"]
-        finding.switches = broken_switches(finding.flag, finding.scenario, finding.rows)
-        self.findings.append(finding)
-        self.log(f"shrunk {' '.join(finding.flag.key)} in {finding.shrink_calls} calls to "
-                 f"{len(finding.scenario.steps)} step(s): {finding.flag.detail}")
+        finding.symptoms.add(finding.flag.key[1:])
+        self.findings = deduplicate(self.findings + [finding])
+        self.log(f"shrunk {' '.join(finding.flag.key)} ({finding.cause.name}) in "
+                 f"{finding.shrink_calls} calls to {len(finding.scenario.steps)} step(s): "
+                 f"{finding.flag.detail}")
         return True
 
     def _exhausted(self, attempt: int) -> bool:

@@ -1,31 +1,31 @@
-"""A finding on disk: the shrunk scenario as TOML, a one-paragraph summary, and (from
-``xbn.fuzz.repro``) a standalone script. Names come from the signature, so a second campaign
-that finds the same thing overwrites the same files instead of piling up copies."""
+"""A finding on disk: the shrunk scenario as TOML, a summary ending in an upstream-ready report
+(``xbn.fuzz.summary``) and, from ``xbn.fuzz.repro``, a standalone script. Names come from the
+signature (framework and root cause), one set of files per finding.
+
+Where: ``out_dir`` never hands back a directory holding files (a user's committed findings, an
+earlier campaign's) unless told to (``force``): by default the first of ``findings``,
+``findings-2``, ``findings-3``, ... that is absent or empty.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from ..scenario.loader import parse
 from .campaign import Finding
 
-KIND_TEXT = {
-    "nan": "returns NaN where the exact value is finite",
-    "inf": "returns inf where the exact value is finite",
-    "negative_variance": "stores a negative moving variance",
-    "overshoot": "moves its moving mean outside the values it was given",
-    "cancellation": "collapses the variance far outside the exact formula's rounding bound",
-    "unexplained": "departs from its own declared profile",
-}
 
-
-def minimal_document(document: dict) -> dict:
-    """The document without inputs no step uses (Hypothesis cannot drop a drawn input that an
-    earlier choice made and a later one stopped using)."""
-    used = {s.get(k) for s in document["steps"] for k in ("input", "target", "weights")}
-    return {**document, "inputs": {k: v for k, v in document["inputs"].items() if k in used}}
+def minimal_document(document: dict, last_step: int | None = None) -> dict:
+    """The document without the steps after ``last_step`` (the finding's: a later step cannot
+    change its row) and without inputs no step uses (Hypothesis cannot drop a drawn input that
+    an earlier choice made and a later one stopped using)."""
+    steps = document["steps"] if last_step is None else document["steps"][:last_step + 1]
+    used = {s.get(k) for s in steps for k in ("input", "target", "weights")}
+    return {**document, "steps": steps,
+            "inputs": {k: v for k, v in document["inputs"].items() if k in used}}
 
 
 def _value(v) -> str:
@@ -58,53 +58,60 @@ def to_toml(document: dict, comment: str = "") -> str:
 
 
 def slug(finding: Finding) -> str:
-    fw, quantity, kind = finding.flag.key
-    return f"{fw}-{quantity}-{kind}".replace("_", "-")
+    return f"{finding.flag.framework}-{finding.cause.name}".replace("_", "-")
 
 
-def summary(finding: Finding, versions: dict, seed: int) -> str:
-    """One paragraph: who, what, where, the signature, and how to see it again."""
-    fw, quantity, kind = finding.flag.key
-    step = finding.scenario.steps[[s.index for s in finding.scenario.steps].index(
-        finding.flag.step)]
-    where = f"step {step.index} ({step.op}" + (f", training={str(step.training).lower()}"
-                                             if step.training is not None else "") + ")"
-    layer = finding.scenario.layer
-    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in finding.scenario.inputs.items())
-    pinned = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-    return (f"**{fw}** {KIND_TEXT[kind]}: at {where} {finding.flag.detail}. Layer: "
-            f"{layer.features} feature(s), {layout_text(layer)}, inputs {shapes}. Signature: "
-            f"{fw} / {quantity} / {kind} / switches {', '.join(finding.switches)}. Found by "
-            f"`xbn fuzz --seed {seed}` ({pinned}) and shrunk by Hypothesis in "
-            f"{finding.shrink_calls} calls to this scenario; see it with `xbn run "
-            f"{slug(finding)}.toml -f {fw}` or `python {slug(finding)}.py` (needs only {fw}'s "
-            "packages and numpy).\n")
+class OutputExists(Exception):
+    """The directory asked for holds files and overwriting was not allowed."""
 
 
-def layout_text(layer) -> str:
-    return f"layout {layer.layout}, {layer.dtype}, momentum {layer.momentum}, " \
-           f"epsilon {layer.epsilon:g}"
+def _occupied(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def write(finding: Finding, out: Path, versions: dict, seed: int) -> list[Path]:
-    """Write ``<slug>.toml``, ``<slug>.md`` and, where the family has a repro template,
-    ``<slug>.py`` under ``out``; returns the paths written."""
+def out_dir(out: str | None, force: bool = False, default: str = "findings") -> Path:
+    """Where a campaign writes: ``out`` if given and absent, empty, or ``force``; without
+    ``out``, the first of ``default``, ``default-2``, ... that is absent or empty. Raises
+    OutputExists for an ``out`` that holds files, and for a file in the way with ``force``."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise OutputExists(f"{path} is a file, not a directory")
+        if _occupied(path) and not force:
+            raise OutputExists(f"{path} already holds files; give a new directory, or --force "
+                               "to write into it (files of the same names are replaced)")
+        return path
+    n = 1
+    while _occupied(path := Path(default if n == 1 else f"{default}-{n}")):
+        n += 1
+    return path
+
+
+def write(finding: Finding, out: Path, versions: dict, seed: int, k: float = 16.0) -> list[Path]:
+    """Write ``<slug>.toml``, ``<slug>.py`` where the family has a repro template, and
+    ``<slug>.md`` (naming only those files) under ``out``; returns the paths written."""
     from .repro import ReproUnsupported, script
+    from .summary import markdown
 
     out.mkdir(parents=True, exist_ok=True)
     name = slug(finding)
-    document = {**minimal_document(finding.document), "name": name}
-    text = summary(finding, versions, seed)
+    document = {**minimal_document(finding.document, finding.flag.step), "name": name}
+    finding = replace(finding, document=document, scenario=parse(document, name),
+                      rows=[{**o, "scenario": name} for o in finding.rows
+                            if o["step"] <= finding.flag.step])
     toml = out / f"{name}.toml"
-    toml.write_text(to_toml(document, f"xbn fuzz finding ({finding.flag.key[0]})"),
-                    encoding="utf-8")
-    md = out / f"{name}.md"
-    md.write_text(f"# {name}\n\n{text}", encoding="utf-8")
-    paths = [toml, md]
+    toml.write_text(to_toml(document, f"xbn fuzz finding ({finding.flag.framework}: "
+                                      f"{finding.cause.name})"), encoding="utf-8")
+    paths = [toml]
     try:
-        code = script(parse(document, str(toml)), finding.flag.key[0], finding.flag)
-    except ReproUnsupported:
-        return paths
-    py = out / f"{name}.py"
-    py.write_text(code, encoding="utf-8")
-    return paths + [py]
+        code = script(parse(document, str(toml)), finding.flag.framework, finding.flag)
+    except ReproUnsupported as exc:
+        code, why = None, str(exc)
+    else:
+        py = out / f"{name}.py"
+        py.write_text(code, encoding="utf-8")
+        paths.append(py)
+        why = ""
+    md = out / f"{name}.md"
+    md.write_text(markdown(finding, name, versions, seed, code, why, k), encoding="utf-8")
+    return paths + [md]

@@ -56,6 +56,16 @@ def check(scenario: Scenario) -> None:
             raise ReproUnsupported(f"step {step.index}: set mode has no standalone form")
 
 
+def scriptable(scenario: Scenario, framework: str) -> bool:
+    """Whether ``script`` can write a standalone script for this scenario and framework."""
+    try:
+        template_module(framework)
+        check(scenario)
+    except ReproUnsupported:
+        return False
+    return True
+
+
 def _step_code(step, framework_quantities: tuple[str, ...]) -> list[str]:
     lines = [f"# step {step.index}: {step.op}"]
     if step.op in ("call", "predict"):

@@ -1,18 +1,26 @@
 """What counts as a finding: xbn's own verdicts, applied to one framework's rows of one scenario.
 
-A difference from the reference is not news (every framework has its declared profile, and the
-explanation column says which switch causes it). A row is a finding when
+A finding is a claim about someone else's code, so a row is one only when nothing xbn already
+knows accounts for it: not the framework's declared semantic switches, not its declared
+arithmetic within float rounding, not a documented option within its rounding bound, not a
+known divergence (``xbn/profiles/divergences.toml``, quiet for every kind). A row is a finding when
 
 * ``unexplained``: the reference run with the framework's *own* profile does not reproduce it
-  (the same matching rule as ``xbn.explain.search``: agreement, the declared exception for errors), nor
-  does its rounding-error bound hold it (``xbn.explain.bounds``: a float32 framework never
-  matches a float64 run bit for bit, and an ill-conditioned variance has no bit-exact rerun);
-* a numerical hazard, whatever the profile says: ``nan``/``inf`` where the exact value is
-  finite, a ``negative_variance``, a ``cancellation`` (a declared one-pass variance far outside
-  the exact two-pass formula's rounding bound), or an ``overshoot`` (a moving mean outside every value the
-  layer was ever given: an average cannot leave the hull of what it averages).
-
-Rows covered by ``xbn/profiles/divergences.toml`` are known behaviour and stay quiet.
+  (the same matching rule as ``xbn.explain.search``: agreement, the declared exception for
+  errors), nor does one rounding order flipped, nor its rounding-error bound
+  (``xbn.explain.bounds``: a float32 framework never matches a float64 run bit for bit);
+* a numerical hazard, where the exact value (the float64 reference with the framework's
+  semantic switches) has none and float rounding cannot produce it: ``nan``/``inf`` where the
+  exact value is finite, a ``negative_variance``, a ``cancellation`` (a declared one-pass
+  variance far outside the exact two-pass formula's rounding bound that no *finite* bound of
+  the declared formula holds and the declared profile does not reproduce: Flax's documented
+  ``use_fast_variance`` stays quiet), or an ``overshoot`` (a moving mean outside every value the
+  layer was given by more than the verdict's tolerance: an average cannot leave the hull of
+  what it averages, but its last bit may). A hazard that the framework's own arithmetic with
+  the stable two-pass variance reproduces (``precision=native``) is float rounding or range, not
+  news. A hazard that the declared profile reproduces *is* news: no finite rounding bound holds
+  a NaN or a negative variance, and the declared switch names the mechanism (the root cause,
+  ``xbn.fuzz.cause``), it does not excuse it.
 """
 
 from __future__ import annotations
@@ -22,25 +30,27 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..explain.bounds import MONOTONE
+from ..common.dtypes import EPS
+from ..comparison.diffs import agreement
+from ..explain.bounds import MONOTONE, corner_changes
 from ..explain.candidates import declared_profile
-from ..explain.rerun import rerun
+from ..explain.reruns import rerun
 from ..explain.search import Search
 from ..profiles.divergences import known_divergence
 from ..profiles.facts import PROFILES
-from ..reference.batchnorm import Semantics
 from ..reference.semantics import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR, OK
 
 KINDS = ("nan", "inf", "negative_variance", "overshoot", "cancellation", "unexplained")
 FAR = 1e-3  # relative error beyond which a one-pass variance has collapsed (float32 eps 1.2e-7)
+HAZARDS = KINDS[:4]  # the kinds ``hazards`` decides (cancellation needs the search)
 
 
 @dataclass(frozen=True)
 class Flag:
-    """One finding row: ``key`` (framework, quantity, kind) is what the campaign deduplicates
-    on while it searches; ``detail`` says what was seen."""
+    """One finding row: ``key`` (framework, quantity, kind) is the symptom; the campaign
+    deduplicates on the root cause (``xbn.fuzz.cause``); ``detail`` says what was seen."""
 
     framework: str
     quantity: str
@@ -61,11 +71,11 @@ class _Row(SimpleNamespace):
         return dict(vars(self))
 
 
-def _row(o: dict) -> _Row:
+def as_row(o: dict) -> _Row:
     return _Row(**{"origin": None, "scale": None, **o})
 
 
-class _Run(dict):
+class Run(dict):
     """A finished reference run in the shape ``xbn.explain.search``'s search reads (``get``,
     ``full``): the fuzzer's scenarios are a few steps, so every run is computed whole."""
 
@@ -73,15 +83,23 @@ class _Run(dict):
         return self
 
 
-def reference(scenario: Scenario, change: dict) -> _Run:
+def reference(scenario: Scenario, change: dict) -> Run:
     """(step, quantity) -> observation of the float64 reference with ``change`` applied."""
-    return _Run({(o["step"], o["quantity"]): o for o in rerun(scenario, change)})
+    return Run({(o["step"], o["quantity"]): o for o in rerun(scenario, change)})
 
 
 def declared(framework: str) -> tuple[dict, dict]:
     """(semantic switches, semantic and numeric switches) of the framework's profile."""
     profile = declared_profile(framework)
     return (profile[0], profile[-1]) if profile else ({}, {})
+
+
+def stable(framework: str) -> dict:
+    """The framework's declared profile with the two-pass variance: its own arithmetic
+    (precision, rounding order) with the formula a careful implementation uses. What this
+    reproduces is float rounding or range, not the framework's choice."""
+    full = declared(framework)[1]
+    return {**full, "variance_algorithm": "two_pass"} if "precision" in full else full
 
 
 def _array(value) -> np.ndarray:
@@ -103,53 +121,86 @@ def _hull(scenario: Scenario, step_index: int) -> tuple[float, float]:
     return lo, hi
 
 
-def hazards(framework: str, scenario: Scenario, rows: list[dict], exact: dict) -> list[Flag]:
+def _finite(want: dict | None) -> np.ndarray | None:
+    return _array(want["value"]) if want and want["status"] == OK \
+        and want["value"] is not None else None
+
+
+def _hazard(framework: str, scenario: Scenario, o: dict, want: dict | None,
+            k: float) -> Flag | None:
+    """The hazard of one observed row ``o`` whose exact counterpart is ``want`` (None: none)."""
+    value = _array(o["value"])
+    step, q = o["step"], o["quantity"]
+    finite = _finite(want)
+    if finite is not None and finite.shape == value.shape:
+        bad = ~np.isfinite(value) & np.isfinite(finite)
+        if bad.any():
+            kind = "nan" if np.isnan(value[bad]).any() else "inf"
+            return Flag(framework, q, kind, step,
+                        f"{q} is {kind} where the exact value is {finite[bad].flat[0]:.9g}")
+    if q == "moving_variance" and (value < 0).any() and \
+            (finite is None or finite.shape != value.shape or (finite >= 0).all()):
+        return Flag(framework, q, "negative_variance", step,
+                    f"moving_variance {value.min():.9g} < 0")
+    if q == "moving_mean" and value.size:
+        lo, hi = _hull(scenario, step)
+        scale = max(abs(lo), abs(hi), float(np.abs(finite).max()) if finite is not None
+                    and finite.size and np.isfinite(finite).all() else 0.0)
+        tol = k * EPS.get(o.get("dtype"), EPS[scenario.layer.dtype]) * scale  # rounding
+        exact_inside = finite is None or finite.shape != value.shape or \
+            bool(((finite >= lo - tol) & (finite <= hi + tol)).all())
+        if exact_inside and (value.max() > hi + tol or value.min() < lo - tol):
+            far = value.max() if value.max() > hi + tol else value.min()
+            return Flag(framework, q, "overshoot", step,
+                        f"moving_mean {far:.9g} outside [{lo:.9g}, {hi:.9g}], the values the "
+                        f"layer was given, by more than float rounding ({tol:.3g})")
+    return None
+
+
+def hazards(framework: str, scenario: Scenario, rows: list[dict], exact: dict,
+            k: float = 16.0, rounding: dict | None = None) -> list[Flag]:
     """Numerical hazards in ``rows`` (one framework, one scenario); ``exact`` is the float64
     reference with the framework's semantic switches (the value a perfect float64 run of that
-    framework would give)."""
+    framework would give); ``rounding``: the reference with the framework's arithmetic and
+    the stable formula (``stable``): a hazard it shows too is float rounding, left quiet."""
     flags = []
     for o in rows:
         if o["status"] != OK or o["value"] is None or o["quantity"] == "loss":
             continue  # a loss is a mean over the output rows: their hazards are the news
-        value = _array(o["value"])
-        step, q = o["step"], o["quantity"]
-        want = exact.get((step, q))
-        finite = _array(want["value"]) if want and want["status"] == OK \
-            and want["value"] is not None else None
-        if finite is not None and finite.shape == value.shape:
-            bad = ~np.isfinite(value) & np.isfinite(finite)
-            if bad.any():
-                kind = "nan" if np.isnan(value[bad]).any() else "inf"
-                flags.append(Flag(framework, q, kind, step,
-                                  f"{q} is {kind} where the exact value is "
-                                  f"{finite[bad].flat[0]:.9g}"))
-                continue
-        if q == "moving_variance" and (value < 0).any():
-            flags.append(Flag(framework, q, "negative_variance", step,
-                              f"moving_variance {value.min():.9g} < 0"))
-        if q == "moving_mean" and value.size:
-            lo, hi = _hull(scenario, step)
-            if value.max() > hi or value.min() < lo:
-                far = value.max() if value.max() > hi else value.min()
-                flags.append(Flag(framework, q, "overshoot", step,
-                                  f"moving_mean {far:.9g} outside [{lo:.9g}, {hi:.9g}], the "
-                                  "values the layer was given"))
+        row = (o["step"], o["quantity"])
+        flag = _hazard(framework, scenario, o, exact.get(row), k)
+        if flag is None or rounding is None:
+            flags += [flag] if flag else []
+            continue
+        seen = rounding.get(row)
+        if not (seen and seen["status"] == OK and seen["value"] is not None and
+                (f := _hazard(framework, scenario, {**o, "value": seen["value"]},
+                              exact.get(row), k)) and f.kind == flag.kind):
+            flags.append(flag)
     return flags
 
 
-def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) -> list[Flag]:
-    """Rows that the framework's declared profile reproduces neither within the tolerance nor
-    within its variance formula's rounding bound (``xbn.explain.search``'s own matching)."""
-    if framework not in PROFILES:
-        return []
+def unknown_rows(framework: str, scenario: Scenario, rows: list[dict]) -> dict:
+    """Row index -> observation (as the search reads it) of every row a finding may be about:
+    not a loss (a mean of squares of the output rows, which are checked), not a known
+    divergence."""
     framework_rows = {}
     for i, o in enumerate(rows):
         if o["quantity"] == "loss":  # a mean of squares of the output rows, which are checked
             continue
-        if known_divergence(framework, scenario.name, scenario.layer.dtype, o["quantity"],
-                            o["op"]):
+        if known_divergence(framework, scenario, o["step"], o["quantity"]):
             continue
-        framework_rows[i] = _row(o)
+        framework_rows[i] = as_row(o)
+    return framework_rows
+
+
+def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) -> list[Flag]:
+    """Rows that the framework's declared profile reproduces neither within the tolerance nor
+    within its variance formula's rounding bound (``xbn.explain.search``'s own matching), and
+    declared one-pass variances that only an unbounded interval holds (``_cancellations``)."""
+    if framework not in PROFILES:
+        return []
+    framework_rows = unknown_rows(framework, scenario, rows)
     runs: dict = {}
 
     def observe(change: dict) -> dict:
@@ -173,6 +224,11 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
             left -= set(search.bound_hits(semantic, algorithm))
             if not left:
                 break
+    left -= _refused(rows, framework_rows, left, observe(full))
+    if left:  # the two-pass interval's corners: already run by ``bound_hits`` above
+        nearby = [observe(full)] + [observe(c) for c in corner_changes(
+            {**semantic, "variance_algorithm": "two_pass"})]
+        left -= _ill_conditioned(framework_rows, left, nearby, observe(semantic), k)
     for i in sorted(left):
         o = framework_rows[i]
         want = observe(full).get((o.step, o.quantity))
@@ -184,32 +240,81 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
     return flags
 
 
+def _refused(rows: list[dict], framework_rows: dict, left: set, profile: dict) -> set:
+    """Rows of a step that the framework refuses (an exception at that step) and its declared
+    profile refuses too: both answer with an exception, at another point of the step (torch's
+    optimizer refuses a layer without parameters before the forward pass, the declared
+    refusal after it), which is no claim about the framework's numbers."""
+    theirs = {o["step"] for o in rows if o["status"] == ERROR}
+    ours = {step for (step, _q), o in profile.items() if o["status"] == ERROR}
+    return {i for i in left if framework_rows[i].step in theirs & ours}
+
+
+def _ill_conditioned(framework_rows: dict, left: set, nearby: list[dict], exact: dict,
+                     k: float) -> set:
+    """Rows whose value float rounding does not determine: the exact run (``exact``) and a run
+    as near as rounding allows (``nearby``: the declared profile in its own precision, the
+    batch statistics moved by their rounding-error bound) disagree on them beyond the
+    tolerance. A gradient of a batch whose spread is 1e-8 of its mean, or one that is 0 in
+    exact arithmetic and whose sign Adam turns into a whole step, is rounding noise: no
+    summation order reproduces another's, and a difference there is no claim about anyone."""
+    found = set()
+    for i in left:
+        o = framework_rows[i]
+        want = exact.get((o.step, o.quantity))
+        for run in nearby:
+            near = run.get((o.step, o.quantity))
+            if want is not None and near is not None and want["status"] == near["status"] == OK \
+                    and not agreement(near, want, k).agree:
+                found.add(i)
+                break
+    return found
+
+
 def _cancellations(framework, framework_rows, search, semantic, full, observe) -> list[Flag]:
     """Rows of a framework that declares a one-pass variance (E[x^2] - E[x]^2) lying far
-    outside what the exact two-pass formula's rounding can produce: the declared formula
-    explains them, which does not make a collapsed variance right."""
-    if full.get("variance_algorithm", "two_pass") == "two_pass":
+    outside what the exact two-pass formula's rounding can produce, which neither the
+    declared profile reproduces nor a *finite* rounding bound of the declared formula holds
+    (the interval xbn's explanation prints: inside it, the collapse is what the documented
+    formula does), but only its unbounded interval (a corner's variance below -eps: it holds
+    anything and accounts for nothing). A row that no interval holds is ``unexplained``."""
+    algorithm = full.get("variance_algorithm", "two_pass")
+    if algorithm == "two_pass":
         return []
-    inside = set(search.bound_hits(semantic, "two_pass"))
-    inside |= set(search.hits({**full, "variance_algorithm": "two_pass"}))
-    flags = []
     exact = observe(semantic)
+    far = {}
     for i, o in framework_rows.items():
         want = exact.get((o.step, o.quantity))
-        if i in inside or o.status != OK or not want or want["status"] != OK \
-                or want["value"] is None or o.quantity not in MONOTONE:
+        if o.status != OK or not want or want["status"] != OK or want["value"] is None \
+                or o.quantity not in MONOTONE:
             continue
         got, ref = _array(o.value), _array(want["value"])
         if got.shape != ref.shape or not np.isfinite(got).all():
             continue  # a NaN is its own hazard
-        scale = max(float(np.abs(ref).max()), 1e-30)
-        rel = float(np.abs(got - ref).max()) / scale
+        rel = float(np.abs(got - ref).max()) / max(float(np.abs(ref).max()), 1e-30)
         if rel > FAR:
-            flags.append(Flag(framework, o.quantity, "cancellation", o.step,
-                              f"{o.quantity} = {_short(o.value)} where the exact value is "
-                              f"{_short(want['value'])} (relative error {rel:.3g}, outside the "
-                              "two-pass formula's rounding bound)"))
-    return flags
+            far[i] = (rel, want)
+    if not far:
+        return []
+    accounts = (lambda: search.hits(full),  # the cheapest first: one rerun each
+                lambda: search.hits({**full, "variance_algorithm": "two_pass"}),
+                lambda: {i for i, w in search.bound_hits(semantic, algorithm).items()
+                         if np.isfinite(w.bound)},
+                lambda: search.bound_hits(semantic, "two_pass"))
+    inside: set = set()
+    for held in accounts:
+        inside |= set(held())
+        if set(far) <= inside:
+            return []
+    unbounded = {i for i, w in search.bound_hits(semantic, algorithm).items()
+                 if not np.isfinite(w.bound)}  # elsewhere nothing holds it: ``unexplained``
+    return [Flag(framework, o.quantity, "cancellation", o.step,
+                 f"{o.quantity} = {_short(o.value)} where the exact value is "
+                 f"{_short(want['value'])} (relative error {rel:.3g}, outside the two-pass "
+                 "formula's rounding bound; only the declared formula's unbounded interval "
+                 "holds it)")
+            for i, (rel, want) in far.items() if i not in inside and i in unbounded
+            for o in [framework_rows[i]]]
 
 
 def _short(value) -> str:
@@ -220,44 +325,22 @@ def _short(value) -> str:
     return f"[{text}{', ...' if flat.size > 4 else ''}]"
 
 
-def flags_of(framework: str, scenario: Scenario, rows: list[dict], k: float) -> list[Flag]:
-    """Every finding in one framework's rows of one scenario (empty: nothing to report)."""
+def flags_of(framework: str, scenario: Scenario, rows: list[dict], k: float,
+             hazards_only: bool = False) -> list[Flag]:
+    """Every finding in one framework's rows of one scenario (empty: nothing to report);
+    ``hazards_only``: NaN, inf, negative variances and overshoots only (two reruns, not the
+    search: what a shrinking campaign asks first)."""
     if not rows:
         return []
     exact = reference(scenario, declared(framework)[0])
-    return hazards(framework, scenario, rows, exact) + unexplained(framework, scenario, rows, k)
-
-
-def broken_switches(flag: Flag, scenario: Scenario, rows: list[dict]) -> tuple[str, ...]:
-    """Which declared switches the finding is about, for its signature: for a hazard, the
-    switches of the profile without which the reference stops reproducing it ("undeclared"
-    when the profile does not reproduce it at all); for an unexplained row, the switches
-    whose single flip of the profile would reproduce it ("none" when no flip does)."""
-    from ..reference.semantics import SWITCH_VALUES
-
-    _, full = declared(flag.framework)
-
-    def hit(change: dict) -> bool:
-        theirs = reference(scenario, change)
-        own = [o for o in rows if (o["step"], o["quantity"]) == (flag.step, flag.quantity)]
-        if flag.kind == "unexplained":
-            framework_rows = {0: _row(own[0])}
-            return bool(Search(framework_rows, lambda c: reference(scenario, c), 16.0).hits(change))
-        fake = [{**o, "value": theirs.get((o["step"], o["quantity"]), {}).get("value"),
-                 "status": theirs.get((o["step"], o["quantity"]), {}).get("status")}
-                for o in rows]
-        exact = reference(scenario, declared(flag.framework)[0])
-        return any(f.key == flag.key for f in hazards(flag.framework, scenario, fake, exact))
-
-    if flag.kind == "cancellation":  # by definition: the declared one-pass formula
-        return ("variance_algorithm",)
-    if flag.kind != "unexplained":
-        if not hit(full):
-            return ("undeclared",)
-        return tuple(k for k in full if k != "precision" and not hit(
-            {kk: v for kk, v in full.items() if kk != k})) or ("precision",)
-    values = {**SWITCH_VALUES, **NUMERIC_SWITCH_VALUES}
-    found = sorted({name for name, options in values.items() for v in options
-                    if full.get(name, getattr(Semantics(), name)) != v
-                    and hit({**full, name: v})})
-    return tuple(found) or ("none",)
+    quiet = unknown_rows(framework, scenario, rows)
+    mine = [o for i, o in enumerate(rows) if i in quiet]
+    found = hazards(framework, scenario, mine, exact, k)
+    if found and framework in PROFILES:
+        found = hazards(framework, scenario, mine, exact, k,
+                        rounding=reference(scenario, stable(framework)))
+    if hazards_only:
+        return found
+    hazardous = {(f.step, f.quantity) for f in found}  # a NaN off the profile is the NaN's news
+    return found + [f for f in unexplained(framework, scenario, rows, k)
+                    if (f.step, f.quantity) not in hazardous]
