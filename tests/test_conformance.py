@@ -24,6 +24,8 @@ from xbn.profiles.facts import semantics_of
 from xbn.profiles.refusals import error_problems
 from xbn.scenario.loader import builtin_paths, load
 
+pytestmark = pytest.mark.slow  # every framework over every built-in scenario, against its declared profile
+
 K = 16.0
 
 

@@ -318,6 +318,7 @@ batch_size = 4
 """
 
 
+@pytest.mark.slow  # runs torch and tf-keras workers
 def test_ghost_batches_that_do_not_divide_are_tf_keras_refusal(write_scenario):
     """virtual_batch_size 2 on batches of 5 (a call, a gradient, and a fit whose batches of 4
     and 1 fail on the second after the first moved the statistics), on tf-keras itself
@@ -392,6 +393,7 @@ def _switches(text: str) -> dict:
     return dict(part.split("=") for part in text.removesuffix(" (bit-exact)").split(", "))
 
 
+@pytest.mark.slow  # runs torch and tf-keras workers
 def test_each_row_names_the_switches_that_have_acted_by_its_step(write_scenario):
     """torch itself: a training call (its running variance is fed n/(n-1)), a masked training
     call (torch's BatchNorm takes no mask: n/a, its statistics stay where they were),

@@ -42,6 +42,7 @@ def rows_of(framework: str, documents: list[dict]) -> dict:
         session.close()
 
 
+@pytest.mark.slow  # a fuzz campaign or framework workers
 def test_verdicts_flag_the_keras_torch_nan_and_not_torch():
     """The same large-mean batch: Keras on torch (one-pass moments, no clamp) returns NaN, a
     hazard; torch (two-pass) is reproduced by its profile: no finding."""
@@ -102,6 +103,7 @@ def test_two_findings_of_one_cause_dedupe_to_one():
         assert {("output", "nan"), ("moving_variance", "negative_variance")} <= f.symptoms
 
 
+@pytest.mark.slow  # a fuzz campaign or framework workers
 def test_documented_behaviour_and_rounding_are_not_findings():
     """What xbn's own explanation accounts for is no finding: Haiku's debiased moving mean one
     float32 ulp past the only value it saw (rounding, within the verdict's tolerance; its
@@ -129,6 +131,7 @@ def test_documented_behaviour_and_rounding_are_not_findings():
     assert flags_of("flax", parse(constant), rows, 16.0) == []
 
 
+@pytest.mark.slow  # a fuzz campaign or framework workers
 def test_refusals_and_rounding_noise_are_not_findings():
     """torch refuses a fit of a BatchNorm without parameters (its optimizer, before the
     forward pass) where the declared refusal comes after it: both refuse, no finding. Keras'
@@ -169,6 +172,7 @@ def _files_named(text: str) -> set[str]:
     return set(re.findall(r"(?<![/\w.-])([\w.-]+\.(?:py|toml|md))\b", text))
 
 
+@pytest.mark.slow  # a fuzz campaign or framework workers
 def test_campaign_writes_a_fresh_folder_one_finding_per_cause(tmp_path, monkeypatch):
     """Run as the README shows, from a folder whose findings/ holds a user's files: the
     campaign leaves findings/ byte for byte as it was, writes to findings-2/ and says so; on
@@ -216,6 +220,7 @@ def _flat(value):
         yield value
 
 
+@pytest.mark.slow  # a fuzz campaign or framework workers
 def test_known_behaviour_stays_quiet(tmp_path):
     """A campaign over frameworks whose profiles explain everything reports nothing: exit 0,
     nothing written."""

@@ -338,14 +338,17 @@ def _script(code: str, **env) -> None:
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
+@pytest.mark.slow  # Keras and TensorFlow driven by hand in a process of their own
 def test_keras3_tensorflow_by_hand():
     _script(_KERAS3, KERAS_BACKEND="tensorflow")
 
 
+@pytest.mark.slow  # Keras and TensorFlow driven by hand in a process of their own
 def test_tf_keras_by_hand():
     _script(_TF_KERAS)
 
 
+@pytest.mark.slow  # Keras and TensorFlow driven by hand in a process of their own
 def test_tf_keras_refuses_ghost_batches_that_do_not_divide_by_hand():
     """What xbn/profiles/edges.py declares for tf-keras' ghost_batch_remainder = "error", and
     that the forms it declares (type, fragment) are those of the messages measured here."""
@@ -358,5 +361,6 @@ def test_tf_keras_refuses_ghost_batches_that_do_not_divide_by_hand():
                      ("ValueError", "in user code"))
 
 
+@pytest.mark.slow  # Keras and TensorFlow driven by hand in a process of their own
 def test_keras3_jax_retraces_per_shape_by_hand():
     _script(_KERAS3_JAX, KERAS_BACKEND="jax")

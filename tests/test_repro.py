@@ -44,6 +44,7 @@ def write_doc(tmp_path, doc) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # runs frameworks in standalone scripts
 @pytest.mark.parametrize("framework,expect", [
     ("keras-torch", "is nan where the exact value is"),
     ("haiku", "is nan where the exact value is"),
@@ -65,6 +66,7 @@ def test_generated_script_runs_without_xbn(tmp_path, framework, expect):
     assert lines[-1].startswith(f"{framework} (") and expect in lines[-1], lines[-1]
 
 
+@pytest.mark.slow  # runs frameworks in standalone scripts
 def test_script_of_a_framework_that_agrees_says_so(tmp_path):
     """torch on a well-conditioned batch: the exact values match within rounding."""
     need("torch")
