@@ -78,10 +78,11 @@ COVERED = {
     ("keras-jax", "jax.lax.rsqrt"): {"seed-keras-frozen": [4, 6, 7]},
     ("flax-nnx", "nnx.BatchNorm promotes"): {"mixed-float16-large-variance": [1]},
     ("equinox", "eqx.nn.BatchNorm's default mode='ema' cannot train under shard_map"): {
-        "replicas-equal": [0, 1], "replicas-unequal": [0, 1],
+        "replicas-equal": [0, 1], "replicas-unequal": [0, 1], "replicas-mask": [0, 1],
         "replicas-unsynchronized-equal": [0, 1, 2], "replicas-unsynchronized": [0, 1, 2]},
     ("torch", "torch's profile declares SyncBatchNorm"): {"replicas-equal": [0, 1],
-                                                          "replicas-unequal": [0, 1]},
+                                                          "replicas-unequal": [0, 1],
+                                                          "replicas-mask": [0, 1]},
     ("keras", "Keras 3's predict loop"): {"zero-size-batch": [2]},
     ("keras-torch", "Keras 3's predict loop"): {"zero-size-batch": [2]},
     ("keras-jax", "Keras 3's JAX predict loop"): {"zero-size-batch": [2, 3, 4]},

@@ -40,7 +40,7 @@ def test_builtin_scenarios_load(path):
         ('op = "call"', 'op = "cal"', "steps[0].op: must be one of"),
         ('features = 2', 'features = 3', "inputs.x: channel axis (NC) has size 2, but layer.features = 3"),
         ('features = 2', 'features = 2\nlayout = "NCHW"', "inputs.x: layout NCHW needs a rank-4 array"),
-        ('x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]', 'x = [[1.0, inf], [3.0, 5.0]]', "inputs.x: non-finite value"),
+        ('x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]', 'x = [[1.0, "inf"], [3.0, 5.0]]', "inputs.x: expected numbers, got 'inf'"),
         ('x = [[1.0, 2.0], [3.0, 5.0], [0.5, -1.0]]', 'x = [[1.0, 2.0], [3.0]]', "inputs.x: ragged list"),
         ('schema = 1', 'schema = 2', "schema: unsupported schema 2"),
         ('name = "t"', 'name = "T t"', "name: must match [a-z0-9-]+"),

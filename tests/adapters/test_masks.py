@@ -139,7 +139,8 @@ mask = "m"
                                        "the channel axis, [2, 2]"),
     ("[[1, 2], [1, 0]]", "call", "steps[0].mask: input 'm' must hold only 0 and 1"),
     ("[[1, 0.5], [1, 0]]", "grad", "steps[0].mask: input 'm' must hold only 0 and 1"),
-    ("[[1, 1], [1, 0]]", "fit", "steps[0].mask: unknown key"),
+    ("[[1, 1, 1], [1, 0, 1]]", "fit", "steps[0].mask: a mask has the input's shape without "
+                                      "the channel axis, [2, 2]"),
 ])
 def test_loader_errors_name_file_step_and_key(write_scenario, mask, op, fragment):
     from xbn.scenario.loader import ScenarioError, load

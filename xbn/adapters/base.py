@@ -21,6 +21,7 @@ from ..scenario.loader import (
     RENORM_QUANTITIES,
     REPLICA_QUANTITIES,
     STATE_QUANTITIES,
+    ElementMask,
     Layer,
     Scenario,
     Step,
@@ -39,15 +40,12 @@ from ..scenario.observation import (  # primary_quantities: xbn.execution.spawn 
 from .errors import (  # noqa: F401 - re-exported: where exceptions come from
     REFERENCE,
     XBN,
+    NotApplicable,
     adapter_modules,
     describe_exception,
     exception_origin,
 )
-
-
-class NotApplicable(Exception):
-    """The framework cannot express this layer or step; the message says why."""
-
+from .masked import MaskedOps
 
 # What a layer asks of its framework, per field of xbn.frameworks.registry.Capabilities.
 NEEDS = {
@@ -74,8 +72,9 @@ def require(framework_id: str, layer: Layer, capability: str, why: str,
 Array = np.ndarray
 
 
-class Adapter(ABC):
-    """One framework's BatchNorm behind xbn's vocabulary.
+class Adapter(MaskedOps, ABC):
+    """One framework's BatchNorm behind xbn's vocabulary (the masked operations:
+    ``xbn.adapters.masked``).
 
     Arrays come in and go out in the scenario's layout, as float64 arrays holding values
     exactly representable in the scenario's dtype; adapters cast to their own dtype and use
@@ -134,17 +133,6 @@ class Adapter(ABC):
         leaves that one alone. ``momentum`` is in the Keras convention, as in ``Layer``."""
         raise NotApplicable(f"{self.framework_id}: changing momentum/epsilon after "
                             "construction is not expressed")
-
-    def call_masked(self, x: Array, training: bool | None, mask: Array):
-        """``call`` with ``mask`` (the input's shape without the channel axis, 1 = valid):
-        the framework's own mask argument."""
-        raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
-
-    def predict_masked(self, x: Array, mask: Array):
-        raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
-
-    def grad_masked(self, x: Array, training: bool | None, weights: Array, mask: Array) -> dict:
-        raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
 
     def replicated(self) -> Adapter:
         """The adapter that runs this framework's scenarios with ``replicas`` on its own
@@ -396,6 +384,8 @@ def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer,
         return result
     x = _input(scenario, step, outputs or {})
     mask = None if step.mask is None else inputs[step.mask]
+    if mask is not None and step.mask_channels:  # over the channel axis too (ElementMask)
+        mask = np.asarray(mask).view(ElementMask)
     for _ in range(step.repeat):
         if op == "call":
             result = {"output": adapter.call(x, step.training) if mask is None
@@ -405,7 +395,8 @@ def _run_step(adapter: Adapter, scenario: Scenario, step: Step, last_optimizer,
                       else adapter.predict_masked(x, mask)}
         elif op == "fit":
             fresh = last_optimizer != asdict(step.optimizer)
-            result = {"loss": adapter.fit(x, inputs[step.target], step, fresh)}
+            result = {"loss": adapter.fit(x, inputs[step.target], step, fresh) if mask is None
+                      else adapter.fit_masked(x, inputs[step.target], step, fresh, mask)}
             last_optimizer = asdict(step.optimizer)
         elif op == "grad":
             result = adapter.grad(x, step.training, inputs[step.weights]) if mask is None \

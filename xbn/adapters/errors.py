@@ -14,6 +14,11 @@ from collections.abc import Iterable
 KERAS_WRAPPER = "Exception encountered when calling"
 
 
+class NotApplicable(Exception):
+    """The framework cannot express this layer or step; the message says why (a row ``n/a``,
+    never an ``error``)."""
+
+
 def describe_exception(exc: BaseException) -> str:
     """``Type: first line of the message`` (with the cause for Keras' call wrapper)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

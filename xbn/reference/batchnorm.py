@@ -8,14 +8,12 @@ framework.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from ..common.dtypes import round_to
 from ..scenario.loader import Layer, Optimizer
-from . import edges, numerics
+from . import edges, numerics, optimizers
+from . import mask as masks
 from .numerics import channels_last_2d as _channels_last_2d
 from .numerics import restore as _restore
 from .renorm import Renorm, compose, ghost_groups, ghost_moments, group_count, group_sum
@@ -30,14 +28,6 @@ from .semantics import (  # noqa: F401 - re-exported: the reference's vocabulary
 class NoSuchOperation(Exception):
     """The semantics model a framework that lacks this op (``reset="none"``): the adapter
     reports the step as n/a, as the framework's own adapter does."""
-
-
-@dataclass
-class _OptimizerState:
-    config: Optimizer
-    t: int = 0
-    m: dict = field(default_factory=dict)
-    v: dict = field(default_factory=dict)
 
 
 class ReferenceBatchNorm:
@@ -79,7 +69,7 @@ class ReferenceBatchNorm:
         self._mean_terms = (np.zeros(c), np.zeros(c))
         self.trainable = True
         self.module_training = True  # torch modules start in train mode
-        self.optimizer: _OptimizerState | None = None
+        self.optimizer: optimizers.OptimizerState | None = None
         self.traced = edges.TracedFunctions(self.sem.traced_functions)  # Keras' cached functions
 
     # -- mode resolution -------------------------------------------------------------
@@ -220,8 +210,13 @@ class ReferenceBatchNorm:
         dxhat = dy2 * gamma * r
         dx2 = inv * dxhat
         if np.any(a):
-            dx2 = dx2 - a * inv / n * group_sum(dxhat, groups) \
-                - a * inv**3 / n * cache["deviation"] * group_sum(dxhat * centered, groups)
+            with np.errstate(invalid="ignore"):  # 0 * inf for a masked infinity: selected away
+                terms = (a * inv / n * group_sum(dxhat, groups),
+                         a * inv**3 / n * cache["deviation"] * group_sum(dxhat * centered, groups))
+            if "rows" in cache:  # none for a masked row (xbn.reference.mask)
+                terms = (cache["rows"].statistics_term(t, cache["deviation"]) for t in terms)
+            first, second = terms
+            dx2 = dx2 - first - second
         grads = {"grad_input": _restore(dx2, cache["shape"], self.axis)}
         if self.gamma is not None:
             grads["grad_gamma"] = edges.gamma_gradient((dy2 * (centered * inv * r + d)).sum(
@@ -253,10 +248,12 @@ class ReferenceBatchNorm:
         return out
 
     def fit(self, x: np.ndarray, target: np.ndarray, optimizer: Optimizer, epochs: int,
-            batch_size: int | None, fresh_optimizer: bool) -> float:
-        """MSE training loop, unshuffled batches; returns the last epoch's mean loss."""
+            batch_size: int | None, fresh_optimizer: bool, mask: np.ndarray | None = None) -> float:
+        """MSE training loop, unshuffled batches; returns the last epoch's mean loss. With a
+        ``mask`` (sliced with the batches): masked statistics, and Keras' masked loss, the
+        mean over the valid positions (``xbn.reference.mask.loss_weights``)."""
         if fresh_optimizer or self.optimizer is None:  # what xbn's Keras adapters compile at
-            self.optimizer = _OptimizerState(optimizer)
+            self.optimizer = optimizers.OptimizerState(optimizer)
             self.traced.compile()
         if self.sem.bare_call == "module_mode":
             self.module_training = True  # torch loops call model.train()
@@ -268,70 +265,38 @@ class ReferenceBatchNorm:
             total, count = 0.0, 0
             for start in range(0, n, size):
                 xb, tb = x[start:start + size], target[start:start + size]
+                mb = None if mask is None else mask[start:start + size]
                 with self.traced.use(self, "train", ("momentum", "epsilon"), xb.shape):
-                    y, cache = self.forward(xb, training)
+                    y, cache = self.forward(xb, training) if mb is None else \
+                        masks.forward(self, xb, training, mb)
                 if self.sem.frozen_fit == "error" and not self._has_trainable():
                     raise RuntimeError("element 0 of tensors does not require grad and does not "
                                        "have a grad_fn")
                 diff = (y - tb).astype(self.ft)
-                total += float(np.mean(diff * diff, dtype=self.ft)) * xb.shape[0]
+                weights = 1.0 if mb is None else masks.loss_weights(mb, self.axis).astype(self.ft)
+                total += float(np.mean(diff * diff * weights, dtype=self.ft)) * xb.shape[0]
                 count += xb.shape[0]
-                grads = self.backward(2.0 * diff.astype(np.float64) / diff.size, cache)
+                grads = self.backward(2.0 * (diff * weights).astype(np.float64) / diff.size,
+                                      cache)
                 if self.trainable:
-                    self._apply(grads)
+                    optimizers.apply(self, grads)
             epoch_loss = total / count
         return epoch_loss
 
     def _has_trainable(self) -> bool:
         return self.trainable and (self.gamma is not None or self.beta is not None)
 
-    def _apply(self, grads: dict) -> None:
-        opt = self.optimizer
-        cfg = opt.config
-        params = {"gamma": "grad_gamma", "beta": "grad_beta"}
-        live = {p: g for p, g in params.items() if getattr(self, p) is not None}
-        if not live:
-            return
-        opt.t += 1
-        ft = self.ft
-        lr, b1, b2, eps = (ft(v) for v in (cfg.lr, cfg.beta1, cfg.beta2, cfg.eps))
-        one = ft(1)
-        for p, gname in live.items():
-            g = np.asarray(grads[gname]).astype(ft)
-            value = getattr(self, p)
-            if cfg.name == "sgd":
-                value = value - lr * g
-            else:
-                m = opt.m.get(p, np.zeros_like(g))
-                v = opt.v.get(p, np.zeros_like(g))
-                if self.sem.adam_form == "optax":  # optax.scale_by_adam, float32 throughout
-                    m = ft(1.0 - cfg.beta1) * g + b1 * m
-                    v = ft(1.0 - cfg.beta2) * (g * g) + b2 * v
-                else:
-                    m = m + (g - m) * ft(1.0 - cfg.beta1)  # 1 - beta rounded from float64
-                    v = v + (g * g - v) * ft(1.0 - cfg.beta2)
-                opt.m[p], opt.v[p] = m, v
-                if self.sem.adam_form == "eps_hat":  # Keras: powers in the variables' dtype
-                    c1 = one - b1 ** ft(opt.t)
-                    c2 = one - b2 ** ft(opt.t)
-                    value = value - lr * np.sqrt(c2) / c1 * m / (np.sqrt(v) + eps)
-                elif self.sem.adam_form == "optax":
-                    m_hat = m / (one - b1 ** ft(opt.t))
-                    v_hat = v / (one - b2 ** ft(opt.t))
-                    value = value + -lr * (m_hat / (np.sqrt(v_hat) + eps))
-                else:  # torch: bias corrections as Python floats, applied in float32
-                    step_size = ft(cfg.lr / (1 - cfg.beta1**opt.t))
-                    root = ft(math.sqrt(1 - cfg.beta2**opt.t))
-                    value = value - step_size * (m / (np.sqrt(v) / root + eps))
-            setattr(self, p, np.asarray(value).astype(self.ft))
-
     def set_weights(self, values: dict[str, np.ndarray]) -> None:
-        missing = [name for name in values if getattr(self, name) is None]
+        """Load the values given (renorm_mean, renorm_stddev, moving_stddev into the renorm
+        state; each variable alone, as Keras' ``assign`` does: nothing is derived)."""
+        owners = {name: self.renorm if name in Renorm.VARIABLES else self for name in values}
+        missing = [name for name, owner in owners.items()
+                   if owner is None or getattr(owner, name) is None]
         if missing:
             raise KeyError(missing[0])  # before anything is written
         for name, value in values.items():
             # loaded into param_dtype, where the statistics and parameters live
-            setattr(self, name, round_to(value, self.layer.state_dtype).astype(self.ft))
+            setattr(owners[name], name, round_to(value, self.layer.state_dtype).astype(self.ft))
         debias = 1 - self.momentum**self.num_batches if (
             self.sem.ema == "debiased" and self.momentum is not None) else 1.0
         if self.track:

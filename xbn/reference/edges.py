@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..scenario.model import ElementMask, chained, mask_elements
+
 # the reference's refusal of predict on an empty batch (profiles_edges.ERRORS declares it)
 EMPTY_PREDICT = "predict on an empty batch is refused (no batch to run)"
 
@@ -21,7 +23,9 @@ def relevant_edges(scenario) -> set[str]:
     """The edge switches that can change anything in ``scenario`` (``xbn.explain.search`` tries them
     only there): the empty-batch ones where an input has no rows, ``traced_functions`` where
     a ``set`` step changes momentum or epsilon, ``ghost_batch_remainder`` where the layer has
-    ghost batches (``virtual_batch_size``)."""
+    ghost batches (``virtual_batch_size``); ``masked_nonfinite`` where a step's mask covers
+    a NaN or an infinity of its input; ``rmsprop_form`` where a fit uses RMSprop;
+    ``synchronized_mask`` where a synchronized layer's step has a mask."""
     found = set()
     if any(np.size(v) == 0 for v in scenario.inputs.values()):
         found |= {"empty_batch", "empty_gradient", "empty_predict"}
@@ -29,7 +33,28 @@ def relevant_edges(scenario) -> set[str]:
         found.add("traced_functions")
     if getattr(scenario.layer, "virtual_batch_size", None):
         found.add("ghost_batch_remainder")
+    if any(masks_nonfinite(scenario, s) for s in scenario.steps):
+        found.add("masked_nonfinite")
+    if any(s.op == "fit" and s.optimizer.name == "rmsprop" for s in scenario.steps):
+        found.add("rmsprop_form")  # not an edge, but asked for here as adam_form is elsewhere
+    if getattr(scenario.layer, "synchronized", False) and any(s.mask for s in scenario.steps):
+        found.add("synchronized_mask")  # a replica switch, asked for where it can act
     return found
+
+
+def masks_nonfinite(scenario, step) -> bool:
+    """Whether ``step``'s mask covers a NaN or an infinity of its input (for "@N", of the named
+    input at the start of the chain: an output is non-finite where its input was)."""
+    if step.mask is None:
+        return False
+    name = step.input
+    while (n := chained(name)) is not None:
+        name = scenario.steps[n].input
+    x, mask = scenario.inputs[name], np.asarray(scenario.inputs[step.mask])
+    if step.mask_channels:
+        mask = mask.view(ElementMask)
+    masked = ~mask_elements(mask, x.shape, scenario.layer.layout)
+    return bool(np.any(masked & ~np.isfinite(x)))
 
 
 def skips_update(rows: int, rule: str) -> bool:

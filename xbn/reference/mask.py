@@ -30,20 +30,40 @@ Where they differ, the reference's ``mask`` switch (``xbn.reference.semantics``)
   ignores the mask;
 * ``"none"``: the framework's BatchNorm takes no mask (torch, Haiku, Equinox).
 
+A NaN or an infinity at a masked position (padding filled with NaN, as Flax's own
+``test_batch_norm`` does) is the switch ``masked_nonfinite``: ``"select"`` (Keras 3.15+ picks
+the valid values with ``ops.where`` before any arithmetic: the statistics stay finite, and a
+masked position's gradient is its own output's term), ``"where_mean"`` (Flax: ``mean(x,
+where=mask)`` and ``mean(x**2, where=mask)`` leave the value out of the statistics, but the
+square runs on it, so its gradient is 0 * 2x = NaN) or ``"multiply"`` (tf-keras'
+``tf.nn.weighted_moments`` multiplies every value by its 0/1 weight: 0 * NaN = 0 * inf = NaN,
+so that channel's mean and variance, its outputs and its running statistics are NaN; a fully
+masked batch still gives 0 and 0, ``div_no_nan`` of a zero weight sum). A masked position's
+own output is normalized, so a NaN input stays NaN there everywhere; the valid positions'
+gradients are NaN everywhere too (the variance's gradient sums over every output).
+
 Not modelled: Keras 3 divides by ``count + 1e-7`` (``backend.epsilon()``), which in float32
 rounds to count for count >= 2 but makes a single valid value x come out as x / (1 + 2^-23)
 (1 ulp), and in float64 moves every masked mean and variance by a relative 1e-7 / count.
 
-``ReferenceBatchNorm`` hooks this in without importing it: while ``bn.rows`` holds a
-``Rows``, ``_batch_stats`` asks it for the moments, and ``backward`` asks a cache's
-``"rows"`` for the weights of the statistics' terms.
+``ReferenceBatchNorm`` hooks this in: while ``bn.rows`` holds a ``Rows``, ``_batch_stats``
+asks it for the moments, and ``backward`` asks a cache's ``"rows"`` for the weights of the
+statistics' terms; its ``fit`` calls ``forward`` and ``loss_weights`` for a masked fit.
+
+A mask on ``fit`` (Keras: the mask an upstream layer hands BatchNormalization, here a model
+input) masks the statistics of every training batch as above, and Keras masks the loss with
+the output's mask: each valid position weighs total / valid, a masked one 0 (keras/src/losses/
+loss.py ``apply_mask``, tf_keras/src/utils/losses_utils.py ``apply_valid_mask``;
+``divide_no_nan``: all 0 when nothing is valid), so the mean squared error is the mean over the
+valid positions. The reference does the same (``loss_weights``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..scenario.model import Layer
+from ..scenario.model import Layer, mask_elements
+from .numerics import channels_last_2d
 
 
 class NoMask(Exception):
@@ -52,58 +72,94 @@ class NoMask(Exception):
 
 def fused(layer: Layer) -> bool:
     """Whether tf-keras runs its fused kernel for this layer (``fused=None``: 4-D/5-D inputs
-    that are not float64, no renorm or ghost batches), which ignores a mask."""
-    return layer.rank in (4, 5) and layer.dtype != "float64" and not layer.features_used()
+    that are not float64, no renorm or ghost batches, not synchronized: tf_keras/src/layers/
+    normalization/batch_normalization.py:205-211), which ignores a mask."""
+    return layer.rank in (4, 5) and layer.dtype != "float64" and not layer.features_used() \
+        and not layer.synchronized
 
 
 class Rows:
-    """The valid rows of a [values per channel, channels] matrix, in the reference's order."""
+    """The valid elements of a [values per channel, channels] matrix, in the reference's order:
+    the same rows in every channel for a mask of positions, per channel for a mask that has the
+    channel axis (``mask_channels``)."""
 
-    def __init__(self, mask: np.ndarray, empty: str):
-        # the mask has the input's shape without the channel axis: the order of
-        # channels_last_2d's rows is the order of the mask's elements
-        self.valid = np.asarray(mask, np.float64).reshape(-1) != 0
-        self.empty = empty  # what a fully masked batch gives: "zero" | "nan"
+    def __init__(self, valid: np.ndarray, empty: str, nonfinite: str = "select"):
+        self.valid = np.asarray(valid, bool)  # [rows, channels]
+        self.empty = empty  # what a fully masked batch (channel) gives: "zero" | "nan"
+        self.nonfinite = nonfinite  # a masked NaN/inf: "select" | "where_mean" | "multiply"
 
-    @property
-    def count(self) -> int:
-        return int(self.valid.sum())
-
-    def moments(self, bn, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The batch mean and variance of the valid rows, in ``bn``'s own arithmetic and checks
-        (``_batch_stats`` with the mask lifted); a fully masked batch: 0 and 0, or NaN."""
-        if x2.shape[0] != self.valid.size:
-            raise ValueError(f"a mask of {self.valid.size} positions for {x2.shape[0]} rows "
+    def moments(self, bn, x2: np.ndarray, stats=None) -> tuple[np.ndarray, np.ndarray]:
+        """The batch mean and variance of the valid elements, in ``bn``'s own arithmetic and
+        checks (``stats``, by default ``bn._batch_stats`` with the mask lifted), channel by
+        channel where the channels' valid rows differ; a fully masked channel: 0 and 0, or
+        NaN."""
+        if x2.shape[0] != self.valid.shape[0]:
+            raise ValueError(f"a mask of {self.valid.shape[0]} positions for {x2.shape[0]} rows "
                              "(ghost batches split the rows; a mask is not split with them)")
-        if not self.valid.any():
-            fill = 0.0 if self.empty == "zero" else np.nan
-            return np.full(x2.shape[1], fill, bn.ft), np.full(x2.shape[1], fill, bn.ft)
-        bn.rows = None
+        fill = 0.0 if self.empty == "zero" else np.nan
+        mean, var = np.full(x2.shape[1], fill, bn.ft), np.full(x2.shape[1], fill, bn.ft)
+        same = bool(np.all(self.valid == self.valid[:, :1]))
+        groups = [(slice(None), self.valid[:, 0])] if same else \
+            [([c], self.valid[:, c]) for c in range(x2.shape[1])]
+        saved, bn.rows = getattr(bn, "rows", None), None
         try:
-            return bn._batch_stats(x2[self.valid])
+            for channels, rows in groups:
+                if rows.any():
+                    mean[channels], var[channels] = (stats or bn._batch_stats)(
+                        x2[rows][:, channels])
         finally:
-            bn.rows = self
+            bn.rows = saved
+        if self.nonfinite == "multiply":  # sum(weight * x) with weight 0 on a NaN or an inf
+            leaked = np.any(~self.valid & ~np.isfinite(x2), axis=0) & self.valid.any(axis=0)
+            mean, var = np.where(leaked, np.nan, mean), np.where(leaked, np.nan, var)
+        return mean.astype(bn.ft, copy=False), var.astype(bn.ft, copy=False)
 
-    def weights(self, a: float) -> tuple[np.ndarray, int]:
-        """The weight of the statistics' terms per row (0 for masked rows, whose inputs the
-        statistics do not depend on) and the count they divide by."""
-        return a * self.valid[:, None].astype(np.float64), max(self.count, 1)
+    def statistics_term(self, term: np.ndarray, deviation: np.ndarray) -> np.ndarray:
+        """The part of each element's input gradient that runs through the statistics: none
+        for a masked one (selected away, never multiplied by 0: 0 * NaN would be NaN), except
+        that under ``where_mean`` a masked NaN or infinity gets 0 * d(x**2)/dx = NaN."""
+        out = np.where(self.valid, term, 0.0)
+        if self.nonfinite == "where_mean":
+            out = np.where(~self.valid & ~np.isfinite(deviation), np.nan, out)
+        return out
+
+    def weights(self, a: float) -> tuple[np.ndarray, np.ndarray]:
+        """The weight of the statistics' terms per element (0 where masked: the statistics do
+        not depend on it) and each channel's count they divide by."""
+        return a * self.valid.astype(np.float64), np.maximum(self.valid.sum(axis=0), 1)
 
 
-def _rows(bn, mask: np.ndarray) -> Rows | None:
-    """The ``Rows`` of ``mask`` under ``bn``'s semantics; None where the mask is ignored."""
+def loss_weights(mask: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Keras' masked-loss weights for an output: total / valid at the valid positions, 0 at
+    the masked ones (0 everywhere when none is valid), with a size-1 channel axis."""
+    valid = np.asarray(mask) != 0
+    count = int(valid.sum())
+    weights = np.where(valid, valid.size / count if count else 0.0, 0.0)
+    return np.expand_dims(weights, channel_axis)
+
+
+def rows_of(bn, x: np.ndarray, mask: np.ndarray) -> Rows | None:
+    """``_rows``, for the replicated reference (``xbn.reference.replicas``)."""
+    return _rows(bn, x, mask)
+
+
+def _rows(bn, x: np.ndarray, mask: np.ndarray) -> Rows | None:
+    """The ``Rows`` of ``mask`` for input ``x`` under ``bn``'s semantics; None where the mask
+    is ignored. A mask over the channel axis (``ElementMask``, Flax's broadcast to the input)
+    masks single elements: each channel's statistics come from its own valid elements."""
     rule = bn.sem.mask
     if rule == "none":
         raise NoMask("the modelled framework's BatchNorm takes no mask")
     if rule == "weighted_unfused" and fused(bn.layer):
         return None
-    return Rows(mask, "nan" if rule == "weighted_nan" else "zero")
+    valid, _ = channels_last_2d(mask_elements(mask, x.shape, bn.layer.layout), bn.axis)
+    return Rows(valid, "nan" if rule == "weighted_nan" else "zero", bn.sem.masked_nonfinite)
 
 
 def forward(bn, x: np.ndarray, training: bool, mask: np.ndarray) -> tuple[np.ndarray, dict]:
-    """``bn.forward`` with the batch statistics of the valid positions; the cache remembers
+    """``bn.forward`` with the batch statistics of the valid elements; the cache remembers
     them for ``backward``."""
-    rows = _rows(bn, mask)
+    rows = _rows(bn, np.asarray(x), mask)
     bn.rows = rows
     try:
         y, cache = bn.forward(x, training)

@@ -98,6 +98,8 @@ def group_sum(a: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
 class Renorm:
     """The renorm state (renorm_mean, renorm_stddev, moving_stddev) and its arithmetic."""
 
+    VARIABLES = ("renorm_mean", "renorm_stddev", "moving_stddev")  # set_weights may load them
+
     def __init__(self, config: dict[str, float], features: int, initial_variance: float, ft):
         self.ft = ft
         self.momentum = float(config.get("momentum", DEFAULT_RENORM_MOMENTUM))

@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..scenario.model import Layer, split_rows
+from ..scenario.model import ElementMask, Layer, mask_elements, split_rows
+from . import mask as mask_model
 from . import numerics
 from .batchnorm import ReferenceBatchNorm, Semantics
 
@@ -87,28 +88,43 @@ class ReplicatedReference:
         return self.sem.synchronized_statistics if self.layer.synchronized \
             else self.sem.unsynchronized_statistics
 
-    def _sharing(self, parts: list[np.ndarray]) -> list[Callable[[], Stats] | None]:
+    def _sharing(self, parts: list[np.ndarray], masks: list | None = None
+                 ) -> list[Callable[[], Stats] | None]:
         """Per replica: the function that gives the statistics it uses (computed once per
         step, only if a replica asks: inference with running statistics never does), or None
-        for its own rows."""
+        for its own rows. ``masks``: every replica's element mask (``ElementMask``), whose
+        valid elements alone enter the statistics (``xbn.reference.mask``)."""
         mode = self._mode()
+        if masks is not None and self.sem.synchronized_mask == "local":
+            mode = "local"  # Keras 3: a masked batch's moments are its replica's own
         if mode == "local" or len(parts) == 1:
             return [None] * len(parts)
         first = self.replicas[0]
         x2s = [numerics.channels_last_2d(np.asarray(p, np.float64).astype(first.ft),
                                          self.axis)[0] for p in parts]
+        rows = None if masks is None else \
+            [mask_model.rows_of(first, np.asarray(p), m) for p, m in zip(parts, masks, strict=True)]
         total = sum(x2.shape[0] for x2 in x2s)
         memo: dict = {}
+
+        def moments(i: int | None) -> tuple[np.ndarray, np.ndarray]:
+            """Replica i's moments (None: all rows), of its valid elements under a mask."""
+            x2 = np.concatenate(x2s) if i is None else x2s[i]
+            if rows is None or rows[0] is None:  # no mask, or one the framework ignores
+                return first.own_stats(x2)
+            valid = np.concatenate([r.valid for r in rows]) if i is None else rows[i].valid
+            return mask_model.Rows(valid, rows[0].empty, rows[0].nonfinite).moments(
+                first, x2, first.own_stats)
 
         def stats() -> tuple[np.ndarray, np.ndarray]:
             if "value" not in memo:
                 if mode == "global":
-                    memo["value"] = first.own_stats(np.concatenate(x2s))
+                    memo["value"] = moments(None)
                 else:  # equal_weight: pmean of the local mean and mean of squares
-                    moments = [first.own_stats(x2) for x2 in x2s]
+                    moments_ = [moments(i) for i in range(len(x2s))]
                     ft = first.ft
-                    mean = np.mean([m for m, _ in moments], axis=0).astype(ft)
-                    square = np.mean([v + m * m for m, v in moments], axis=0).astype(ft)
+                    mean = np.mean([m for m, _ in moments_], axis=0).astype(ft)
+                    square = np.mean([v + m * m for m, v in moments_], axis=0).astype(ft)
                     var = (square - mean * mean).astype(ft)
                     if self.sem.variance_algorithm == "fast_clamped":
                         var = np.maximum(var, ft(0))
@@ -124,15 +140,21 @@ class ReplicatedReference:
     def _split(self, x: np.ndarray) -> list[np.ndarray]:
         return split_rows(x, self.layer.replicas)
 
-    def _run(self, x: np.ndarray, forward: Callable) -> np.ndarray:
+    def _run(self, x: np.ndarray, forward: Callable, mask=None) -> np.ndarray:
+        """``forward(bn, part)`` on every replica (``forward(bn, part, its mask)`` with a
+        ``mask``: the step's, as every element's, split with the rows)."""
         if self.sem.replica_readback == "broadcast_from_first":
             self._broadcast()
         parts = self._split(x)
+        masks = None if mask is None else [m.view(ElementMask) for m in self._split(
+            mask_elements(mask, np.shape(x), self.layer.layout))]
         outputs = []
         try:
-            for bn, shared, part in zip(self.replicas, self._sharing(parts), parts, strict=True):
+            for i, (bn, shared) in enumerate(zip(self.replicas, self._sharing(parts, masks),
+                                                 strict=True)):
                 bn.shared = shared
-                outputs.append(forward(bn, part))
+                outputs.append(forward(bn, parts[i]) if masks is None else
+                               forward(bn, parts[i], masks[i]))
         finally:
             for bn in self.replicas:
                 bn.shared = None
@@ -168,6 +190,13 @@ class ReplicatedReference:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._run(x, lambda bn, part: bn.predict(part))
+
+    def call_masked(self, x: np.ndarray, training: bool | None, mask: np.ndarray) -> np.ndarray:
+        """``call`` with a mask (``mask_model.NoMask`` where the semantics take none)."""
+        return self._run(x, lambda bn, part, m: mask_model.call(bn, part, training, m), mask)
+
+    def predict_masked(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._run(x, lambda bn, part, m: mask_model.predict(bn, part, m), mask)
 
     def set_trainable(self, trainable: bool) -> None:
         for bn in self.replicas:

@@ -42,6 +42,10 @@ class Semantics:
     # ("optax": the paper's form with optax's float32 operation order; differs from "paper" only
     # in rounding)
     adam_form: str = "eps_hat"  # eps_hat | paper | optax
+    # where RMSprop adds epsilon (xbn.reference.optimizers): inside the square root, lr * g /
+    # sqrt(v + eps) (Keras 3, tf-keras, optax.rmsprop's eps_in_sqrt=True), or outside it,
+    # lr * g / (sqrt(v) + eps) (torch)
+    rmsprop_form: str = "eps_in_sqrt"  # eps_in_sqrt | eps_outside
     # how a momentum value is read: Keras/Flax convention (weight of the old value) or torch's
     # (weight of the batch value): "torch" reproduces a Keras momentum copied verbatim into torch
     momentum_convention: str = "keras"  # keras | torch
@@ -69,6 +73,14 @@ class Semantics:
     # giving 0 and 0 (Keras 3) or NaN (flax); tf-keras ignores it where its fused kernel runs;
     # "none": the BatchNorm takes no mask (torch, haiku, equinox)
     mask: str = "weighted"  # weighted | weighted_nan | weighted_unfused | none
+    # a NaN or an infinity at a masked position: picked out before any arithmetic ("select":
+    # Keras 3.15+ ops.where, so the statistics and a masked position's gradient, its output's
+    # own term, stay finite), averaged out after an elementwise step ("where_mean": Flax
+    # mean(x**2, where=mask): the statistics stay finite, but the masked position's gradient is
+    # 0 * d(x**2)/dx = NaN), or multiplied by its 0 weight ("multiply": tf-keras'
+    # tf.nn.weighted_moments, Keras 3 before 3.15: 0 * NaN = 0 * inf = NaN, the channel's
+    # mean and variance are NaN)
+    masked_nonfinite: str = "select"  # select | where_mean | multiply
     # replicas (data parallel; xbn.reference.replicas): the batch statistics of a replica with
     # synchronized = true: count-weighted over every replica's rows ("global"), the mean of the
     # replicas' means and E[x^2] (what a pmean of local moments gives: "equal_weight"), or its
@@ -79,6 +91,11 @@ class Semantics:
     unsynchronized_statistics: str = "local"  # local | global | error (no data parallelism)
     # the n of Bessel's correction (variance_update unbiased) with cross-replica statistics
     replica_variance_count: str = "global"  # global | local
+    # a mask on synchronized replicas: the synchronized statistics of the valid elements
+    # ("synchronized": tf-keras all-reduces the mask-weighted sums and counts, Flax pmeans the
+    # local masked moments), or each replica's own valid elements ("local": Keras 3's masked
+    # _moments never reaches the synchronized ops.moments)
+    synchronized_mask: str = "synchronized"  # synchronized | local
     # what the host reads: replica 0's copy, the mean of the copies (tf ON_READ MEAN), replica
     # 0's copy broadcast to every replica before each forward (DDP broadcast_buffers), or one
     # copy for all (every replica's copy set to their mean after each training step)
@@ -131,13 +148,16 @@ SWITCH_VALUES: dict[str, tuple] = {
     "initial_variance": (1.0, 0.0),
     "training_normalization": ("batch", "running"),
     "adam_form": ("eps_hat", "paper", "optax"),
+    "rmsprop_form": ("eps_in_sqrt", "eps_outside"),
     "frozen_fit": ("runs", "error"),
     "momentum_convention": ("keras", "torch"),
     "reset": ("running_stats", "none"),
     "mask": ("weighted", "weighted_nan", "weighted_unfused", "none"),
+    "masked_nonfinite": ("select", "where_mean", "multiply"),
     "synchronized_statistics": ("global", "equal_weight", "local", "error"),
     "unsynchronized_statistics": ("local", "global", "error"),
     "replica_variance_count": ("global", "local"),
+    "synchronized_mask": ("synchronized", "local"),
     "replica_readback": ("first_replica", "mean_of_replicas", "broadcast_from_first", "global"),
     "zero_epsilon": ("accepted", "error"),
     "empty_batch": ("nan", "skip"),
@@ -169,5 +189,8 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
 
 # Switches tried, alone or in a declared profile, only where the scenario can show them
 # (``xbn.explain.candidates.relevant_switches`` names them): anywhere else each would cost a
-# minimization rerun and change nothing
-GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask")
+# minimization rerun and change nothing. ``masked_nonfinite``: only where a step's mask covers
+# a NaN or an infinity; ``synchronized_mask``: only where a synchronized layer's step has a
+# mask (``xbn.reference.edges.relevant_edges``)
+GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask", "masked_nonfinite",
+                  "synchronized_mask")

@@ -176,7 +176,27 @@ def outcome(rows: pd.DataFrame) -> str:
                 text = f"explained by {_switches(why)}"
             if not any(o.startswith(text) for o in out):  # 'known divergence' said once
                 out.append(text)
-    return "; ".join(out)
+    return "; ".join(_merge_explained(out))
+
+
+def _merge_explained(parts: list[str]) -> list[str]:
+    """Each row's explanation names the switches that have acted by its step, so one scenario
+    gives several "explained by" parts that repeat switches: one part naming each switch once,
+    in order of first appearance (qualified parts, bounds or partial, stay as they are)."""
+    plain = [p for p in parts if p.startswith("explained by `") and
+             re.fullmatch(r"explained by (`[^`]+`(, )?)+", p)]
+    if len(plain) < 2:
+        return parts
+    switches = list(dict.fromkeys(s for p in plain for s in re.findall(r"`[^`]+`", p)))
+    merged = "explained by " + ", ".join(switches)
+    out = []
+    for p in parts:
+        if p in plain:
+            if merged not in out:
+                out.append(merged)
+        else:
+            out.append(p)
+    return out
 
 
 def replica_section(report: Report) -> ReplicaSection | None:

@@ -1,9 +1,9 @@
 """Strict parsing of the scenario keys of the contract's "Additions" (schema 1, optional).
 
-Layer: ``renorm``, ``virtual_batch_size``, ``replicas``, ``synchronized``. Steps: ``mask``,
-``trace``, and ``momentum``/``epsilon`` on ``set``. Kept apart from ``xbn.scenario.loader`` (which
-calls these) so that each loader module stays small; the errors are the same one-line
-``ScenarioError`` naming file, step and key. A ground-floor module.
+Layer: ``renorm``, ``virtual_batch_size``, ``replicas``, ``synchronized``. Steps: ``mask`` (and
+``mask_channels``), ``trace``, and ``momentum``/``epsilon`` on ``set``. Kept apart from
+``xbn.scenario.loader`` (which calls these) so that each loader module stays small; the errors
+are the same one-line ``ScenarioError`` naming file, step and key. A ground-floor module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .model import MAX_REPLICAS, Layer, Step, channel_axis
 
 LAYER_KEYS = {"renorm", "virtual_batch_size", "replicas", "synchronized"}
 RENORM_KEYS = ("momentum", "rmax", "rmin", "dmax")
-MASK_OPS = ("call", "predict", "grad")
+MASK_OPS = ("call", "predict", "grad", "fit")
 TRACE_OPS = ("call", "predict", "fit")
 # ops that are not supported on replicas yet: how an engine reduces gradients across replicas
 # (DDP averages, MirroredStrategy sums per-replica losses, pmean by hand) is its own topic
@@ -70,7 +70,7 @@ def step_keys(op: str) -> set[str]:
     """The additions' keys a step of ``op`` may have."""
     keys = set()
     if op in MASK_OPS:
-        keys.add("mask")
+        keys |= {"mask", "mask_channels"}
     if op in TRACE_OPS:
         keys.add("trace")
     if op == "set":
@@ -84,8 +84,20 @@ def parse_step(c, raw: dict, step: Step, layer: Layer, inputs: dict[str, np.ndar
     the shape of the step's input (through "@N" chains), None for ops without one."""
     if "trace" in raw:
         step.trace = c.boolean(raw["trace"], "trace")
+    if "mask_channels" in raw:
+        step.mask_channels = c.boolean(raw["mask_channels"], "mask_channels")
+        if "mask" not in raw:
+            c.fail("only meaningful with mask", "mask_channels")
+        if step.op == "fit" and step.mask_channels:
+            c.fail("a mask over the channel axis is not supported on fit yet (the masked "
+                   "loss weighs positions)", "mask_channels")
     if "mask" in raw:
-        step.mask = _mask(c, raw["mask"], layer, inputs, input_shape)
+        step.mask = _mask(c, raw["mask"], layer, inputs, input_shape, step.mask_channels)
+        want = list(input_shape or ())
+        if step.op == "fit" and want and list(inputs[step.mask].shape) != \
+                want[:channel_axis(layer.layout)] + want[channel_axis(layer.layout) + 1:]:
+            c.fail("a mask on fit is sliced with the mini-batches: it has the input's shape "
+                   "without the channel axis, no axis broadcast", "mask")
     if step.op == "set":
         if "momentum" in raw:
             step.momentum = _momentum(c, raw["momentum"], "momentum")
@@ -97,8 +109,6 @@ def parse_step(c, raw: dict, step: Step, layer: Layer, inputs: dict[str, np.ndar
         if step.op in REPLICA_REFUSED_OPS:
             c.fail(f"{step.op} is not supported with replicas yet (cross-replica gradient "
                    "reduction differs per engine)", "op")
-        if step.mask is not None:
-            c.fail("mask is not supported with replicas yet", "mask")
         if input_shape is not None:
             rows = input_shape[0] if input_shape else 0
             if rows != sum(layer.replicas):
@@ -116,7 +126,9 @@ def _momentum(c, value: Any, where: str) -> float | str:
 
 
 def _mask(c, value: Any, layer: Layer, inputs: dict[str, np.ndarray],
-          input_shape: tuple[int, ...] | None) -> str:
+          input_shape: tuple[int, ...] | None, channels: bool = False) -> str:
+    """A mask of the input's shape without the channel axis (with it: ``channels``), where any
+    axis may be 1 (broadcast, as the frameworks broadcast a mask)."""
     name = c.string(value, "mask")
     if name not in inputs:
         c.fail(f"unknown input {name!r} (inputs: {', '.join(sorted(inputs)) or 'none'})", "mask")
@@ -124,11 +136,13 @@ def _mask(c, value: Any, layer: Layer, inputs: dict[str, np.ndarray],
     # mask arrays are checked here from the raw values the loader kept
     arr = inputs[name]
     want = list(input_shape or ())
-    if want:
+    if want and not channels:
         del want[channel_axis(layer.layout)]
-    if list(arr.shape) != want:
-        c.fail(f"a mask has the input's shape without the channel axis, {want}; input "
-               f"{name!r} has shape {list(arr.shape)}", "mask")
+    if arr.ndim != len(want) or any(a not in (w, 1)
+                                    for a, w in zip(arr.shape, want, strict=True)):
+        what = "the input's shape" if channels else "the input's shape without the channel axis"
+        c.fail(f"a mask has {what}, {want} (an axis may be 1: broadcast); input {name!r} has "
+               f"shape {list(arr.shape)}", "mask")
     if not np.all((arr == 0) | (arr == 1)):
         c.fail(f"input {name!r} must hold only 0 and 1 (1 = valid)", "mask")
     return name

@@ -33,6 +33,7 @@ from .model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     SCENARIO_NAME,
     SCHEMA,
     STATE_QUANTITIES,
+    ElementMask,
     Layer,
     Optimizer,
     Scenario,
@@ -40,6 +41,7 @@ from .model import (  # noqa: F401 - re-exported: the scenario's vocabulary
     chained,
     channel_axis,
     channels_last,
+    mask_elements,
     quantity_dtype,
 )
 from .steps import parse_step
@@ -138,9 +140,15 @@ def _check_memory_format(c: _Checker, layer: Layer) -> None:
 
 def _parse_input(c: _Checker, name: str, raw, layer: Layer, mask: bool = False) -> np.ndarray:
     """Input ``name``; a ``mask`` (named by a step's mask key) has the input's rank less one
-    and is checked against the step's input there (``scenario_additions``)."""
+    and is checked against the step's input there (``scenario_additions``). A literal input
+    may hold NaN and infinities (padding, overflowed activations); a generated one is finite."""
     key = f"inputs.{name}"
-    arr = _generated(c, raw, key) if isinstance(raw, dict) else c.array(raw, key)
+    if isinstance(raw, dict):
+        arr = _generated(c, raw, key)
+    elif mask:  # 0s and 1s (checked against the step's input by ``additions``)
+        return c.array(raw, key)
+    else:  # literal values may be non-finite: TOML nan/inf, JSON "NaN"/"Infinity"/"-Infinity"
+        arr = c.array(c.numbers(raw, key), key, finite=False)
     if mask:
         return arr
     if arr.ndim != layer.rank:

@@ -2,7 +2,8 @@
 
 The loader (``xbn.scenario.loader``) builds these from a file after checking every key, and
 re-exports all of them; they live apart so that each module stays small enough to read whole.
-A ground-floor module: it imports nothing from xbn but ``xbn.common.dtypes``.
+A ground-floor module: it imports nothing from xbn but ``xbn.common`` (dtypes, and the strict
+JSON spellings of non-finite values, which inputs may hold).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..common.dtypes import wider
+from ..common.jsonio import NONFINITE, clean
 
 SCHEMA = 1
 
@@ -68,6 +70,23 @@ def channel_axis(layout: str) -> int:
     return LAYOUTS[layout] - 1 if channels_last(layout) else 1
 
 
+class ElementMask(np.ndarray):
+    """A step's mask with ``mask_channels = true``: it has the input's channel axis too, so it
+    can mask single channels (Flax's mask is broadcast to the whole input). The driver hands
+    adapters this view of the mask array; a plain array is a mask of positions (the input's
+    shape without the channel axis, Keras' convention)."""
+
+
+def mask_elements(mask, shape: tuple[int, ...], layout: str) -> np.ndarray:
+    """The boolean mask of every element of an input of ``shape``: a mask of positions gets the
+    channel axis (size 1), an ``ElementMask`` has it; either is then broadcast (each of its
+    axes is the input's size or 1, which the loader checks)."""
+    valid = np.asarray(mask) != 0
+    if not isinstance(mask, ElementMask):
+        valid = np.expand_dims(valid, channel_axis(layout))
+    return np.broadcast_to(valid, shape)
+
+
 @dataclass
 class Optimizer:
     name: str = "sgd"
@@ -75,6 +94,7 @@ class Optimizer:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-7  # Keras' default; passed explicitly to every framework
+    rho: float | None = None  # RMSprop's decay of the squared gradients (0.9 when rmsprop)
 
 
 @dataclass
@@ -136,7 +156,8 @@ class Step:
     weights: str | None = None
     values: dict[str, list[float]] = field(default_factory=dict)  # set_weights
     expect: dict[str, Any] | None = None  # {"source": str, quantity: nested list}
-    mask: str | None = None  # call/predict/grad: a named 0/1 input, shape = input without channels
+    mask: str | None = None  # call/predict/grad/fit: a named 0/1 input, shape = input without channels
+    mask_channels: bool = False  # the mask has the channel axis too (masks single channels)
     trace: bool = False  # with repeat: observations after every repetition ("rep": k)
     momentum: float | str | None = None  # set: the layer's new momentum (Keras convention)
     epsilon: float | None = None  # set: the layer's new epsilon
@@ -177,8 +198,10 @@ class Scenario:
         """JSON-able form (sent to workers, hashed into snapshots). Optional keys that are not
         set are left out, so a scenario that does not use them keeps its digest."""
         data = asdict(self)
-        # an empty array keeps its shape ({"empty": shape}); every other input is a nested list
-        data["inputs"] = {k: ({"empty": list(v.shape)} if v.size == 0 else v.tolist())
+        # an empty array keeps its shape ({"empty": shape}); every other input is a nested list,
+        # NaN and infinities spelt as strict JSON writes them ("NaN", "Infinity", "-Infinity"),
+        # so that a snapshot stores, and hashes, the very text the digest was computed from
+        data["inputs"] = {k: ({"empty": list(v.shape)} if v.size == 0 else clean(v.tolist()))
                           for k, v in self.inputs.items()}
         for key, unset in _UNSET_LAYER.items():
             if data["layer"][key] == unset:
@@ -187,6 +210,8 @@ class Scenario:
             for key, unset in _UNSET_STEP.items():
                 if step[key] == unset:
                     del step[key]
+            if step.get("optimizer") and step["optimizer"]["rho"] is None:
+                del step["optimizer"]["rho"]  # only RMSprop has one
         return data
 
     @classmethod
@@ -199,7 +224,8 @@ class Scenario:
                 s["optimizer"] = Optimizer(**s["optimizer"])
             steps.append(Step(**s))
         inputs = {k: (np.zeros(v["empty"]) if isinstance(v, dict) else
-                      np.asarray(v, dtype=np.float64)) for k, v in data["inputs"].items()}
+                      np.asarray(_finite_or_spelt(v), dtype=np.float64))
+                  for k, v in data["inputs"].items()}
         return cls(data["name"], layer, inputs, steps, data.get("title", ""),
                    data.get("description", ""), data.get("path", "<memory>"))
 
@@ -211,10 +237,18 @@ class Scenario:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _finite_or_spelt(value):
+    """A nested list of numbers with "NaN", "Infinity", "-Infinity" read back as floats."""
+    if isinstance(value, list):
+        return [_finite_or_spelt(v) for v in value]
+    return NONFINITE.get(value, value) if isinstance(value, str) else value
+
+
 # optional keys that are left out of ``to_dict`` when unset, so that old scenarios keep digests
 _UNSET_LAYER = {"param_dtype": None, "renorm": None, "virtual_batch_size": None,
                 "replicas": None, "synchronized": False}
-_UNSET_STEP = {"mask": None, "trace": False, "momentum": None, "epsilon": None}
+_UNSET_STEP = {"mask": None, "mask_channels": False, "trace": False, "momentum": None,
+               "epsilon": None}
 
 
 def quantity_dtype(layer: Layer, quantity: str) -> str:

@@ -38,7 +38,7 @@ Inputs = dict[str, np.ndarray]
 # parses the op's own keys of a step: (checker, raw step, the Step so far, layer, the named
 # inputs, ``source``: the named input whose shape the step's input has, None without an input)
 OpParser = Callable[[Fields, dict, Step, Layer, Inputs, str | None], None]
-_OPTIMIZER_KEYS = {"name", "lr", "beta1", "beta2", "eps", "momentum"}
+_OPTIMIZER_KEYS = {"name", "lr", "beta1", "beta2", "eps", "rho", "momentum"}
 
 
 def parse_step(c: Fields, i: int, raw: Any, layer: Layer, inputs: Inputs,
@@ -159,19 +159,32 @@ def _parse_fit(c: Fields, raw: dict, step: Step, layer: Layer, inputs: Inputs,
             c.fail(f"larger than the input's batch ({n})", "batch_size")
 
 
+# each optimizer's own hyper-parameters (with their defaults in ``Optimizer``); any other is
+# refused on it rather than ignored
+OPTIMIZER_KEYS = {"sgd": (), "adam": ("beta1", "beta2", "eps"), "rmsprop": ("rho", "eps")}
+
+
 def _optimizer(c: Fields, raw) -> Optimizer:
-    """A fit step's ``optimizer`` table. Adam's hyper-parameters on SGD, and SGD momentum, are
-    refused rather than ignored: a typo must never change a result silently."""
+    """A fit step's ``optimizer`` table. A hyper-parameter of another optimizer (Adam's betas on
+    SGD, ``rho`` on Adam) and momentum are refused rather than ignored: a typo must never
+    change a result silently."""
     o = c.keys(raw, _OPTIMIZER_KEYS, "optimizer", required=("name", "lr"))
-    opt = Optimizer(name=c.string(o["name"], "optimizer.name", ("sgd", "adam")),
+    opt = Optimizer(name=c.string(o["name"], "optimizer.name", tuple(OPTIMIZER_KEYS)),
                     lr=c.number(o["lr"], "optimizer.lr", positive=True))
-    for k in ("beta1", "beta2", "eps"):
+    own = OPTIMIZER_KEYS[opt.name]
+    for k in ("beta1", "beta2", "eps", "rho"):
         if k in o:
-            if opt.name != "adam":
-                c.fail("only meaningful for adam", f"optimizer.{k}")
+            if k not in own:
+                users = " and ".join(n for n, keys in OPTIMIZER_KEYS.items() if k in keys)
+                c.fail(f"only meaningful for {users}", f"optimizer.{k}")
             setattr(opt, k, c.number(o[k], f"optimizer.{k}", positive=True))
+    if opt.name == "rmsprop":
+        opt.rho = 0.9 if opt.rho is None else opt.rho  # Keras' and optax's default
+        if not opt.rho < 1:
+            c.fail(f"must be in (0, 1), got {opt.rho}", "optimizer.rho")
     if "momentum" in o:
-        c.fail("SGD momentum is not supported yet (plain SGD only)", "optimizer.momentum")
+        c.fail(f"{opt.name} momentum is not supported yet (momentum 0 is passed to every "
+               "framework)", "optimizer.momentum")
     return opt
 
 
@@ -186,20 +199,31 @@ def _parse_grad(c: Fields, raw: dict, step: Step, layer: Layer, inputs: Inputs,
 
 def _parse_set_weights(c: Fields, raw: dict, step: Step, layer: Layer, inputs: Inputs,
                        source: str | None) -> None:
-    """gamma, beta, moving_mean, moving_variance (at least one): one value per channel (a
-    number is every channel's), rounded to the dtype the state lives in."""
-    if not any(k in raw for k in STATE_QUANTITIES):
-        c.fail("give at least one of gamma, beta, moving_mean, moving_variance")
-    for k in STATE_QUANTITIES:
-        if k in raw:
-            arr = c.array(raw[k], k)
-            if arr.ndim == 0:
-                arr = np.full(layer.features, float(arr))
-            if arr.shape != (layer.features,):
-                c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", k)
-            if k == "moving_variance" and np.any(arr < 0):
-                c.fail("a variance cannot be negative", k)
-            step.values[k] = c.rounded(arr, quantity_dtype(layer, k), k).tolist()
+    """gamma, beta, moving_mean, moving_variance, and with ``renorm`` renorm_mean,
+    renorm_stddev, moving_stddev (at least one): one value per channel (a number is every
+    channel's), rounded to the dtype the state lives in."""
+    if not any(k in raw for k in LOADABLE):
+        c.fail("give at least one of " + ", ".join(
+            STATE_QUANTITIES + (RENORM_QUANTITIES if layer.renorm is not None else ())))
+    for k in LOADABLE:
+        if k not in raw:
+            continue
+        if k in RENORM_QUANTITIES and layer.renorm is None:
+            c.fail("a Batch Renormalization variable: only with layer.renorm", k)
+        arr = c.array(raw[k], k)
+        if arr.ndim == 0:
+            arr = np.full(layer.features, float(arr))
+        if arr.shape != (layer.features,):
+            c.fail(f"expected {layer.features} values, got shape {list(arr.shape)}", k)
+        if k == "moving_variance" and np.any(arr < 0):
+            c.fail("a variance cannot be negative", k)
+        if k.endswith("stddev") and np.any(arr < 0):
+            c.fail("a standard deviation cannot be negative", k)
+        step.values[k] = c.rounded(arr, quantity_dtype(layer, k), k).tolist()
+
+
+# what set_weights loads: the state, and Keras' Batch Renormalization variables with renorm
+LOADABLE = STATE_QUANTITIES + RENORM_QUANTITIES
 
 
 # op -> (the keys its step may have besides op, expect and the additions', the parser of the
@@ -211,8 +235,7 @@ _OPS: dict[str, tuple[frozenset[str], OpParser]] = {
     "fit": (frozenset({"input", "target", "loss", "optimizer", "epochs", "batch_size",
                        "repeat"}), _parse_fit),
     "grad": (frozenset({"input", "training", "weights"}), _parse_grad),
-    "set_weights": (frozenset({"gamma", "beta", "moving_mean", "moving_variance"}),
-                    _parse_set_weights),
+    "set_weights": (frozenset(LOADABLE), _parse_set_weights),
     "reset": (frozenset(), _no_own_keys),
 }
 

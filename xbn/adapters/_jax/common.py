@@ -64,7 +64,8 @@ def make_optax(optimizer_cfg) -> optax.GradientTransformation:
     """The optax optimizer for an ``xbn.scenario.loader.Optimizer``, every hyper-parameter explicit.
 
     optax.adam uses the paper's form: update = lr * m_hat / (sqrt(v_hat + eps_root) + eps), with
-    eps outside the square root and eps_root = 0.
+    eps outside the square root and eps_root = 0. optax.rmsprop: update = lr * g / sqrt(nu +
+    eps) (eps_in_sqrt), nu from 0, no momentum, not centered, no bias correction.
     """
     name = optimizer_cfg.name
     if name == "sgd":
@@ -72,6 +73,11 @@ def make_optax(optimizer_cfg) -> optax.GradientTransformation:
     if name == "adam":
         return optax.adam(learning_rate=optimizer_cfg.lr, b1=optimizer_cfg.beta1,
                           b2=optimizer_cfg.beta2, eps=optimizer_cfg.eps, eps_root=0.0)
+    if name == "rmsprop":
+        return optax.rmsprop(learning_rate=optimizer_cfg.lr, decay=optimizer_cfg.rho,
+                             eps=optimizer_cfg.eps, initial_scale=0.0, eps_in_sqrt=True,
+                             centered=False, momentum=None, nesterov=False,
+                             bias_correction=False)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -120,11 +126,12 @@ def stats_note(layer, api: str) -> str | None:
             f"batch statistics stay float32 ({FLAX_STATS[api]})")
 
 
-def train_epochs(step, xs, ts, carry: tuple, train_step) -> tuple[tuple, object]:
+def train_epochs(step, xs, ts, carry: tuple, train_step, ms=None) -> tuple[tuple, object]:
     """The unshuffled mini-batch loop every JAX adapter's fit runs.
 
-    ``train_step(*carry, xb, tb)`` returns ``(*carry, loss)``; the result is the final carry
-    and the last epoch's mean of batch losses weighted by batch size, in the loss's dtype.
+    ``train_step(*carry, xb, tb)`` (with a mask ``ms``: ``train_step(*carry, xb, tb, mb)``)
+    returns ``(*carry, loss)``; the result is the final carry and the last epoch's mean of
+    batch losses weighted by batch size, in the loss's dtype.
     """
     from ..base import batches
 
@@ -132,8 +139,23 @@ def train_epochs(step, xs, ts, carry: tuple, train_step) -> tuple[tuple, object]
     for _ in range(step.epochs):
         total, count, dtype = 0.0, 0, None
         for sl in batches(xs.shape[0], step.batch_size):
-            *carry, loss = train_step(*carry, xs[sl], ts[sl])
+            masked = () if ms is None else (ms[sl],)
+            *carry, loss = train_step(*carry, xs[sl], ts[sl], *masked)
             n = sl.stop - sl.start
             total, count, dtype = total + float(loss) * n, count + n, loss.dtype
         loss_value = to_numpy(jnp.asarray(total / count, dtype))
     return tuple(carry), loss_value
+
+
+def mse(y, t, mask=None, axis: int = -1):
+    """The mean squared error xbn's JAX training loops minimize; with a ``mask`` (the output's
+    shape without the channel ``axis``) Keras' masked loss, which every masked fit uses: each
+    valid position weighs total / valid, a masked one 0 (0 everywhere when none is valid,
+    keras/src/losses/loss.py ``apply_mask``), so it is the mean over the valid positions."""
+    squared = (y - t) ** 2
+    if mask is None:
+        return jnp.mean(squared)
+    valid = jnp.asarray(mask) != 0
+    count = jnp.sum(valid.astype(squared.dtype))
+    weight = jnp.where(count > 0, valid.size / jnp.maximum(count, 1), 0).astype(squared.dtype)
+    return jnp.mean(squared * jnp.expand_dims(jnp.where(valid, weight, 0), axis))

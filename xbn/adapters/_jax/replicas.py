@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ...scenario.loader import Layer
-from ...scenario.model import split_rows
+from ...scenario.model import mask_elements, split_rows
 from ..base import Adapter, NotApplicable
 from . import common as jc
 
@@ -247,14 +247,19 @@ class ReplicatedJax(Adapter):
             self._compiled[key] = self._compile(kind, masked)
         return self._compiled[key]
 
-    def run(self, x: np.ndarray, kind):
-        """One step on every replica; returns the outputs concatenated in batch order."""
+    def run(self, x: np.ndarray, kind, mask=None):
+        """One step on every replica; returns the outputs concatenated in batch order. A step's
+        ``mask`` joins the padding's in the framework's mask argument: every element's,
+        padded like the rows (``mask_elements``)."""
         padded = self.split.pad(np.asarray(x, np.float64))
         xj = self.to_device(padded)
         sharding = NamedSharding(self.mesh, P(AXIS))
         xj = jax.device_put(xj, sharding)
-        mask = jax.device_put(self.split.mask(xj.ndim), sharding)
-        y, stats = self._step(kind, self.split.padded)(self.params, self.stats, xj, mask)
+        valid = self.split.mask(xj.ndim)
+        if mask is not None:
+            valid = valid & self.split.pad(mask_elements(mask, np.shape(x), self.layer.layout))
+        y, stats = self._step(kind, self.split.padded or mask is not None)(
+            self.params, self.stats, xj, jax.device_put(valid, sharding))
         if kind is not PREDICT:
             self.stats = stats
         out = self.from_device(y)
@@ -267,6 +272,16 @@ class ReplicatedJax(Adapter):
 
     def predict(self, x):
         return self.run(x, PREDICT)
+
+    def call_masked(self, x, training, mask):
+        if not self.masks:
+            raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
+        return self.run(x, training, mask)
+
+    def predict_masked(self, x, mask):
+        if not self.masks:
+            raise NotApplicable(f"{self.framework_id}'s BatchNorm takes no mask")
+        return self.run(x, PREDICT, mask)  # inference: the mask changes nothing
 
     # -- state, through the host model's own rules
 

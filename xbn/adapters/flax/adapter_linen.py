@@ -117,24 +117,27 @@ class FlaxLinenAdapter(FlaxMask, Adapter):
         return self._opt
 
     def _make_step(self, tx):
-        def loss_fn(params, batch_stats, xb, tb):
-            y, stats = self._apply(params, batch_stats, xb, True)
-            return jnp.mean((y - tb) ** 2), stats
+        axis = channel_axis(self.layer.layout)
 
-        def step(params, batch_stats, opt_state, xb, tb):
+        def loss_fn(params, batch_stats, xb, tb, mb):
+            y, stats = self._apply(params, batch_stats, xb, True, mb)
+            return jc.mse(y, tb, mb, axis), stats
+
+        def step(params, batch_stats, opt_state, xb, tb, mb=None):
             (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, batch_stats, xb, tb)
+                params, batch_stats, xb, tb, mb)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), stats, opt_state, loss
 
         return step
 
-    def fit(self, x, target, step: Step, fresh_optimizer: bool):
+    def fit(self, x, target, step: Step, fresh_optimizer: bool, mask=None):
         _, _, opt_state = self._optimizer(step.optimizer, fresh_optimizer)
         xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
         params, stats = self.variables["params"], self.variables["batch_stats"]
         (params, stats, opt_state), loss = jc.train_epochs(
-            step, xj, tj, (params, stats, opt_state), self._step_fn)
+            step, xj, tj, (params, stats, opt_state), self._step_fn,
+            None if mask is None else jnp.asarray(mask))
         self.variables["params"], self.variables["batch_stats"] = params, stats
         self._opt = (self._opt[0], self._opt[1], opt_state)
         return loss

@@ -15,7 +15,7 @@ import flax
 import jax.numpy as jnp
 from flax import nnx
 
-from ...scenario.loader import Layer, Step
+from ...scenario.loader import Layer, Step, channel_axis
 from .._jax import common as jc
 from ..base import Adapter, NotApplicable
 from .masking import FlaxMask
@@ -82,17 +82,19 @@ class FlaxNnxAdapter(FlaxMask, Adapter):
     def _wrt(self):
         return nnx.Param if self.trainable else nnx.Nothing
 
-    def fit(self, x, target, step: Step, fresh_optimizer: bool):
+    def fit(self, x, target, step: Step, fresh_optimizer: bool, mask=None):
         if fresh_optimizer or self._opt is None or self._opt[0] != self.trainable:
             self._opt = (self.trainable, nnx.Optimizer(self.bn, jc.make_optax(step.optimizer),
                                                        wrt=self._wrt()))
         optimizer = self._opt[1]
         wrt = self._wrt()
 
+        axis = channel_axis(self.layer.layout)
+
         @nnx.jit
-        def train_step(model, optimizer, xb, tb):
+        def train_step(model, optimizer, xb, tb, mb):
             def loss_fn(m):
-                return jnp.mean((m(xb, use_running_average=False) - tb) ** 2)
+                return jc.mse(self._forward(m, xb, True, mb), tb, mb, axis)
 
             loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
             optimizer.update(model, grads)
@@ -100,7 +102,8 @@ class FlaxNnxAdapter(FlaxMask, Adapter):
 
         xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
         _, loss = jc.train_epochs(step, xj, tj, (),
-                                  lambda xb, tb: (train_step(self.bn, optimizer, xb, tb),))
+                                  lambda xb, tb, mb=None: (train_step(self.bn, optimizer, xb, tb, mb),),
+                                  None if mask is None else jnp.asarray(mask))
         return loss
 
     def grad(self, x, training, weights, mask=None) -> dict:

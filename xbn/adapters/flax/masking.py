@@ -11,8 +11,9 @@ output is normalized (``_normalize`` takes no mask); inference ignores it.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
-from ...scenario.loader import channel_axis
+from ...scenario.loader import ElementMask, channel_axis
 
 
 class FlaxMask:
@@ -20,8 +21,13 @@ class FlaxMask:
     argument; ``_mask`` gives the keyword arguments one Flax call takes."""
 
     def _mask(self, mask) -> dict:
+        """A mask of positions gets the size-1 channel axis; one with the channel axis
+        (``ElementMask``: ``mask_channels``) is passed as it is. Flax broadcasts either (size-1
+        axes included) to the input."""
         if mask is None:
             return {}
+        if isinstance(mask, ElementMask):
+            return {"mask": jnp.asarray(np.asarray(mask) != 0)}
         axis = channel_axis(self.layer.layout)
         return {"mask": jnp.expand_dims(jnp.asarray(mask) != 0, axis)}
 
@@ -33,3 +39,8 @@ class FlaxMask:
 
     def grad_masked(self, x, training, weights, mask) -> dict:
         return self.grad(x, training, weights, mask)
+
+    def fit_masked(self, x, target, step, fresh_optimizer: bool, mask):
+        """xbn's training loop with the mask on every batch's call, and Keras' masked loss
+        (``xbn.adapters._jax.common.mse``): Flax has no fit of its own."""
+        return self.fit(x, target, step, fresh_optimizer, mask)

@@ -33,6 +33,7 @@ from keras import ops
 
 from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
+from .masking import keras_mask
 
 BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 MIXED = {("float16", "float32"): "mixed_float16", ("bfloat16", "float32"): "mixed_bfloat16"}
@@ -52,6 +53,7 @@ def policy_name(layer: Layer) -> str:
             f"{layer.state_dtype} variables have none")
     return name
 PARAMS = ("gamma", "beta")
+
 STATS = ("moving_mean", "moving_variance")
 # Batch Renormalization's variables (keras/src/layers/normalization/batch_normalization.py
 # build(): moving_stddev, renorm_mean, renorm_stddev), observed as xbn's RENORM_QUANTITIES
@@ -152,7 +154,8 @@ class KerasAdapter(Adapter):
         inputs = keras.Input(shape=tuple(shape), dtype=layer.dtype)
         self.bn = keras.layers.BatchNormalization(**kwargs)
         self.model = keras.Model(inputs, self.bn(inputs))
-        self.compiled = False
+        self.compiled, self.masked_model = False, None
+        self.mask_shape = tuple(d for i, d in enumerate(shape) if i != axis - 1)
         self._note(
             f"{layer.dtype} inputs: model policy {self.model.dtype_policy.name}, BN policy "
             f"{self.bn.dtype_policy.name} (variables {self.bn.variable_dtype}, "
@@ -211,26 +214,48 @@ class KerasAdapter(Adapter):
         if epsilon is not None:
             self.bn.epsilon = float(epsilon)
 
-    def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
+    def fit(self, x, target, step: Step, fresh_optimizer: bool, mask=None) -> float:
         if fresh_optimizer or not self.compiled:
             opt = step.optimizer
             if opt.name == "sgd":
-                optimizer = keras.optimizers.SGD(learning_rate=opt.lr)
+                self.optimizer = keras.optimizers.SGD(learning_rate=opt.lr)
+            elif opt.name == "rmsprop":
+                self.optimizer = keras.optimizers.RMSprop(
+                    learning_rate=opt.lr, rho=opt.rho, momentum=0.0, epsilon=opt.eps,
+                    centered=False)
             else:
-                optimizer = keras.optimizers.Adam(learning_rate=opt.lr, beta_1=opt.beta1,
-                                                  beta_2=opt.beta2, epsilon=opt.eps)
-            self.model.compile(optimizer=optimizer, loss="mse")
-            self.compiled = True
+                self.optimizer = keras.optimizers.Adam(learning_rate=opt.lr, beta_1=opt.beta1,
+                                                       beta_2=opt.beta2, epsilon=opt.eps)
+            self.model.compile(optimizer=self.optimizer, loss="mse")
+            self.compiled, self.masked_model = True, None
+        model, inputs = self.model, self._array(x)
+        if mask is not None:  # the same layer and optimizer, the mask as a second input
+            model, inputs = self._masked_model(), [inputs, np.asarray(mask) != 0]
         n = x.shape[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            history = self.model.fit(self._array(x), self._array(target), epochs=step.epochs,
-                                     batch_size=step.batch_size or n, shuffle=False, verbose=0)
+            history = model.fit(inputs, self._array(target), epochs=step.epochs,
+                                batch_size=step.batch_size or n, shuffle=False, verbose=0)
         for message in sorted({str(w.message) for w in caught
                                if "trainable weights" in str(w.message)}):
             self._note(f"fit warned: {message}")
-        loss_dtype = self.model.metrics[0].dtype  # the loss tracker accumulates in this dtype
+        loss_dtype = model.metrics[0].dtype  # the loss tracker accumulates in this dtype
         return np.asarray(history.history["loss"][-1], dtype=loss_dtype)
+
+    def fit_masked(self, x, target, step: Step, fresh_optimizer: bool, mask) -> float:
+        return self.fit(x, target, step, fresh_optimizer, mask)
+
+    def _masked_model(self):
+        """``Model([x, mask], bn(x, mask=mask))`` over the same layer, compiled with the same
+        optimizer: the mask reaches ``BatchNormalization.call`` as a Masking layer's would, and
+        Keras masks the loss with the output's mask (keras/src/losses/loss.py ``apply_mask``:
+        the mean over the valid positions). Made at the first masked fit after a compile."""
+        if self.masked_model is None:
+            inputs = keras.Input(shape=self.model.inputs[0].shape[1:], dtype=self.in_dtype)
+            mask = keras.Input(shape=self.mask_shape, dtype="bool")
+            self.masked_model = keras.Model([inputs, mask], self.bn(inputs, mask=mask))
+            self.masked_model.compile(optimizer=self.optimizer, loss="mse")
+        return self.masked_model
 
     # -- masks: ``Model.__call__(x, training=..., mask=m)`` hands a boolean mask to
     # ``BatchNormalization.call(inputs, training, mask)``, whose ``_moments`` weighs the
@@ -240,7 +265,7 @@ class KerasAdapter(Adapter):
     # and that error is the answer. Every position's output is normalized; a fully masked
     # batch gives mean 0 and variance 0 (count 0 + backend.epsilon()).
     def _mask(self, mask):
-        return ops.convert_to_tensor(np.asarray(mask) != 0)
+        return ops.convert_to_tensor(keras_mask(mask))
 
     def call_masked(self, x, training, mask):
         return _numpy(self.model(self._tensor(x), mask=self._mask(mask),

@@ -17,6 +17,7 @@ import tf_keras
 
 from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
+from .masking import keras_mask
 
 # Keras has one global thread pool; one thread keeps reductions in the same order everywhere.
 try:
@@ -94,6 +95,8 @@ class TfKerasAdapter(Adapter):
         shape[axis - 1] = layer.features  # spatial sizes may differ between inputs
         inputs = tf_keras.Input(shape=shape, dtype=self.dtype)
         self.model = tf_keras.Model(inputs, self.bn(inputs))
+        self.masked_model = None
+        self.mask_shape = tuple(d for i, d in enumerate(shape) if i != axis - 1)
         self.optimizer = None
         self.compiled = False
         self.notes = [self._path_note()]
@@ -141,21 +144,41 @@ class TfKerasAdapter(Adapter):
         opt = step.optimizer
         if opt.name == "sgd":
             return tf_keras.optimizers.SGD(learning_rate=opt.lr, momentum=0.0)
+        if opt.name == "rmsprop":
+            return tf_keras.optimizers.RMSprop(learning_rate=opt.lr, rho=opt.rho, momentum=0.0,
+                                               epsilon=opt.eps, centered=False)
         return tf_keras.optimizers.Adam(learning_rate=opt.lr, beta_1=opt.beta1,
                                         beta_2=opt.beta2, epsilon=opt.eps)
 
-    def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
+    def fit(self, x, target, step: Step, fresh_optimizer: bool, mask=None) -> float:
         if fresh_optimizer or self.optimizer is None:
             self.optimizer = self._make_optimizer(step)
             self.compiled = False
         if not self.compiled:  # recompiling with the same optimizer object keeps its state
             self.model.compile(optimizer=self.optimizer, loss="mean_squared_error")
-            self.compiled = True
-        history = self.model.fit(self._tensor(x), self._tensor(target),
-                                 batch_size=step.batch_size or len(x), epochs=step.epochs,
-                                 shuffle=False, verbose=0)
+            self.compiled, self.masked_model = True, None
+        model, inputs = self.model, self._tensor(x)
+        if mask is not None:  # the same layer and optimizer, the mask as a second input
+            model, inputs = self._masked_model(), [inputs, tf.constant(np.asarray(mask) != 0)]
+        history = model.fit(inputs, self._tensor(target), batch_size=step.batch_size or len(x),
+                            epochs=step.epochs, shuffle=False, verbose=0)
         # the loss tracker is a float32 Mean weighted by batch size; history holds its value
         return np.float32(history.history["loss"][-1])
+
+    def fit_masked(self, x, target, step: Step, fresh_optimizer: bool, mask) -> float:
+        return self.fit(x, target, step, fresh_optimizer, mask)
+
+    def _masked_model(self):
+        """``Model([x, mask], bn(x, mask=mask))`` over the same layer and optimizer: the mask
+        reaches BatchNormalization as a Masking layer's would, and the loss is masked with the
+        output's mask (tf_keras/src/utils/losses_utils.py ``apply_valid_mask``: the mean over
+        the valid positions). Made at the first masked fit after a compile."""
+        if self.masked_model is None:
+            x_in = tf_keras.Input(shape=self.model.inputs[0].shape[1:], dtype=self.dtype)
+            m_in = tf_keras.Input(shape=self.mask_shape, dtype=tf.bool)
+            self.masked_model = tf_keras.Model([x_in, m_in], self.bn(x_in, mask=m_in))
+            self.masked_model.compile(optimizer=self.optimizer, loss="mean_squared_error")
+        return self.masked_model
 
     # -- masks: ``Model.__call__(x, training=..., mask=m)`` hands the boolean mask to
     # ``BatchNormalization.call(inputs, training, mask)``. Its non-fused path weighs the
@@ -167,7 +190,7 @@ class TfKerasAdapter(Adapter):
     def _call_kwargs(self, training, mask) -> dict:
         kwargs = {} if training is None else {"training": training}
         if mask is not None:
-            kwargs["mask"] = tf.constant(np.asarray(mask) != 0)
+            kwargs["mask"] = tf.constant(keras_mask(mask))
         return kwargs
 
     def call_masked(self, x, training, mask):

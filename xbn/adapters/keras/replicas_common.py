@@ -67,6 +67,9 @@ class ReplicatedKeras(Adapter):
     def reset(self) -> None:
         self.base.reset()
 
+    def predict_masked(self, x, mask):
+        return self.base.predict_masked(x, mask)  # Model.predict takes no mask: n/a
+
     def fit(self, x, target, step, fresh_optimizer):
         raise NotApplicable("fit is not supported with replicas")  # the loader refuses it
 

@@ -26,6 +26,7 @@ from ...scenario.loader import Layer
 from ..base import Adapter, NotApplicable
 from ..rows import join_rows
 from .adapter_keras3 import _numpy
+from .masking import keras_mask
 from .replicas_common import ReplicatedKeras, keras_refuses_synchronized
 
 STATS = ("moving_mean", "moving_variance")
@@ -78,6 +79,19 @@ class DataParallelReplicas(ReplicatedKeras):
         with self.distribution.scope():
             kwargs = {} if training is None else {"training": training}
             return _numpy(self.model(self._sharded(x), **kwargs))
+
+    def call_masked(self, x, training, mask):
+        """``call`` with the mask laid out as the data is (sharded on the batch axis; one
+        broadcast along it is repeated for every row)."""
+        m = keras_mask(mask)
+        if m.shape[0] == 1:
+            m = np.repeat(m, x.shape[0], axis=0)
+        with self.distribution.scope():
+            kwargs = {} if training is None else {"training": training}
+            tensor = keras.ops.convert_to_tensor(m)
+            sharded = keras.distribution.distribute_tensor(
+                tensor, self.distribution.get_data_layout(tensor.shape))
+            return _numpy(self.model(self._sharded(x), mask=sharded, **kwargs))
 
     def predict(self, x):
         with self.distribution.scope():  # Keras' data adapter shards the batch itself

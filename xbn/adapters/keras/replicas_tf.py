@@ -27,6 +27,7 @@ from ...scenario.loader import Layer
 from ...scenario.model import split_rows
 from ..base import Adapter
 from ..rows import join_rows
+from .masking import keras_mask
 from .replicas_common import ReplicatedKeras, with_synchronized
 
 STATS = ("moving_mean", "moving_variance")
@@ -115,8 +116,8 @@ class MirroredReplicas(ReplicatedKeras):
         """Every replica's rows as a tensor of the layer's dtype (the base adapter's cast)."""
         return [self.base._tensor(part) for part in split_rows(x, self.layer.replicas)]
 
-    def _step(self, training: bool | None):
-        if training not in self._fns:
+    def _step(self, training: bool | None, masked: bool = False):
+        if (training, masked) not in self._fns:
             model, strategy = self.model, self.strategy
             kwargs = {} if training is None else {"training": training}
 
@@ -124,8 +125,12 @@ class MirroredReplicas(ReplicatedKeras):
             def step(values):
                 return strategy.run(lambda t: model(t, **kwargs), args=(values,))
 
-            self._fns[training] = step
-        return self._fns[training]
+            @tf.function
+            def masked_step(values, masks):  # Model(x, mask=m): each replica its rows' mask
+                return strategy.run(lambda t, m: model(t, mask=m, **kwargs), args=(values, masks))
+
+            self._fns[(training, masked)] = masked_step if masked else step
+        return self._fns[(training, masked)]
 
     def _gather(self, per_replica) -> np.ndarray | tuple[np.ndarray, str]:
         parts = self.strategy.experimental_local_results(per_replica)
@@ -136,6 +141,22 @@ class MirroredReplicas(ReplicatedKeras):
         values = self.strategy.experimental_distribute_values_from_function(
             lambda ctx: parts[ctx.replica_id_in_sync_group])
         return self._gather(self._step(training)(values))
+
+    def call_masked(self, x, training, mask):
+        """``call`` with the mask each replica's rows have (the base adapter's mask rule,
+        ``keras_mask``; a mask broadcast along the batch axis is repeated for every row)."""
+        parts = self._split(x)
+        m = keras_mask(mask)
+        if m.shape[0] == 1:
+            m = np.repeat(m, x.shape[0], axis=0)
+        masks = [tf.constant(p) for p in split_rows(m, self.layer.replicas)]
+
+        def distribute(items):
+            return self.strategy.experimental_distribute_values_from_function(
+                lambda ctx: items[ctx.replica_id_in_sync_group])
+
+        return self._gather(self._step(training, masked=True)(distribute(parts),
+                                                                distribute(masks)))
 
     def predict(self, x):
         parts = self._split(x)

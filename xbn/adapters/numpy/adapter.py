@@ -81,6 +81,9 @@ class NumpyAdapter(Adapter):
     def grad_masked(self, x, training, weights, mask) -> dict:
         return self._masked(reference_mask.grad, x, training, weights, mask)
 
+    def fit_masked(self, x, target, step: Step, fresh_optimizer: bool, mask):
+        return np.float64(self._masked(_fit, x, target, step, fresh_optimizer, mask))
+
     def _masked(self, op, *args):
         try:
             return op(self.bn, *args)
@@ -104,6 +107,10 @@ class NumpyAdapter(Adapter):
 
     def versions(self) -> dict[str, str]:
         return {"numpy": np.__version__}
+
+
+def _fit(bn: ReferenceBatchNorm, x, target, step: Step, fresh_optimizer: bool, mask) -> float:
+    return bn.fit(x, target, step.optimizer, step.epochs, step.batch_size, fresh_optimizer, mask)
 
 
 def make_adapter(framework_id: str) -> Adapter:

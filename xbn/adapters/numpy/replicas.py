@@ -8,6 +8,7 @@ nothing to release.
 
 from __future__ import annotations
 
+from ...reference import mask as reference_mask
 from ...reference.replicas import ReplicatedReference
 from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
@@ -36,6 +37,18 @@ class ReplicatedNumpyAdapter(NumpyAdapter):
     def set_hyper(self, momentum, epsilon) -> None:
         for bn in self.bn.replicas:
             bn.set_hyper(momentum, epsilon)
+
+    def call_masked(self, x, training, mask):
+        return self._masked_on_replicas(self.bn.call_masked, x, training, mask)
+
+    def predict_masked(self, x, mask):
+        return self._masked_on_replicas(self.bn.predict_masked, x, mask)
+
+    def _masked_on_replicas(self, op, *args):
+        try:
+            return op(*args)
+        except reference_mask.NoMask as exc:
+            raise NotApplicable(str(exc)) from None
 
     def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
         raise NotApplicable("fit is not supported with replicas")  # the loader refuses it

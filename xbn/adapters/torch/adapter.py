@@ -193,6 +193,9 @@ class TorchAdapter(Adapter):
         params = list(self.module.parameters())  # [] when affine=False: torch raises
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=0.0, weight_decay=0.0)
+        if o.name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=o.lr, alpha=o.rho, eps=o.eps, weight_decay=0.0,
+                                       momentum=0.0, centered=False)
         return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                 weight_decay=0.0, amsgrad=False)
 
