@@ -82,6 +82,7 @@ class Adapter(MaskedOps, ABC):
     """
 
     framework_id: str = ""
+    mode: str | None = None  # the id's execution mode (xbn.frameworks.modes); None: plain
     notes: list[str]
     # the contract's "Additions" layer keys (scenario_model.LAYER_FEATURES) this adapter
     # expresses; a layer using any other is n/a before build, never silently ignored

@@ -119,7 +119,7 @@ def framework_ids(value: str | None, devices: bool = False) -> list[str] | None:
     a device the framework has not is a usage error."""
     if value is None:
         return None
-    from ..frameworks.devices import DeviceError, base_id, parse
+    from ..frameworks.devices import CPU, IdError, base_id, device_of, parse
     from ..frameworks.registry import FRAMEWORK_IDS
 
     ids = [v.strip() for v in value.split(",") if v.strip()]
@@ -132,11 +132,11 @@ def framework_ids(value: str | None, devices: bool = False) -> list[str] | None:
     for i in ids:
         try:
             fid = parse(i)
-        except DeviceError as exc:
+        except IdError as exc:
             fail(str(exc))
-        if fid != base_id(fid) and not devices:
+        if device_of(fid) != CPU and not devices:
             fail(f"{fid}: this command runs frameworks on CPU only (devices are for xbn run "
-                 f"and xbn report); write {base_id(fid)}")
+                 f"and xbn report); write {fid.partition('@')[0]}")
         parsed.append(fid)
     return parsed
 
@@ -144,7 +144,7 @@ def framework_ids(value: str | None, devices: bool = False) -> list[str] | None:
 def check_reference(reference: str) -> None:
     """Exit 2 unless ``reference`` is a known framework id (``ID@DEVICE`` included, written
     as ``xbn.frameworks.devices.parse`` normalizes it)."""
-    from ..frameworks.devices import DeviceError, base_id, parse
+    from ..frameworks.devices import IdError, base_id, parse
     from ..frameworks.registry import FRAMEWORK_IDS
 
     base = base_id(reference)
@@ -153,7 +153,7 @@ def check_reference(reference: str) -> None:
              f"known: {', '.join(FRAMEWORK_IDS)}")
     try:
         written = parse(reference)
-    except DeviceError as exc:
+    except IdError as exc:
         fail(f"reference: {exc}")
     if written != reference:
         fail(f"reference {reference!r}: write {written!r}")
@@ -166,11 +166,11 @@ def frameworks_to_run(value: str | None, reference: str,
     ids = framework_ids(value, devices)
     if ids is None:
         from ..frameworks.devices import base_id
-        from ..frameworks.registry import available
+        from ..frameworks.registry import missing
 
-        if not available(base_id(reference)):
+        if missing(reference):
             fail(f"reference framework {reference!r} is not installed")
-        if base_id(reference) != reference:  # every installed framework, and this device
+        if base_id(reference) != reference:  # every installed framework, and this id
             from ..frameworks.registry import availability
 
             return [reference, *(f for f, a in availability().items() if a["available"])]

@@ -107,10 +107,10 @@ def device() -> dict:
 def _declared(framework: str) -> set[str]:
     """The distributions the registry names for ``framework``, and numpy, normalized."""
     from ..frameworks.devices import base_id
-    from ..frameworks.registry import FRAMEWORKS
+    from ..frameworks.registry import FRAMEWORKS, requires
 
     info = FRAMEWORKS[base_id(framework)]
-    return {_normalized(d) for spec in ("numpy", *info.distributions, *info.requires)
+    return {_normalized(d) for spec in ("numpy", *info.distributions, *requires(framework))
             for d in spec.split("|")}
 
 
@@ -191,16 +191,15 @@ def key_fields(scenario, framework: str, root: Path | None = None,
     """Everything an entry depends on (see the module docstring), as plain data. ``root``:
     the cache directory whose record of ``framework``'s distributions counts (default
     ``cache_dir()``); ``loaded``: distributions to count besides."""
-    from ..frameworks.devices import accelerator, base_id
+    from ..frameworks.devices import CPU, accelerator, device_of
     from ..frameworks.registry import module_path
     from .environment import NUMERIC_ENV, xbn_env
 
-    base = base_id(framework)
     fields = {
         "entry_schema": ENTRY_SCHEMA,
         "scenario": scenario.digest,
         "framework": framework,
-        "adapter": module_path(base),
+        "adapter": module_path(framework),
         "versions": _versions(framework, root, loaded),
         "xbn": __version__,
         "xbn_source": source_digest(),
@@ -208,7 +207,7 @@ def key_fields(scenario, framework: str, root: Path | None = None,
         "determinism": xbn_env(framework),
         "environment": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ},
     }
-    if base != framework:  # ID@DEVICE: which accelerator (a CPU id's key is unchanged)
+    if device_of(framework) != CPU:  # ID@DEVICE: which accelerator (a CPU id's key is unchanged)
         fields["accelerator"] = accelerator(framework)
     return fields
 
@@ -246,12 +245,11 @@ def report_key(scenarios, frameworks: list[str] | None, reference: str,
     only the declared distributions, and a report kept under them would be found again after
     an upgrade of another (a second virtual environment's first run): such a key starts with
     ``UNRECORDED``, and ``keep_files`` keeps nothing under it."""
-    from ..frameworks.devices import base_id
-    from ..frameworks.registry import availability
+    from ..frameworks.registry import availability, missing
 
     avail = availability()
     ids = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
-    shown = [fid for fid in ids if avail[base_id(fid)]["available"]]
+    shown = [fid for fid in ids if not missing(fid)]
     keys = [[fid, fid in shown] + ([entry_key(s, fid, root) for s in scenarios]
                                    if fid in shown else []) for fid in ids]
     key = derived_key("report", reference, [s.name for s in scenarios], keys)

@@ -23,8 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .._version import __version__
-from ..frameworks.devices import base_id
-from ..frameworks.registry import FRAMEWORKS, availability
+from ..frameworks.devices import CPU, base_id, device_of
+from ..frameworks.registry import FRAMEWORKS, availability, moded_availability, requires
 from ..scenario.loader import Scenario, quantity_dtype
 from ..scenario.observation import OK
 from .cache import ResultCache
@@ -98,7 +98,7 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     meta: dict[str, dict] = {}
     runnable = []
     for fid in wanted:
-        info = avail[base_id(fid)]
+        info = moded_availability(fid, avail[base_id(fid)])
         meta[fid] = {"available": info["available"], "version": info["version"]}
         if info["available"]:
             runnable.append(fid)
@@ -190,8 +190,8 @@ def worker_groups(frameworks: list[str]) -> list[list[str]]:
     A JAX id whose worker environment differs from the group's (``KERAS_BACKEND`` set by the
     caller) keeps its own, as does every ``ID@DEVICE``; ``XBN_SEPARATE_WORKERS=1`` gives every
     framework its own worker."""
-    jax_ids = [f for f in frameworks if base_id(f) == f and _is_jax(f)
-               and FRAMEWORKS[f].family != "keras"]
+    jax_ids = [f for f in frameworks if device_of(f) == CPU and _is_jax(f)
+               and FRAMEWORKS[base_id(f)].family != "keras"]
     group: list[str] = []
     if os.environ.get(SEPARATE_ENV) != "1":
         for fid in jax_ids:
@@ -207,7 +207,7 @@ def _is_jax(fid: str) -> bool:
 
 
 def _needs(fid: str) -> set[str]:
-    return {d for spec in FRAMEWORKS[base_id(fid)].requires for d in spec.split("|")}
+    return {d for spec in requires(fid) for d in spec.split("|")}
 
 
 def _result(future: Future, fid: str) -> WorkerResult:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..adapters.base import primary_quantities
-from ..frameworks.devices import base_id
+from ..frameworks.devices import run_id
 from ..frameworks.registry import module_path
 from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR
@@ -190,7 +190,7 @@ def run_group(todo: dict[str, list[Scenario]], timeout: float,
     (``ResultCache.compile_env``); ``on_done`` hears of each framework that finishes cleanly
     as soon as it does (a crashed, timed-out or unavailable one is only returned)."""
     group = _Group(todo, notify, on_done)
-    members = [{"framework": fid, "module": module_path(base_id(fid)),
+    members = [{"framework": fid, "module": module_path(run_id(fid)),
                 "scenarios": [s.to_dict() for s in todo[fid]]} for fid in todo]
     shared = group_env(list(todo))
     if shared is None:

@@ -63,8 +63,9 @@ def serve(proto) -> int:
     for line in sys.stdin:
         for data in json.loads(line)["scenarios"]:
             scenario = Scenario.from_dict(data)
-            for obs in run_scenario(adapter, scenario):
-                proto.write(json.dumps({"type": "obs", **obs}, allow_nan=True) + "\n")
+            for obs in run_scenario(adapter, scenario):  # rows carry the id with its mode
+                proto.write(json.dumps({"type": "obs", **obs, "framework": request["framework"]},
+                                       allow_nan=True) + "\n")
             proto.write(json.dumps({"type": "scenario_done", "scenario": scenario.name}) + "\n")
         proto.write(json.dumps({"type": "batch_done"}) + "\n")
     return 0
@@ -91,7 +92,7 @@ def run_one(proto, request: dict, config: _GlobalConfig) -> None:
     """One framework's scenarios ({"framework", "module", "scenarios"}), closed by
     {"type": "framework_done"}; every message names the framework."""
     from ..adapters.base import run_scenario
-    from ..frameworks.devices import base_id
+    from ..frameworks.devices import run_id
     from ..frameworks.registry import load_adapter
     from ..scenario.loader import Scenario
     from .device_probe import prepare
@@ -104,7 +105,7 @@ def run_one(proto, request: dict, config: _GlobalConfig) -> None:
         proto.write(json.dumps({"type": "framework_done", **tag}) + "\n")
         proto.flush()
         return
-    adapter = load_adapter(base_id(framework), request.get("module"))
+    adapter = load_adapter(run_id(framework), request.get("module"))
     adapter.notes.extend(device_notes)
     config.capture()
     proto.write(json.dumps({"type": "hello", "versions": adapter.versions(),

@@ -1,4 +1,5 @@
-"""The device dimension of framework ids: ``ID@DEVICE`` (``torch@cuda``, ``flax@gpu``).
+"""The grammar of framework ids, ``ID+MODE[@DEVICE]``, and their device dimension
+(``torch@cuda``, ``flax@gpu``, ``torch+compile@cuda``; modes: ``xbn.frameworks.modes``).
 
 A framework id without a device runs on CPU exactly as before; ``ID@cpu`` is the same id.
 Which accelerator an id may name depends on the engine under its framework (torch's CUDA, JAX's
@@ -17,6 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .modes import ModeError, mode_named
+
 CPU = "cpu"
 DEVICE_ENV = "XBN_DEVICE"  # the worker's device, read by the adapters (``current``)
 # framework id -> the engine whose devices it runs on (ids not listed run on CPU only)
@@ -33,15 +36,28 @@ class DeviceError(ValueError):
     """A device that the framework id cannot carry (a usage error)."""
 
 
+IdError = (DeviceError, ModeError)  # every usage error of an id's spelling
+
+
 def split(fid: str) -> tuple[str, str]:
-    """'torch@cuda' -> ('torch', 'cuda'); 'torch' -> ('torch', 'cpu')."""
+    """'torch+compile@cuda' -> ('torch+compile', 'cuda'); 'torch' -> ('torch', 'cpu')."""
     base, _, device = fid.partition("@")
     return base, device or CPU
 
 
-def base_id(fid: str) -> str:
-    """The registry's id under a device id ('torch@cuda' -> 'torch')."""
+def run_id(fid: str) -> str:
+    """The id without its device: what a worker runs ('torch+compile@cuda' -> 'torch+compile')."""
     return split(fid)[0]
+
+
+def base_id(fid: str) -> str:
+    """The registry's id under a moded or device id ('torch+compile@cuda' -> 'torch')."""
+    return split(fid)[0].partition("+")[0]
+
+
+def mode_of(fid: str) -> str | None:
+    """The named mode of an id ('torch+compile' -> 'compile'), None for a plain id."""
+    return split(fid)[0].partition("+")[2] or None
 
 
 def device_of(fid: str) -> str:
@@ -60,14 +76,22 @@ def engine_of(fid: str) -> str | None:
 
 def parse(text: str) -> str:
     """A framework id as written on the command line, normalized: 'torch@cpu' is 'torch'.
-    DeviceError for a device the framework has not; an unknown base id is the caller's check."""
-    base, device = split(text.strip())
-    base = base.strip()
+    DeviceError for a device the framework has not, ModeError for a mode it has not; an
+    unknown base id is the caller's check."""
+    moded, device = split(text.strip())
+    moded = moded.strip()
     if "@" in text and not text.partition("@")[2].strip():
-        raise DeviceError(f"{text!r}: nothing after '@' (write ID or ID@DEVICE)")
+        raise DeviceError(f"{text!r}: nothing after '@' (write ID, ID+MODE or ID@DEVICE)")
+    base, plus, mode = moded.partition("+")
+    base, mode = base.strip(), mode.strip().lower()
+    if plus and not mode:
+        raise ModeError(f"{text!r}: nothing after '+' (write ID or ID+MODE)")
+    if mode:
+        mode_named(base, mode)  # ModeError naming the modes this id has
+    moded = f"{base}+{mode}" if mode else base
     device = device.strip().lower()
     if device == CPU:
-        return base
+        return moded
     allowed = devices_of(base)
     if device not in allowed:
         if len(allowed) == 1:
@@ -76,7 +100,9 @@ def parse(text: str) -> str:
         spelled = " or ".join(f"{base}@{d}" for d in allowed if d != CPU)
         raise DeviceError(f"{base} has no device {device!r}; it runs on {', '.join(allowed)} "
                           f"(write {base} or {spelled})")
-    return f"{base}@{device}"
+    if mode and mode_named(base, mode).export:
+        raise DeviceError(f"{moded} runs in its export runtime on CPU (write {moded})")
+    return f"{moded}@{device}"
 
 
 def current() -> str:

@@ -20,137 +20,19 @@ the families with port code (torch, keras, flax) have weights formats and live m
 from __future__ import annotations
 
 import importlib
-import itertools
-from dataclasses import dataclass, field, fields, replace
-from importlib import metadata
 
-
-@dataclass(frozen=True)
-class Since:
-    """A capability that arrived in a release of ``distribution``: what ``xbn port`` may assume
-    from the installed version (package metadata, nothing imported). Inside a worker the
-    adapter asks the imported framework itself (a signature), which decides."""
-
-    distribution: str
-    version: str
-    source: str  # where the version was read (changelog, pull request, docs)
-
-    def installed(self) -> bool:
-        """Whether the installed distribution is at least ``version`` (False when absent)."""
-        found = installed(self.distribution)
-        return found is not None and _release(found) >= _release(self.version)
-
-
-def _release(version: str) -> tuple[int, ...]:
-    """'2.13.0+cpu' -> (2, 13, 0): the leading numeric release segments."""
-    parts = []
-    for part in version.split("+")[0].split("."):
-        digits = "".join(itertools.takewhile(str.isdigit, part))
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the framework's BatchNorm can express; an adapter raises NotApplicable for the rest.
-
-    The defaults (everything) apply to frameworks that declare nothing, such as plugins. A
-    field may be a :class:`Since` (a release that brought it): :func:`capabilities` resolves
-    it against the installed version; an adapter may probe the framework instead
-    (``Adapter.capabilities``).
-    """
-
-    cumulative_momentum: bool | Since = True  # momentum=None: cumulative average (torch)
-    no_running_stats: bool | Since = True  # can keep no running statistics at all
-    scale_without_center: bool | Since = True  # gamma without beta (torch: bias=False)
-    center_without_scale: bool | Since = True  # beta without gamma
-
-    @property
-    def split_affine(self) -> bool:
-        """center and scale are independent switches (not one affine flag)."""
-        return bool(self.scale_without_center) and bool(self.center_without_scale)
-
-    def resolved(self) -> Capabilities:
-        """Every :class:`Since` replaced by whether the installed version has it."""
-        return replace(self, **{f.name: getattr(self, f.name).installed()
-                                for f in fields(self) if isinstance(getattr(self, f.name), Since)})
-
-
-@dataclass(frozen=True)
-class Convention:
-    """How users spell the BatchNorm constructor: keywords, which way momentum points, axes."""
-
-    id: str
-    label: str  # how users name it in prose
-    call: str  # the constructor as written in code ({d}: torch's 1/2/3)
-    imports: str  # the import line that makes ``call`` work
-    momentum_kw: str
-    new_batch_weight: bool  # True: momentum is the weight of the new batch (torch)
-    epsilon_kw: str
-    center_kw: str | None  # with Capabilities.split_affine
-    scale_kw: str | None
-    affine_kw: str | None  # the one flag for both, without split_affine
-    features_kw: str | None  # constructor needs the channel count
-    channel_axis: int | None  # fixed channel axis of the batch (None: the ``axis`` keyword)
-    axis_default: int  # the channel axis a default layer normalizes
-    multi_axis: bool  # the axis keyword accepts several axes
-    without_running_stats: str = ""  # how to get track_running_stats=False without the option
-    offset_kw: str | None = None  # drops the offset alone, next to affine_kw (torch's bias)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Names of the fact tables in ``xbn/profiles/facts.py`` that describe a framework."""
-
-    semantics: str  # key of profiles.SEMANTICS
-    numerics: str | None = None  # key of profiles.NUMERICS (float32 rounding)
-
-
-@dataclass(frozen=True)
-class Format:
-    """A weights-file format, read and written by its family's ``state_io`` module."""
-
-    name: str
-    family: str
-    suffixes: tuple[str, ...]
-    description: str
-
-
-@dataclass(frozen=True)
-class Family:
-    """A folder ``xbn/adapters/<id>/``: adapters of one ecosystem and, if any, their port code.
-
-    A family with ``formats`` has ``state_io.py`` (read, fresh, layer_info, file_notes); one with
-    ``live`` has ``live.py`` (framework_of, bn_layers, runner, load_model).
-    """
-
-    id: str
-    formats: tuple[Format, ...] = ()
-    file_framework: str | None = None  # framework id of a file that does not say which wrote it
-    live: bool = False
-    model_files: tuple[str, ...] = ()  # suffixes ``xbn verify`` runs with live.load_model
-    model_files_label: str = ""
-
-    @property
-    def package(self) -> str:
-        return f"xbn.adapters.{self.id}"
-
-
-@dataclass(frozen=True)
-class FrameworkInfo:
-    id: str
-    module: str  # importable adapter module (an undotted name means xbn.adapters.<name>)
-    extra: str  # pip extra that installs it: pip install "xbn[<extra>]"
-    distributions: tuple[str, ...]  # first installed one gives the version
-    requires: tuple[str, ...] = ()  # every one of these must be installed ("a|b": either)
-    env: dict[str, str] = field(default_factory=dict)  # set in its worker before import
-    description: str = ""
-    family: str = ""  # a key of FAMILIES
-    capabilities: Capabilities = field(default_factory=Capabilities)
-    convention: Convention | None = None
-    profile: Profile | None = None
+from .devices import base_id, mode_of
+from .kinds import (  # noqa: F401 - the registry's vocabulary, imported from here by users
+    Capabilities,
+    Convention,
+    Family,
+    Format,
+    FrameworkInfo,
+    Profile,
+    Since,
+    installed,
+)
+from .modes import Mode, mode_named
 
 
 def _formats(family: str, *specs: tuple[str, tuple[str, ...], str]) -> tuple[Format, ...]:
@@ -238,6 +120,11 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
         _keras3("keras-jax", "jax", "tensorflow,jax", ("keras", "jax"), "JAX", "keras3-jax"),
         _keras3("keras-torch", "torch", "tensorflow,torch", ("keras", "torch"), "PyTorch",
                 "keras3-torch"),
+        # Keras 3's inference-only backends: no fit, no gradients (training steps are n/a).
+        _keras3("keras-numpy", "numpy", "tensorflow", ("keras",), "numpy (inference only)",
+                "keras3-numpy"),
+        _keras3("keras-openvino", "openvino", "openvino", ("keras", "openvino"),
+                "OpenVINO (inference only)", "keras3-openvino"),
         FrameworkInfo(
             "tf-keras", "xbn.adapters.keras.adapter_tf_keras", "tensorflow", ("tf-keras",),
             ("tf-keras",), {"TF_USE_LEGACY_KERAS": "1"},
@@ -296,28 +183,30 @@ FORMATS: dict[str, Format] = {f.name: f for fam in FAMILIES.values() for f in fa
 
 # -- installation (package metadata only: nothing is imported) -----------------------------
 
-def installed(dist_spec: str) -> str | None:
-    for dist in dist_spec.split("|"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def version(framework_id: str) -> str | None:
     """Version of the framework's main distribution, or None when not installed."""
-    info = FRAMEWORKS[framework_id]
-    for dist in info.distributions:
+    for dist in info(framework_id).distributions:
         found = installed(dist)
         if found:
             return found
     return None
 
 
+def requires(framework_id: str) -> tuple[str, ...]:
+    """Distributions an id needs: its framework's, and its mode's (``torch+onnx``: onnx too)."""
+    mode = _mode(framework_id)
+    return (*info(framework_id).requires, *(mode.requires if mode else ()))
+
+
 def missing(framework_id: str) -> list[str]:
-    """Distributions this framework needs that are not installed (empty: available)."""
-    return [d for d in FRAMEWORKS[framework_id].requires if installed(d) is None]
+    """Distributions this framework id needs that are not installed (empty: available)."""
+    return [d for d in requires(framework_id) if installed(d) is None]
+
+
+def extra_of(framework_id: str) -> str:
+    """The pip extra that installs what ``framework_id`` needs."""
+    mode = _mode(framework_id)
+    return mode.extra if mode is not None and mode.extra else info(framework_id).extra
 
 
 def available(framework_id: str) -> bool:
@@ -327,25 +216,49 @@ def available(framework_id: str) -> bool:
 def availability() -> dict[str, dict]:
     """Per framework: available, version, extra, missing distributions."""
     out = {}
-    for fid, info in FRAMEWORKS.items():
+    for fid, entry in FRAMEWORKS.items():
         miss = missing(fid)
-        out[fid] = {"available": not miss, "version": version(fid), "extra": info.extra,
+        out[fid] = {"available": not miss, "version": version(fid), "extra": entry.extra,
                     "missing": miss}
     return out
 
 
+def moded_availability(framework_id: str, base: dict | None = None) -> dict:
+    """``availability()``'s entry for any id: a mode's own distributions and extra count
+    (``torch+onnx`` without onnxruntime is unavailable, ``pip install "xbn[onnx]"``)."""
+    entry = dict(base if base is not None else availability()[base_id(framework_id)])
+    miss = missing(framework_id)
+    entry.update(available=not miss, missing=miss, extra=extra_of(framework_id))
+    return entry
+
+
 # -- code, found by name --------------------------------------------------------------------
 
+def info(framework_id: str) -> FrameworkInfo:
+    """The registry entry under any id (``torch+compile@cuda`` -> torch's); KeyError if none."""
+    return FRAMEWORKS[base_id(framework_id)]
+
+
+def _mode(framework_id: str) -> Mode | None:
+    name = mode_of(framework_id)
+    return mode_named(base_id(framework_id), name) if name else None
+
+
 def module_path(framework_id: str) -> str:
-    """Importable module of an adapter; a dotted ``module`` is used as is (plugins too)."""
-    module = FRAMEWORKS[framework_id].module
+    """Importable module of an id's adapter (an export mode has its own); a dotted ``module``
+    is used as is (plugins too)."""
+    mode = _mode(framework_id)
+    module = mode.module if mode is not None and mode.module else info(framework_id).module
     return module if "." in module else f"xbn.adapters.{module}"
 
 
 def load_adapter(framework_id: str, module: str | None = None):
-    """Import the adapter module (and so the framework). Call only inside a worker."""
+    """Import the adapter module (and so the framework) and make the adapter of an id, its
+    execution mode set (``Adapter.mode``: None runs the plain id). Call only inside a worker."""
     mod = importlib.import_module(module or module_path(framework_id))
-    return mod.make_adapter(framework_id)
+    adapter = mod.make_adapter(base_id(framework_id))
+    adapter.mode = mode_of(framework_id)
+    return adapter
 
 
 def family_module(family: str, part: str):
@@ -354,8 +267,8 @@ def family_module(family: str, part: str):
 
 
 def family_of(framework_id: str) -> Family | None:
-    info = FRAMEWORKS.get(framework_id)
-    return FAMILIES.get(info.family) if info is not None else None
+    found = FRAMEWORKS.get(base_id(framework_id))
+    return FAMILIES.get(found.family) if found is not None else None
 
 
 def live_families() -> list[Family]:
@@ -367,19 +280,19 @@ def live_families() -> list[Family]:
 def capabilities(framework_id: str) -> Capabilities:
     """Declared capabilities, resolved against the installed versions (:class:`Since`); an id
     the registry does not know (a plugin) declares none."""
-    info = FRAMEWORKS.get(framework_id)
-    return info.capabilities.resolved() if info is not None else Capabilities()
+    found = FRAMEWORKS.get(base_id(framework_id))
+    return found.capabilities.resolved() if found is not None else Capabilities()
 
 
 def declared_capabilities(framework_id: str) -> Capabilities:
     """The declaration itself, :class:`Since` fields unresolved."""
-    info = FRAMEWORKS.get(framework_id)
-    return info.capabilities if info is not None else Capabilities()
+    found = FRAMEWORKS.get(base_id(framework_id))
+    return found.capabilities if found is not None else Capabilities()
 
 
 def convention_of(framework_id: str) -> Convention | None:
-    info = FRAMEWORKS.get(framework_id)
-    return info.convention if info is not None else None
+    found = FRAMEWORKS.get(base_id(framework_id))
+    return found.convention if found is not None else None
 
 
 def clean(x: float) -> float:
