@@ -43,7 +43,7 @@ def test_every_contract_mode_is_declared():
                 "tf-keras+onnx", "torch+openvino", "keras+openvino"]
     for fid in contract:
         assert parse(fid) == fid
-    assert set(MODES) == set(registry.FRAMEWORK_IDS)
+    assert set(registry.FRAMEWORK_IDS) <= set(MODES)
 
 
 def test_a_mode_needs_its_own_distributions():
