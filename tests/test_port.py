@@ -184,8 +184,8 @@ def test_scale_without_center_follows_the_installed_torch(monkeypatch, torch):
     bn = eval(code[len("bn = "):], {"torch": torch})  # the line a user would paste
     assert bn.weight is not None and bn.bias is None
     assert f"torch >= 2.12; installed: torch {torch.__version__}" in r.output
-    monkeypatch.setattr("xbn.frameworks.kinds.installed",
-                        lambda dist: "2.11.0" if dist == "torch" else None)
+    for where in ("xbn.frameworks.kinds.installed", "xbn.frameworks.registry.installed"):
+        monkeypatch.setattr(where, lambda dist: "2.11.0" if dist == "torch" else None)
     with pytest.raises(PortError, match=r"cannot split .*torch >= 2\.12; installed: torch 2\.11"):
         translate("keras", "torch", center=False)
 
