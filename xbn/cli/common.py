@@ -67,12 +67,13 @@ def progress_printer(quiet: bool = False):
 
 def analyze_with_progress(scenarios: list, frameworks: list[str] | None, reference: str,
                           k: float | None, timeout: float, jobs: int | None, quiet: bool,
-                          cache=None):
+                          cache=None, only: dict[str, set[str]] | None = None):
     """Run with the progress display on stderr (stopped even if the run fails), then analyse.
 
     The workers start first: the analysis' imports (pandas and the comparison code, about half
     a second of CPU) are made in a thread while the workers import their frameworks, not
-    before they start, so they are off the critical path of a one-framework ``xbn run``."""
+    before they start, so they are off the critical path of a one-framework ``xbn run``.
+    ``only``: framework id -> the scenarios it runs (``xbn.execution.runner.run``)."""
     import threading
     from contextlib import nullcontext
 
@@ -97,7 +98,7 @@ def analyze_with_progress(scenarios: list, frameworks: list[str] | None, referen
     with display if display is not None else nullcontext():
         preload.start()
         result = run(scenarios, frameworks, timeout=timeout, jobs=jobs, progress=display,
-                     cache=cache, on_framework=framework_done)
+                     cache=cache, on_framework=framework_done, only=only)
     preload.join()
     from ..analysis.pipeline import analyze
 

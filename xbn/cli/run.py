@@ -22,6 +22,13 @@ from .common import (
     result_cache,
     timeout_option,
 )
+from .schema import (
+    differing_rows,
+    divergences_option,
+    load_divergences,
+    user_divergences,
+    warn_stale,
+)
 
 EXAMPLES_RUN = """
 \b
@@ -56,12 +63,13 @@ def _note(report, quiet: bool, shown: bool) -> None:
 @click.option("--full", is_flag=True,
               help="Whole arrays and messages in the table and Markdown (default: the first "
                    "elements, messages cut to a line).")
+@divergences_option
 @timeout_option
 @jobs_option
 @cache_option
 @quiet_option
-def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, timeout, jobs,
-        no_cache, quiet) -> None:
+def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, divergences,
+        timeout, jobs, no_cache, quiet) -> None:
     """Run scenario FILES (paths or built-in names) and print the diff.
 
     Progress goes to stderr: a live display on a terminal, a line per finished scenario and
@@ -72,8 +80,11 @@ def run(files, frameworks, reference, fmt, output, tolerance, only_diffs, full, 
     check_reference(reference)
     ids = frameworks_to_run(frameworks, reference, devices=True)
     scenarios = load_scenarios(files)
-    report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs, quiet,
-                                   result_cache(no_cache))
+    entries = load_divergences(divergences)
+    with user_divergences(entries):
+        report = analyze_with_progress(scenarios, ids, reference, tolerance, timeout, jobs,
+                                       quiet, result_cache(no_cache))
+    warn_stale(entries, scenarios, differing_rows(report), "differing row")
     if only_diffs:
         from ..report.subset import only_diffs as restrict
 
@@ -135,6 +146,21 @@ def frameworks(fmt, no_devices) -> None:
             click.echo(f"{indent}  devices: {found}")
             for device, why in a.get("absent", {}).items():
                 click.echo(f"{indent}  no {fid}@{device}: {why}")
+        runs = a["runs"]
+        same = f" (= {fid}+{runs['plain_same_as']})" if runs["plain_same_as"] else ""
+        click.echo(f"{indent}  {fid}{same}: {_per_op(runs['plain'])} ({runs['plain_why']})")
+        for moded, ops in runs["modes"].items():
+            click.echo(f"{indent}  {moded}: {_per_op(ops)}")
+
+
+def _per_op(ops: dict[str, str]) -> str:
+    """'call, predict: X; fit: Y': ops that run alike named together."""
+    grouped: dict[str, list[str]] = {}
+    for op, what in ops.items():
+        grouped.setdefault(what, []).append(op)
+    if len(grouped) == 1:
+        return next(iter(grouped))
+    return "; ".join(f"{', '.join(names)}: {what}" for what, names in grouped.items())
 
 
 @click.command()
@@ -142,23 +168,40 @@ def frameworks(fmt, no_devices) -> None:
               show_default=True)
 @click.option("--frameworks", "-f", help="Comma-separated framework ids (default: all installed).")
 @click.option("--reference", "-r", default="numpy", show_default=True)
+@click.option("--all-modes", "all_modes", is_flag=True,
+              help="Every execution mode of every framework (torch+compile, keras+xla, "
+                   "flax+jit, torch+onnx, ...) on every scenario; default: the selected modes "
+                   "on their scenarios (xbn.frameworks.modes.REPORT_MODES).")
+@divergences_option
 @timeout_option
 @jobs_option
 @cache_option
 @quiet_option
-def report(output_dir, frameworks, reference, timeout, jobs, no_cache, quiet) -> None:
+def report(output_dir, frameworks, reference, all_modes, divergences, timeout, jobs, no_cache,
+           quiet) -> None:
     """Every built-in scenario through every installed framework: index.html (plots, heatmap,
-    whole values on click), index.md, diffs.csv and results.json."""
-    from ..workflow import write_report_files
+    whole values on click), index.md, diffs.csv and results.json. Each framework's selected
+    execution modes (torch+compile, keras+xla) run on the scenarios chosen for them, n/a
+    elsewhere; --all-modes runs every mode everywhere."""
+    from ..workflow import report_frameworks, write_report_files
 
     check_reference(reference)
-    ids = frameworks_to_run(frameworks, reference, devices=True)
-    store = result_cache(no_cache)
-    written, kept = write_report_files(
-        Path(output_dir), builtin_scenarios(), ids, reference, store,
-        lambda scenarios: analyze_with_progress(scenarios, ids, reference, None, timeout, jobs,
-                                                quiet, store),
-        lambda analyzed: _note(analyzed, quiet, shown=False))
+    scenarios = builtin_scenarios()
+    ids, only = report_frameworks(frameworks_to_run(frameworks, reference, devices=True),
+                                  [s.name for s in scenarios], all_modes)
+    entries = load_divergences(divergences)
+    store = result_cache(no_cache or bool(entries))  # the cached files know no user entries
+
+    def analyzed(report) -> None:
+        _note(report, quiet, shown=False)
+        warn_stale(entries, scenarios, differing_rows(report), "differing row")
+
+    with user_divergences(entries):
+        written, kept = write_report_files(
+            Path(output_dir), scenarios, ids, reference, store,
+            lambda scenarios: analyze_with_progress(scenarios, ids, reference, None, timeout,
+                                                    jobs, quiet, store, only),
+            analyzed, only)
     for path in written:
         click.echo(f"wrote {path}" + (" (unchanged: from the cache)" if kept else ""), err=True)
 

@@ -235,11 +235,12 @@ def entry_key(scenario, framework: str, root: Path | None = None,
 
 
 def report_key(scenarios, frameworks: list[str] | None, reference: str,
-               root: Path | None = None) -> str:
+               root: Path | None = None, only: dict[str, set[str]] | None = None) -> str:
     """The key of a whole written report (``xbn report``): the result entries' keys of every
     scenario x framework it shows, what is installed (an unavailable framework is a column),
     and the reference; ``derived_key`` adds xbn's source, which makes the report from them.
-    ``root``: the cache directory whose records of distributions count (``entry_key``).
+    ``root``: the cache directory whose records of distributions count (``entry_key``);
+    ``only``: the frameworks that ran a selection of the scenarios (``runner.run``).
 
     Before every shown framework's worker has reported what it loads, the entries' keys count
     only the declared distributions, and a report kept under them would be found again after
@@ -252,7 +253,8 @@ def report_key(scenarios, frameworks: list[str] | None, reference: str,
     shown = [fid for fid in ids if not missing(fid)]
     keys = [[fid, fid in shown] + ([entry_key(s, fid, root) for s in scenarios]
                                    if fid in shown else []) for fid in ids]
-    key = derived_key("report", reference, [s.name for s in scenarios], keys)
+    selection = [sorted((f, sorted(names)) for f, names in only.items())] if only else []
+    key = derived_key("report", reference, [s.name for s in scenarios], keys, *selection)
     recorded = all(recorded_distributions(fid, root) for fid in shown)
     return key if recorded else UNRECORDED + key
 

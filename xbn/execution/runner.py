@@ -26,7 +26,7 @@ from .._version import __version__
 from ..frameworks.devices import CPU, base_id, device_of
 from ..frameworks.registry import FRAMEWORKS, availability, moded_availability, requires
 from ..scenario.loader import Scenario, quantity_dtype
-from ..scenario.observation import OK
+from ..scenario.observation import NOT_APPLICABLE, OK, primary_quantities
 from .cache import ResultCache
 from .spawn import Progress, ProgressCallback, WorkerResult, group_env, run_group, run_worker
 
@@ -82,7 +82,8 @@ def expected_rows(scenario: Scenario) -> list[dict]:
 def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
         timeout: float = DEFAULT_TIMEOUT, jobs: int | None = None,
         progress: ProgressCallback | None = None, cache: ResultCache | None = None,
-        on_framework: FrameworkCallback | None = None) -> RunResult:
+        on_framework: FrameworkCallback | None = None,
+        only: dict[str, set[str]] | None = None) -> RunResult:
     """Run scenarios through frameworks (default: every installed one), in parallel workers.
 
     ``progress`` receives ``Progress`` events from the workers' reader threads, serialised by
@@ -92,7 +93,9 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     stored; without one (the default, and always for ``xbn check``) everything runs.
     ``on_framework(id, observations)`` hears of each framework whose rows are complete and
     clean while the other workers still run (``xbn.analysis.pipeline`` explains them meanwhile); the
-    observations are the ones the result will hold for it, in the same order."""
+    observations are the ones the result will hold for it, in the same order.
+    ``only`` (framework id -> scenario names): that framework runs only those scenarios; the
+    others are n/a rows saying so (the report's selection of mode columns, ``xbn report``)."""
     avail = availability()
     wanted = list(frameworks) if frameworks else [f for f, a in avail.items() if a["available"]]
     meta: dict[str, dict] = {}
@@ -116,6 +119,10 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
                 progress(event)
 
     hits = {fid: _cached(cache, scenarios, fid) for fid in runnable}
+    for fid, names in (only or {}).items():  # not selected: n/a rows, as if from the cache
+        if fid in hits:
+            hits[fid].update({s.name: {"observations": unselected_rows(s, fid), "notes": []}
+                              for s in scenarios if s.name not in names})
     todo = {fid: [s for s in scenarios if s.name not in hits[fid]] for fid in runnable}
     observations: list[dict] = []
     seconds: dict[str, float] = {}
@@ -173,6 +180,18 @@ def run(scenarios: list[Scenario], frameworks: list[str] | None = None, *,
     for s in scenarios:
         observations.extend(expected_rows(s))
     return RunResult(observations, meta, scenarios, seconds)
+
+
+def unselected_rows(scenario: Scenario, fid: str) -> list[dict]:
+    """n/a rows for a scenario ``fid`` was not asked to run (what each step records, as for a
+    layer that could not be built), naming the selection and how to run everything."""
+    why = (f"{fid} runs only on the scenarios selected for it (xbn.frameworks.modes "
+           "REPORT_MODES); xbn report --all-modes, or xbn run -f " + fid + ", runs it here")
+    return [{"scenario": scenario.name, "step": step.index, "op": step.op, "framework": fid,
+             "quantity": q, "status": NOT_APPLICABLE, "value": None, "dtype": None,
+             "message": why, **({"rep": rep} if step.trace else {})}
+            for step in scenario.steps for rep in range(step.repeat if step.trace else 1)
+            for q in primary_quantities(step.op)]
 
 
 SEPARATE_ENV = "XBN_SEPARATE_WORKERS"  # "1": every framework in a worker of its own

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 
-from ..frameworks.devices import base_id
+from ..frameworks.devices import run_id
 from ..profiles.facts import PROFILES, differences
 from ..reference.batchnorm import NUMERIC_SWITCH_VALUES, SWITCH_VALUES, Semantics
 from ..reference.edges import relevant_edges
@@ -25,6 +25,8 @@ def relevant_switches(scenario: Scenario) -> set[str]:
     found = set()
     if training:
         found |= {"variance_update", "ema", "training_normalization", "batch_of_one"}
+    if any(s.op == "call" and s.training is not False for s in steps):
+        found.add("exported_training")  # a training call of an exported layer
     if layer.track_running_stats:
         found.add("initial_variance")
     if any(s.op == "set" and s.trainable is False for s in steps):
@@ -58,7 +60,7 @@ def relevant_switches(scenario: Scenario) -> set[str]:
 def declared_profile(framework: str | None, only: set[str] | None = None) -> list[Setting]:
     """The framework's declared profile: its semantic switches, then with its arithmetic;
     ``semantics.GATED_SWITCHES`` only where ``only`` (``relevant_switches``) names them."""
-    framework = base_id(framework) if framework else framework  # torch@cuda: torch's
+    framework = run_id(framework) if framework else framework  # torch+compile@cuda: its mode's
     if framework not in PROFILES:
         return []
     declared = {k: v for k, v in differences(framework).items()

@@ -59,41 +59,81 @@ _OPENVINO = ("openvino",)
 _JAX_WHY = ("JAX users jit their steps (a jitted `apply` / train step is the program they run)")
 
 
-def _jax_modes(jit_word: str) -> tuple[Mode, ...]:
-    return (Mode("eager", "every call and fit step un-jitted, op by op"),
-            Mode("jit", f"every call and fit step under {jit_word}"))
+def _tf_ops(word: str, jit: str) -> tuple[tuple[str, str], ...]:
+    return (("call", f"{word}(model(x, training=...))"),
+            ("predict", f"model.predict, model compiled with jit_compile={jit}"),
+            ("fit", f"model.fit, model compiled with jit_compile={jit}"),
+            ("grad", f"{word} around GradientTape"))
+
+
+def _export_ops(call: str, runtime: str, fit: str) -> tuple[tuple[str, str], ...]:
+    """An export path per op: training steps stay in the framework, inference runs the graph
+    exported at the step (xbn.adapters.torch.onnx, xbn.adapters.keras.onnx)."""
+    return (("call", call), ("predict", f"exported at the step (inference), run in {runtime}"),
+            ("fit", fit), ("grad", "n/a: an inference runtime computes no gradients"))
+
+
+_ORT = "ONNX Runtime's CPU provider"
+_OV = "OpenVINO's CPU plugin"
+_TORCH_FIT = "torch (eager training loop), as before exporting"
+_KERAS_CALL = ("training call: Keras (eager), as before exporting; inference call: exported at "
+               "the step, run in {}")
+_KERAS_FIT = "Keras (model.fit), as before exporting"
+
+
+def _jax_modes(jit_word: str, grad: str = "") -> tuple[Mode, ...]:
+    return (Mode("eager", "every call, predict, fit step and gradient un-jitted, op by op"),
+            Mode("jit", f"every call, predict, fit step and gradient under {jit_word}",
+                 (("grad", grad),) if grad else ()))
 
 
 MODES: dict[str, tuple[Mode, ...]] = {
     "numpy": (),
     "torch": (
         Mode("eager", "the module as called (eager PyTorch)"),
-        Mode("compile", "torch.compile(module) (inductor, default options) for call, predict, "
-                        "fit and grad"),
+        Mode("compile", "torch.compile(module) (inductor, default options), called as the "
+                        "module is"),
         Mode("onnx", "torch.onnx.export (the torch.export-based exporter) at the step, run in "
-                     "ONNX Runtime's CPU provider", module="xbn.adapters.torch.onnx",
-             requires=(*_ONNX, "onnxscript"), extra="onnx", export=True),
+                     "ONNX Runtime's CPU provider",
+             _export_ops(f"exported at the step, run in {_ORT}; a training call: torch.export "
+                         "traces the train-mode forward, onnxscript writes an inference node "
+                         "(statistics unchanged)", _ORT, _TORCH_FIT),
+             module="xbn.adapters.torch.onnx", requires=(*_ONNX, "onnxscript"), extra="onnx",
+             export=True),
         Mode("onnx-script", "torch.onnx.export(dynamo=False) (the TorchScript-based exporter) at "
                             "the step, run in ONNX Runtime's CPU provider",
+             _export_ops(f"exported at the step (training=PRESERVE), run in {_ORT}; a training "
+                         "call: the trace updates torch's statistics, then ONNX's training_mode=1 "
+                         "node updates them again (written back)", _ORT, _TORCH_FIT),
              module="xbn.adapters.torch.onnx", requires=_ONNX, extra="onnx", export=True),
         Mode("openvino", "openvino.convert_model of the module at the step, run on OpenVINO's "
-                         "CPU plugin", module="xbn.adapters.torch.openvino", requires=_OPENVINO,
+                         "CPU plugin",
+             _export_ops(f"converted at the step (the converter calls eval()), run on {_OV}: "
+                         "a training call runs inference", _OV, _TORCH_FIT),
+             module="xbn.adapters.torch.openvino", requires=_OPENVINO,
              extra="openvino", export=True),
     ),
     "keras": (
-        Mode("function", "calls, predict and fit steps inside tf.function (no XLA)"),
-        Mode("xla", "calls, predict and fit steps inside tf.function(jit_compile=True)"),
+        Mode("function", "tf.function (no XLA)", _tf_ops("tf.function", "False")),
+        Mode("xla", "tf.function(jit_compile=True) (XLA)",
+             _tf_ops("tf.function(jit_compile=True)", "True")),
         Mode("onnx", "model.export(format='onnx') at the step, run in ONNX Runtime's CPU "
-                     "provider", module="xbn.adapters.keras.onnx",
+                     "provider", _export_ops(_KERAS_CALL.format(_ORT), _ORT, _KERAS_FIT),
+             module="xbn.adapters.keras.onnx",
              requires=(*_ONNX, "tf2onnx"), extra="onnx", export=True),
         Mode("openvino", "openvino.convert_model of the layer's SavedModel at the step, run on "
-                         "OpenVINO's CPU plugin", module="xbn.adapters.keras.openvino",
+                         "OpenVINO's CPU plugin",
+             _export_ops(_KERAS_CALL.format(_OV), _OV, _KERAS_FIT),
+             module="xbn.adapters.keras.openvino",
              requires=_OPENVINO, extra="openvino", export=True),
     ),
     "tf-keras": (
-        Mode("xla", "calls, predict and fit steps inside tf.function(jit_compile=True)"),
+        Mode("xla", "tf.function(jit_compile=True) (XLA)",
+             _tf_ops("tf.function(jit_compile=True)", "True")),
         Mode("onnx", "tf2onnx.convert.from_keras at the step, run in ONNX Runtime's CPU "
-                     "provider", module="xbn.adapters.keras.onnx",
+                     "provider", _export_ops(_KERAS_CALL.format(_ORT), _ORT,
+                                             "tf-keras (model.fit), as before exporting"),
+             module="xbn.adapters.keras.onnx",
              requires=(*_ONNX, "tf2onnx"), extra="onnx", export=True),
     ),
     "keras-jax": (),
@@ -104,28 +144,49 @@ MODES: dict[str, tuple[Mode, ...]] = {
     "mlx": (),
     "flax": _jax_modes("jax.jit"),
     "flax-nnx": _jax_modes("nnx.jit"),
-    "haiku": _jax_modes("jax.jit"),
+    "haiku": _jax_modes("jax.jit", "jax.grad of jax.jit(transformed.apply)"),
     "equinox": _jax_modes("eqx.filter_jit"),
 }
 
+_KERAS = "keras/src/trainers/trainer.py _resolve_auto_jit_compile"
 _KERAS_PLAIN = (("call", "eager (layer(x, training=...))"),
-                ("predict", "model.predict: its compiled predict function"),
-                ("fit", "model.fit: its compiled train function"),
-                ("grad", "eager (GradientTape / backend autodiff)"))
+                ("predict", "model.predict: tf.function; XLA only where a GPU is visible"),
+                ("fit", "model.fit: tf.function train step; XLA only where a GPU is visible"),
+                ("grad", "eager (GradientTape)"))
+_KERAS_JAX = (("call", "eager (layer(x, training=...), op by op)"),
+              ("predict", "model.predict: jax.jit predict step"),
+              ("fit", "model.fit: jax.jit train step"),
+              ("grad", "eager (jax.value_and_grad of stateless_call, un-jitted)"))
+_KERAS_TORCH = (("call", "eager"), ("predict", "eager (no torch.compile)"),
+                ("fit", "eager train step (no torch.compile)"), ("grad", "eager (autograd)"))
 
 PLAIN: dict[str, Plain] = {
     "numpy": Plain((("call", "float64 numpy"),), "the reference has no modes"),
     "torch": Plain((), "PyTorch runs eagerly unless the user calls torch.compile", "eager"),
     "keras": Plain(_KERAS_PLAIN, "Keras users call layers eagerly and train with fit/predict, "
-                   "which Keras compiles itself (tf.function, jit_compile='auto')"),
-    "keras-jax": Plain(_KERAS_PLAIN, "as Keras on TensorFlow; predict and fit are jax.jit "
-                       "functions, calls are eager"),
-    "keras-torch": Plain(_KERAS_PLAIN, "as Keras on TensorFlow; the torch backend runs "
-                         "predict and fit eagerly (jit_compile='auto' is False there)"),
-    "tf-keras": Plain(_KERAS_PLAIN, "as Keras 3 on TensorFlow (tf.function for predict/fit)"),
-    "keras-numpy": Plain(_KERAS_PLAIN[:2], "inference only: numpy runs every op eagerly"),
-    "keras-openvino": Plain(_KERAS_PLAIN[:2], "inference only: each call builds and runs an "
-                            "OpenVINO model"),
+                   f"compiled with jit_compile='auto', which is False on a CPU-only machine "
+                   f"(no XLA: tf.function graphs, the same program as keras+function) and True "
+                   f"where TensorFlow sees a GPU ({_KERAS}: 'Disable XLA on CPU-only machines'; "
+                   "keras/src/backend/tensorflow/trainer.py _make_function, "
+                   "make_predict_function)"),
+    "keras-jax": Plain(_KERAS_JAX, f"jit_compile='auto' is True on JAX ({_KERAS}, "
+                       "model_supports_jit): predict and fit steps are jax.jit functions "
+                       "(keras/src/backend/jax/trainer.py make_predict_function, "
+                       "make_train_function); calls and xbn's gradient are eager"),
+    "keras-torch": Plain(_KERAS_TORCH, f"jit_compile='auto' is False on torch ({_KERAS}: "
+                         "'defaults to eager'): no op is compiled "
+                         "(keras/src/backend/torch/trainer.py _should_torch_compile)"),
+    "tf-keras": Plain(_KERAS_PLAIN[:1] + (
+        ("predict", "model.predict: tf.function (jit_compile=None: no XLA)"),
+        ("fit", "model.fit: tf.function train step (jit_compile=None: no XLA)"),
+        ("grad", "eager (GradientTape)")),
+        "tf_keras/src/engine/training.py compile(jit_compile=None): 'not enabled by default'; "
+        "predict/fit are tf.function graphs, calls eager"),
+    "keras-numpy": Plain(_KERAS_PLAIN[:1] + (("predict", "model.predict: eager numpy"),),
+                         "inference only: numpy runs every op eagerly"),
+    "keras-openvino": Plain(_KERAS_PLAIN[:1] + (("predict", "model.predict: an OpenVINO "
+                                                             "model per call"),),
+                            "inference only: each call builds and runs an OpenVINO model"),
     "paddle": Plain((), "dygraph (eager) is Paddle's default since 2.0", None),
     "mlx": Plain((("call", "lazy graph, evaluated where xbn reads values (mx.eval)"),),
                  "MLX evaluates lazily; users call modules without mx.compile"),
@@ -138,10 +199,12 @@ PLAIN: dict[str, Plain] = {
                       "NNX users call modules directly and nnx.jit their train step"),
     "haiku": Plain((("call", "jax.jit(transformed.apply)"),
                     ("predict", "jax.jit(transformed.apply)"), ("fit", "jax.jit train step"),
-                    ("grad", "jax.jit(jax.grad)")), _JAX_WHY, "jit"),
+                    ("grad", "jax.grad of jax.jit(transformed.apply)")), _JAX_WHY, "jit"),
     "equinox": Plain((("call", "eqx.filter_jit"), ("predict", "eqx.filter_jit"),
-                      ("fit", "eqx.filter_jit train step"), ("grad", "eqx.filter_jit")),
-                     _JAX_WHY, "jit"),
+                      ("fit", "eqx.filter_jit train step"),
+                      ("grad", "eager (eqx.filter_value_and_grad of the vmapped layer)")),
+                     _JAX_WHY + "; xbn's gradient op has run eager since it was written, "
+                     "equinox+jit jits it too"),
 }
 
 
@@ -172,3 +235,69 @@ def plain_of(base: str) -> Plain:
 def op_runs(base: str, mode: str | None, op: str) -> str:
     """What ``op`` runs as for ``base`` under ``mode`` (None: the plain id)."""
     return plain_of(base).op(op) if mode is None else mode_named(base, mode).op(op)
+
+
+def describe(base: str) -> dict:
+    """What ``base`` runs per op as a plain id (and why), and each named mode per op: the data
+    ``xbn frameworks`` and the report's framework notes print."""
+    plain = plain_of(base)
+    ops = [op for op in OPS if op in dict(plain.ops)] or list(OPS)
+    return {"plain": {op: plain.op(op) for op in ops}, "plain_why": plain.why,
+            "plain_same_as": plain.same_as,
+            "modes": {f"{base}+{m.name}": {op: m.op(op) for op in OPS} for m in modes_of(base)}}
+
+
+
+# The mode columns of the committed report (`xbn report` without --all-modes): mode id -> the
+# built-in scenarios it runs; on every other scenario its column is n/a, naming this table.
+# A compiled program costs a compile per (train/eval, gradient, shape) key (torch.compile
+# ~5 s warm, ~15 s cold; XLA ~1.4 s), so each mode runs where a compiled program is known to
+# differ from the eager one, or where the compiler meets a feature it handles apart
+# (momentum=None, eval folding), and nowhere else. Why each scenario, and the measured cost:
+# README "Execution modes in the report" (issue 23). `xbn report --all-modes` runs every mode
+# everywhere.
+REPORT_MODES: dict[str, tuple[str, ...]] = {
+    "torch+compile": ("large-mean", "large-mean-eval", "eval-folding-after-training",
+                      "cumulative-momentum"),
+    "keras+xla": ("large-mean", "large-mean-eval", "eval-folding-after-training",
+                  "large-mean-nhwc-fused"),
+    "tf-keras+xla": ("large-mean-nhwc-fused",),
+    # the export paths (issue 24): where an export changes a rule (a training call after the
+    # export, a frozen layer's flag) and where it must not (the trained statistics, eval)
+    **{fid: ("export-after-training", "freeze-then-export") for fid in (
+        "torch+onnx", "torch+onnx-script", "torch+openvino", "keras+onnx", "tf-keras+onnx",
+        "keras+openvino")},
+}
+
+
+def report_modes(base: str) -> dict[str, tuple[str, ...]]:
+    """The selected mode ids of registry id ``base`` and the scenarios each runs in the report."""
+    return {fid: names for fid, names in REPORT_MODES.items() if fid.partition("+")[0] == base}
+
+
+def all_mode_ids(base: str) -> list[str]:
+    """Every named mode of ``base`` as an id (``torch+compile``, ``torch+onnx``, ...)."""
+    return [f"{base}+{m.name}" for m in modes_of(base)]
+
+
+def runs_of(fid: str) -> dict[str, str]:
+    """What each op of framework id ``fid`` (``ID[+MODE][@DEVICE]``) runs as: the report's
+    framework notes and its JSON (``frameworks.ID.runs``). A plugin says it runs as its
+    adapter runs it."""
+    base, _, mode = fid.partition("@")[0].partition("+")
+    if not mode and base not in PLAIN:
+        return {"call": "as its adapter runs it"}
+    if mode and mode not in {m.name for m in modes_of(base)}:
+        return {}
+    desc = describe(base)
+    return desc["plain"] if not mode else desc["modes"][f"{base}+{mode}"]
+
+
+def runs_text(ops: dict[str, str]) -> str:
+    """'call, grad: X; predict, fit: Y': ops that run alike named together."""
+    grouped: dict[str, list[str]] = {}
+    for op, what in ops.items():
+        grouped.setdefault(what, []).append(op)
+    if len(grouped) == 1:
+        return next(iter(grouped))
+    return "; ".join(f"{', '.join(names)}: {what}" for what, names in grouped.items())

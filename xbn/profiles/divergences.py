@@ -11,7 +11,8 @@ comment describes each condition.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ from ..frameworks import registry
 from ..scenario.model import LAYOUTS, OPS, QUANTITIES, STATE_QUANTITIES, Layer, Scenario, Step
 
 DIVERGENCES = Path(__file__).parent / "divergences.toml"
+
+
+def _moded(fid: str) -> bool:
+    """Whether ``fid`` is a registry id with one of its declared modes (``tf-keras+xla``): a
+    compiled program's divergence is its own (issue 23)."""
+    from ..frameworks.devices import IdError, base_id, parse
+
+    try:
+        return base_id(fid) in registry.FRAMEWORKS and "+" in fid and parse(fid) == fid
+    except IdError:
+        return False
 _DIVERGENCE_KEYS = ("framework", "quantity", "layer", "step", "after", "reason", "link")
 _REQUIRED = ("framework", "quantity", "reason", "link")
 
@@ -140,7 +152,7 @@ def parse_divergences(text: str, source: str = "xbn/profiles/divergences.toml") 
         for key in _REQUIRED:
             if not entry.get(key):
                 raise ValueError(f"{where}: {key} is required")
-        if entry["framework"] not in registry.FRAMEWORKS:
+        if entry["framework"] not in registry.FRAMEWORKS and not _moded(entry["framework"]):
             raise ValueError(f"{where}.framework: unknown framework {entry['framework']!r}")
         d = dict(entry, quantity=_checked(entry["quantity"], QUANTITIES, f"{where}.quantity"))
         for key, vocabulary in _TABLES.items():
@@ -182,8 +194,60 @@ def covers(d: dict, scenario: Scenario, step: int, quantity: str) -> bool:
 def known_divergence(framework: str, scenario: Scenario, step: int, quantity: str) -> dict | None:
     """The known divergence that covers this row (the framework's ``quantity`` after step
     ``step``, an index into ``scenario.steps``), if any: decided by the scenario's content,
-    never by its name."""
-    for d in known_divergences():
+    never by its name. xbn's own entries first, then the user's (``user_divergences``)."""
+    for d in (*known_divergences(), *_USER_ENTRIES):
         if d["framework"] == framework and covers(d, scenario, step, quantity):
             return d
     return None
+
+
+# ----------------------------------------------------------------------------------------
+# the user's own known divergences (``--divergences FILE``, the pytest plugin): the same
+# schema, the same scoping by content; array-api-tests' habit of an xfails file kept by each
+# downstream project, including the report of entries that no longer match anything
+
+_USER_ENTRIES: list[dict] = []  # the active user entries, consulted after xbn's own
+
+
+def load_user_divergences(path) -> tuple[dict, ...]:
+    """A user's divergences file, checked like xbn's own (``parse_divergences``); each entry
+    also records where it is (``origin``: ``FILE: divergence[i]``). Raises ValueError with one
+    line naming the file and the key."""
+    from ..common.strict import read_text
+
+    file = str(path)
+    text = read_text(path)
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{file}: not valid TOML: {exc}") from None
+    return tuple(dict(d, origin=f"{file}: divergence[{i}]")
+                 for i, d in enumerate(parse_divergences(text, file)))
+
+
+@contextmanager
+def user_divergences(entries: tuple[dict, ...]) -> Iterator[None]:
+    """Within the block, ``known_divergence`` also consults ``entries`` (after xbn's own): a
+    difference the user documented is explained by their entry, and no finding."""
+    _USER_ENTRIES.extend(entries)
+    try:
+        yield
+    finally:
+        del _USER_ENTRIES[len(_USER_ENTRIES) - len(entries):]
+
+
+def stale_divergences(entries: tuple[dict, ...], scenarios, rows) -> list[dict]:
+    """The entries that cover none of ``rows`` ((scenario name, step, framework, quantity) of
+    every row the command would otherwise report: a differing row, a change): documented
+    differences that have gone away, to be removed from the file."""
+    by_name = {s.name: s for s in scenarios}
+    hit: set[int] = set()
+    for name, step, framework, quantity in rows:
+        scenario = by_name.get(name)
+        if scenario is None:
+            continue
+        for i, d in enumerate(entries):
+            if i not in hit and d["framework"] == framework and \
+                    covers(d, scenario, int(step), quantity):
+                hit.add(i)
+    return [d for i, d in enumerate(entries) if i not in hit]

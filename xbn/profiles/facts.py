@@ -18,8 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..frameworks import registry
+from ..frameworks.devices import base_id, mode_of, run_id
+from ..frameworks.modes import modes_of
 from ..reference.batchnorm import Semantics
 from . import edges as profiles_edges
+from .mode_facts import PLAIN_FACTS, mode_facts
 
 
 @dataclass(frozen=True)
@@ -204,16 +207,114 @@ NUMERICS: dict[str, dict[str, Fact]] = {
 }
 
 
+# -- PaddlePaddle and MLX (issue 26): every switch here, replica and edge ones included, since
+# xbn/profiles/replicas.py and edges.py keep no tables for them. Paths: the installed wheels,
+# except PDK (the C++ kernel, read in PaddlePaddle/Paddle: the wheel ships it compiled).
+PD = "paddle/nn/layer/norm.py"
+PDF = "paddle/nn/functional/norm.py"
+PDK = "paddle/phi/kernels/cpu/batch_norm_kernel.cc (PaddlePaddle/Paddle@0b3b64e)"
+MLXN = "mlx/nn/layers/normalization.py"
+MLXO = "mlx/optimizers/optimizers.py"
+NOT_WIRED = "not measured: replicas are n/a for {} in xbn (no engine wired); reference default"
+
+
+def _no_replicas(fid: str) -> dict[str, Fact]:
+    why = NOT_WIRED.format(fid)
+    return {k: Fact(v, why) for k, v in (
+        ("synchronized_statistics", "global"), ("unsynchronized_statistics", "local"),
+        ("replica_variance_count", "global"), ("replica_readback", "first_replica"))}
+
+
+SEMANTICS["paddle"] = {
+    "variance_update": Fact("biased", f"{PDK}:116-146 saved_variance_e /= N * sample_size feeds running_var (Paddle#68159; measured: running variance 0.9 + 0.1 * biased variance)"),
+    "frozen_means_inference": Fact(False, f"{PD}:879-900: only self.training selects batch statistics; stop_gradient freezes parameters alone"),
+    "bare_call": Fact("module_mode", "paddle/nn/layer/layers.py:454 self.training = True; train()/eval() set it"),
+    "batch_of_one": Fact("zero_variance", f"{PDK}:109-114 `if ((N * sample_size) == 1)` copies x to y and returns before the update: no error (a known divergence: the output is x, not beta, and the statistics stay)"),
+    "ema": Fact("plain", f"{PDK}:151-154 running*momentum + saved*(1-momentum)"),
+    "initial_variance": Fact(1.0, f"{PD}:825-835 _variance initializer Constant(1.0)"),
+    "training_normalization": Fact("batch", f"{PDF}:236-239 use_global_stats = not training (None: batch statistics in training)"),
+    "adam_form": Fact("paper", "measured on fit-sgd-adam: adam_form=paper reproduces Paddle's beta, eps_hat does not; the docstring's form (paddle/optimizer/adam.py:73-78, lr_t*m/(sqrt(v) + eps)) is Keras' eps-hat, but the CPU kernel (paddle/phi/kernels/funcs/adam_functors.h) scales eps by sqrt(1-b2^t), which is the paper's lr*m_hat/(sqrt(v_hat) + eps)"),
+    "rmsprop_form": Fact("eps_in_sqrt", "paddle/optimizer/rmsprop.py:62 w - lr/sqrt(r + eps) * grad"),
+    "frozen_fit": Fact("runs", "measured: stop_gradient on weight and bias, loss.backward() and SGD.step() run; the statistics move"),
+    "momentum_convention": Fact("keras", f"{PD}:1240-1241 moving = moving*momentum + batch*(1-momentum)"),
+    "reset": Fact("none", f"{PD}: _BatchNormBase defines no reset; users set_value the statistics"),
+    "mask": Fact("none", f"{PD}:879 forward(self, input): no mask argument"),
+    "masked_nonfinite": Fact("select", NO_MASK),
+    "synchronized_mask": Fact("synchronized", NO_MASK),
+    "zero_epsilon": Fact("accepted", f"{PD}:869 self._epsilon = epsilon, unchecked; {PDK}:161,165 (var + epsilon) (measured: epsilon=0 trains)"),
+    "empty_batch": Fact("skip", "measured: a [0, 3] training call returns an empty output and leaves running mean 0 and variance 1"),
+    "empty_gradient": Fact("zero", "measured: grad of weight on a [0, 3] batch is 0"),
+    "empty_predict": Fact("runs", "measured: eval() forward of a [0, 3] input returns an empty output"),
+    "traced_functions": Fact("none", f"dygraph: forward reads self._momentum/self._epsilon at every call ({PD}:889-900)"),
+    "ghost_batch_remainder": Fact("uneven", f"{PD}:759 _BatchNormBase has no virtual_batch_size: n/a"),
+    **_no_replicas("paddle"),
+    "default_momentum": Fact(0.9, f"{PD}:770 momentum=0.9 (Keras' direction)"),
+    "default_epsilon": Fact(1e-5, f"{PD}:771 epsilon=1e-05"),
+}
+SEMANTICS["mlx"] = {
+    "variance_update": Fact("unbiased", f"{MLXN}:405-409 running_var from _calc_stats(x, ddof=1) (mx.var ddof=1), a second variance beside the biased one that normalizes"),
+    "frozen_means_inference": Fact(False, f"{MLXN}:393-414: only self.training selects batch statistics; freeze() only removes parameters from trainable_parameters"),
+    "bare_call": Fact("module_mode", "mlx/nn/layers/base.py Module.training: True for a fresh module; train()/eval() set it"),
+    "batch_of_one": Fact("error", f"{MLXN}:393-400 ValueError when training with one value per channel"),
+    "ema": Fact("plain", f"{MLXN}:408-409 (1 - mu)*running + mu*batch"),
+    "initial_variance": Fact(1.0, f"{MLXN}:343 running_var = mx.ones"),
+    "training_normalization": Fact("batch", f"{MLXN}:404-414 mean, var of the batch normalize in training"),
+    "adam_form": Fact("paper", f"{MLXO}:542-547 (bias_correction=True, which xbn passes) (sqrt(v)*rsqrt(1-b2^t) + eps)"),
+    "rmsprop_form": Fact("eps_outside", f"{MLXO}:351-354 parameter - lr*g/(sqrt(v) + eps)"),
+    "frozen_fit": Fact("error", "mlx/nn/utils.py:35 nn.value_and_grad over no trainable parameters: mx.value_and_grad raises '[grad] Must specify at least one argument' before the forward pass"),
+    "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to MLX's 1 - m (torch's direction)"),
+    "reset": Fact("none", f"{MLXN}: BatchNorm defines no reset; users assign running_mean/running_var"),
+    "mask": Fact("none", f"{MLXN}:378 __call__(self, x): no mask argument"),
+    "masked_nonfinite": Fact("select", NO_MASK),
+    "synchronized_mask": Fact("synchronized", NO_MASK),
+    "zero_epsilon": Fact("error", f"{MLXN}:329-330 __init__: `if eps <= 0.0: raise ValueError` (at construction, so inference steps are refused too)"),
+    "empty_batch": Fact("nan", f"{MLXN}:373-374 mean/var of no rows are NaN and enter the running statistics (measured)"),
+    "empty_gradient": Fact("zero", f"{MLXN}:415 weight * x + bias per row: a sum over no rows (measured)"),
+    "empty_predict": Fact("runs", "MLX has no predict: eval() and a call return an empty output (measured)"),
+    "traced_functions": Fact("none", f"{MLXN}:406-414 reads self.momentum/self.eps at every call; nothing is compiled"),
+    "ghost_batch_remainder": Fact("uneven", f"{MLXN}:320 BatchNorm has no virtual_batch_size: n/a"),
+    **_no_replicas("mlx"),
+    "default_momentum": Fact(0.9, f"{MLXN}:324 momentum=0.1 (torch's direction)"),
+    "default_epsilon": Fact(1e-5, f"{MLXN}:323 eps=1e-5"),
+}
+NUMERICS["paddle"] = _numeric("two_pass", "weighted_sum", "folded",
+                              f"{PDK}:116-146 mean, then the squared deviations (two passes); :151-154 running*m + saved*(1-m); :171-178 x*(inv*scale) + (bias - mean*inv*scale)")
+NUMERICS["mlx"] = _numeric("two_pass", "weighted_sum", "centered",
+                           f"{MLXN}:373-374 mx.mean, mx.var (mlx/ops.cpp var: the mean, then the squared deviations); :408-409; :414-415 ((x - mean)*rsqrt(var + eps))*weight + bias")
+
+
 def _profile(p: registry.Profile) -> dict[str, Fact]:
     extra = profiles_edges.outside_facts(p.semantics, p.numerics)  # replica and edge switches
     return {**SEMANTICS[p.semantics], **{k: Fact(*v) for k, v in extra.items()},
-            **(NUMERICS[p.numerics] if p.numerics else {})}
+            **(NUMERICS[p.numerics] if p.numerics else {}),
+            **{k: Fact(*v) for k, v in PLAIN_FACTS.items()}}  # every plain id: not exported
+
+
+class _Profiles(dict):
+    """Registry id -> profile; iteration lists registry ids only. A moded id (``torch+compile``,
+    any ``@DEVICE``) is looked up as its base id's profile overridden by its mode's facts
+    (``mode_facts``): a compiled program is its framework's semantics with its own rounding."""
+
+    def __missing__(self, fid: str) -> dict[str, Fact]:
+        if fid not in self:
+            raise KeyError(fid)
+        overrides = {k: Fact(*v) for k, v in mode_facts(run_id(fid)).items()}
+        return {**dict.__getitem__(self, base_id(fid)), **overrides}
+
+    def __contains__(self, fid: object) -> bool:
+        if not isinstance(fid, str) or not dict.__contains__(self, base_id(fid)):
+            return False
+        mode = mode_of(fid)
+        return mode is None or any(m.name == mode for m in modes_of(base_id(fid)))
+
+    def get(self, fid, default=None):  # dict.get skips __missing__
+        return self.__getitem__(fid) if fid in self else default
 
 
 # framework id -> switch -> Fact, for every registered framework (all have a profile).
-PROFILES: dict[str, dict[str, Fact]] = {fid: _profile(info.profile)
-                                        for fid, info in registry.FRAMEWORKS.items()
-                                        if info.profile is not None}
+PROFILES: dict[str, dict[str, Fact]] = _Profiles(
+    {fid: _profile(info.profile) for fid, info in registry.FRAMEWORKS.items()
+     if info.profile is not None})
 
 
 def semantics_of(framework_id: str) -> Semantics:

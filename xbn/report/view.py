@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..comparison.diffs import QUANTITY_ORDER, REP
+from ..frameworks.modes import runs_of, runs_text
 from .cells import Footnote, Footnotes, Grid, cell_grid, grid_texts, measure_text, present, traced
 from .replicas import ReplicaSection, replica_section
 
@@ -56,7 +57,9 @@ def framework_lines(report: Report) -> list[str]:
         if meta.get("available"):
             extra = f" ({'; '.join(meta['notes'])})" if meta.get("notes") else ""
             err = f" — {meta['error']}" if meta.get("error") else ""
-            lines.append(f"{fid} {meta.get('version') or ''}{extra}{err}")
+            runs = runs_of(fid)  # what each op ran as (xbn.frameworks.modes)
+            ran = f"; runs {runs_text(runs)}" if runs else ""
+            lines.append(f"{fid} {meta.get('version') or ''}{extra}{err}{ran}")
         elif meta.get("reason"):  # an absent device (ID@DEVICE)
             lines.append(f"{fid}: unavailable ({meta['reason']})")
         else:
@@ -234,4 +237,5 @@ def build_view(report: Report, full: bool = False) -> ReportView:
         verdicts=verdict_counts(report), replicas=replica_section(report),
         scenarios=[_scenario(report, s, full) for s in report.scenarios],
         observations=report.obs, diffs=report.diffs, drift=report.drift,
-        metadata=report.frameworks)
+        metadata={fid: {**meta, "runs": runs_of(fid)}  # what each op ran as
+                  for fid, meta in report.frameworks.items()})

@@ -159,3 +159,36 @@ def mse(y, t, mask=None, axis: int = -1):
     count = jnp.sum(valid.astype(squared.dtype))
     weight = jnp.where(count > 0, valid.size / jnp.maximum(count, 1), 0).astype(squared.dtype)
     return jnp.mean(squared * jnp.expand_dims(jnp.where(valid, weight, 0), axis))
+
+
+# -- execution modes (xbn.frameworks.modes: ``flax+jit``, ``haiku+eager``, ...) --------------
+
+def jits(mode: str | None, op: str, plain: dict[str, bool]) -> bool:
+    """Whether ``op`` runs under jit: every op under ``+jit``, none under ``+eager``, and what
+    the plain id runs (``plain``, the adapter's restatement of ``modes.PLAIN``) otherwise."""
+    if mode == "jit":
+        return True
+    if mode == "eager":
+        return False
+    if mode is not None:
+        raise ValueError(f"unknown JAX execution mode {mode!r}")
+    return plain[op]
+
+
+def mode_note(framework_id: str, mode: str | None, plain: dict[str, bool], jit_word: str) -> str:
+    """One note saying what each op ran as (the report's framework notes): eager means each
+    primitive dispatched and compiled on its own, jit one XLA program per traced function."""
+    from ...frameworks.devices import base_id
+
+    ran = {op: jits(mode, op, plain) for op in ("call", "predict", "fit", "grad")}
+    jitted = [op for op, on in ran.items() if on]
+    eager = [op for op, on in ran.items() if not on]
+    parts = ([f"{', '.join(jitted)} under {jit_word}"] if jitted else []) + \
+        ([f"{', '.join(eager)} eager (op by op, un-jitted)"] if eager else [])
+    name = base_id(framework_id) + (f"+{mode}" if mode else " (plain id)")
+    return f"{name} runs " + "; ".join(parts)
+
+
+def maybe_jit(fn, on: bool, jit=None, **kwargs):
+    """``fn`` under ``jit`` (default ``jax.jit``, with ``kwargs``) when ``on``, else ``fn``."""
+    return (jit or jax.jit)(fn, **kwargs) if on else fn

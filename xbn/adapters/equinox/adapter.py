@@ -40,10 +40,17 @@ def _batched(model: eqx.nn.BatchNorm, inference: bool | None):
     return jax.vmap(one, axis_name=AXIS, in_axes=(0, None), out_axes=(0, None))
 
 
-@eqx.filter_jit
 def _forward(model: eqx.nn.BatchNorm, state, x, inference: bool | None):
-    """Jitted as Equinox users do (eager mode recompiles small ops at every step)."""
+    """One batched call: under ``eqx.filter_jit`` as Equinox users write it (plain and
+    equinox+jit), op by op for equinox+eager."""
     return _batched(model, inference)(x, state)
+
+
+_jit_forward = eqx.filter_jit(_forward)
+# what the plain id jits (xbn.frameworks.modes.PLAIN["equinox"]): calls and the train step,
+# as Equinox's examples write them; its gradient op has always run eager (filter_value_and_grad
+# of the vmapped layer). equinox+jit filter_jits every op, equinox+eager none
+PLAIN_JIT = {"call": True, "predict": True, "fit": True, "grad": False}
 
 
 class EquinoxAdapter(Adapter):
@@ -78,6 +85,17 @@ class EquinoxAdapter(Adapter):
         self.trainable = True
         self.opt = None
         self.opt_state = None
+        note = jc.mode_note(self.framework_id, self.mode, PLAIN_JIT, "eqx.filter_jit")
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _jits(self, op: str) -> bool:
+        return jc.jits(self.mode, op, PLAIN_JIT)
+
+    def _forward_for(self, op: str):
+        """filter_jit traces per treedef: momentum/eps are static fields, so a `set` (a new
+        layer, xbn/adapters/equinox/adapter.py set_hyper) retraces by itself."""
+        return _jit_forward if self._jits(op) else _forward
 
     # -- helpers ---------------------------------------------------------------------
     def _x(self, x) -> jax.Array:
@@ -97,12 +115,14 @@ class EquinoxAdapter(Adapter):
     # -- ops -------------------------------------------------------------------------
     def call(self, x, training):
         inference = None if training is None else not training
-        y, self.bn_state = _forward(self.model, self.bn_state, self._x(x), inference)
+        y, self.bn_state = self._forward_for("call")(self.model, self.bn_state, self._x(x),
+                                                     inference)
         return self._out(y)
 
     def predict(self, x):
         """Equinox's inference entry point: a copy of the model under eqx.nn.inference_mode."""
-        y, _ = _forward(eqx.nn.inference_mode(self.model), self.bn_state, self._x(x), None)
+        y, _ = self._forward_for("predict")(eqx.nn.inference_mode(self.model), self.bn_state,
+                                            self._x(x), None)
         return self._out(y)
 
     def set_trainable(self, trainable: bool) -> None:
@@ -153,11 +173,13 @@ class EquinoxAdapter(Adapter):
             y, state = _batched(model, None)(xb, state)
             return jnp.mean(jnp.square(y - tb)), state
 
-        @eqx.filter_jit
         def train_step(model, state, opt_state, xb, tb):
             (loss, state), grads = loss_fn(model, state, xb, tb)
             updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
             return eqx.apply_updates(model, updates), state, opt_state, loss
+
+        if self._jits("fit"):
+            train_step = eqx.filter_jit(train_step)
 
         xs, ts = self._x(x), self._x(target)
         state, opt_state = self.bn_state, self.opt_state
@@ -172,12 +194,13 @@ class EquinoxAdapter(Adapter):
         state = self.bn_state
 
         @eqx.filter_value_and_grad(has_aux=True)
-        def objective(model_and_x):
+        def objective(model_and_x, state, w):
             model, xj = model_and_x
             y, new_state = _batched(model, inference)(xj, state)
             return jnp.sum(y * w), (y, new_state)
 
-        (_, (y, new_state)), (g_model, gx) = objective((self.model, self._x(x)))
+        objective = eqx.filter_jit(objective) if self._jits("grad") else objective
+        (_, (y, new_state)), (g_model, gx) = objective((self.model, self._x(x)), state, w)
         self.bn_state = new_state
         out = {"output": self._out(y), "grad_input": self._out(gx)}
         if self.model.channelwise_affine:

@@ -31,6 +31,9 @@ VARIABLES = {
 }
 FROZEN_REASON = ("frozen in the optimizer (optax.set_to_zero): linen has no trainable flag, "
                  "so jax.grad still differentiates it but fit never applies it")
+# what the plain id jits (xbn.frameworks.modes.PLAIN["flax"]): linen users call apply directly
+# and jit their train step; flax+jit jits every op, flax+eager none
+PLAIN_JIT = {"call": False, "predict": False, "fit": True, "grad": False}
 
 
 class FlaxLinenAdapter(FlaxMask, Adapter):
@@ -53,33 +56,54 @@ class FlaxLinenAdapter(FlaxMask, Adapter):
         self.trainable = True
         self._opt = None  # (trainable when built, optax transformation, its state)
         self._step_fn = None
+        note = jc.mode_note(self.framework_id, self.mode, PLAIN_JIT, "jax.jit")
+        if note not in self.notes:
+            self.notes.append(note)
+        self._compile()
+
+    def _jit(self, op: str, fn, **kwargs):
+        return jc.maybe_jit(fn, jc.jits(self.mode, op, PLAIN_JIT), **kwargs)
+
+    def _compile(self) -> None:
+        """The function each op runs, jitted or not per the mode. Each reads ``self.module``
+        when it is traced, so a new module (``set``) needs new functions: a user's jitted
+        apply of the old module would go on running the old attributes."""
+        self._call_fn = self._jit("call", self._apply, static_argnames=("training",))
+        self._predict_fn = self._jit("predict", self._predict)
+        self._grad_fn = self._jit("grad", self._grad, static_argnames=("training",))
+        if self._opt is not None:
+            self._step_fn = self._jit("fit", self._make_step(self._opt[1]))
 
     # -- forward passes
 
     def _flag(self, training: bool | None) -> dict:
         return {} if training is None else {"use_running_average": not training}
 
-    def _apply(self, params, batch_stats, x, training: bool | None, mask=None):
-        """One forward pass; returns (output, new batch_stats).
+    def _apply(self, params, batch_stats, x, mask_kw: dict, training: bool | None):
+        """One forward pass; returns (output, new batch_stats). ``mask_kw``: ``self._mask``'s
+        keywords, made outside any jit (a mask's kind is Python, not traced).
 
         ``mutable=["batch_stats"]`` always: a no-op in inference, and what lets a bare call work
         when ``use_running_average=False`` was given to the constructor (``native``).
         """
         variables = {"params": params, "batch_stats": batch_stats}
         y, mutated = self.module.apply(variables, x, mutable=["batch_stats"],
-                                       **self._flag(training), **self._mask(mask))
+                                       **self._flag(training), **mask_kw)
         return y, mutated.get("batch_stats", batch_stats)
 
+    def _predict(self, variables, x, mask_kw: dict):
+        return self.module.apply(variables, x, use_running_average=True, **mask_kw)
+
     def call(self, x, training, mask=None):
-        y, stats = self._apply(self.variables["params"], self.variables["batch_stats"],
-                               jc.to_jax(x, self.layer.dtype), training, mask)
+        y, stats = self._call_fn(self.variables["params"], self.variables["batch_stats"],
+                                 jc.to_jax(x, self.layer.dtype), self._mask(mask),
+                                 training=training)
         self.variables["batch_stats"] = stats
         return jc.to_numpy(y)
 
     def predict(self, x, mask=None):
         xj = jc.to_jax(x, self.layer.dtype)
-        return jc.to_numpy(self.module.apply(self.variables, xj, use_running_average=True,
-                                             **self._mask(mask)))
+        return jc.to_numpy(self._predict_fn(self.variables, xj, self._mask(mask)))
 
     # -- masks: FlaxMask (xbn/adapters/flax/masking.py)
 
@@ -99,8 +123,7 @@ class FlaxLinenAdapter(FlaxMask, Adapter):
         changes = {k: float(v) for k, v in (("momentum", momentum), ("epsilon", epsilon))
                    if v is not None}
         self.module = self.module.clone(**changes)
-        if self._opt is not None:
-            self._step_fn = jax.jit(self._make_step(self._opt[1]))
+        self._compile()
 
     def set_mode(self, mode: str) -> None:
         raise NotApplicable("linen modules are stateless: the mode is the use_running_average "
@@ -113,14 +136,14 @@ class FlaxLinenAdapter(FlaxMask, Adapter):
             tx = optax.multi_transform({"train": jc.make_optax(cfg), "frozen": optax.set_to_zero()},
                                        jax.tree.map(lambda _: label, params))
             self._opt = (self.trainable, tx, tx.init(params))
-            self._step_fn = jax.jit(self._make_step(tx))
+            self._step_fn = self._jit("fit", self._make_step(tx))
         return self._opt
 
     def _make_step(self, tx):
         axis = channel_axis(self.layer.layout)
 
         def loss_fn(params, batch_stats, xb, tb, mb):
-            y, stats = self._apply(params, batch_stats, xb, True, mb)
+            y, stats = self._apply(params, batch_stats, xb, self._mask(mb), True)
             return jc.mse(y, tb, mb, axis), stats
 
         def step(params, batch_stats, opt_state, xb, tb, mb=None):
@@ -142,16 +165,18 @@ class FlaxLinenAdapter(FlaxMask, Adapter):
         self._opt = (self._opt[0], self._opt[1], opt_state)
         return loss
 
-    def grad(self, x, training, weights, mask=None) -> dict:
-        xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
-        batch_stats = self.variables["batch_stats"]
-
+    def _grad(self, params, batch_stats, xj, wj, mask_kw: dict, training: bool | None):
         def objective(xv, params):
-            y, stats = self._apply(params, batch_stats, xv, training, mask)
+            y, stats = self._apply(params, batch_stats, xv, mask_kw, training)
             return jnp.sum(y * wj), (y, stats)
 
-        (gx, gp), (y, stats) = jax.grad(objective, argnums=(0, 1), has_aux=True)(
-            xj, self.variables["params"])
+        return jax.grad(objective, argnums=(0, 1), has_aux=True)(xj, params)
+
+    def grad(self, x, training, weights, mask=None) -> dict:
+        xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
+        (gx, gp), (y, stats) = self._grad_fn(self.variables["params"],
+                                             self.variables["batch_stats"], xj, wj,
+                                             self._mask(mask), training=training)
         self.variables["batch_stats"] = stats
         out = {"output": jc.to_numpy(y), "grad_input": jc.to_numpy(gx)}
         for name, key in (("grad_gamma", "scale"), ("grad_beta", "bias")):

@@ -24,6 +24,9 @@ from .masking import FlaxMask
 VARIABLES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
 FROZEN_REASON = ("frozen in the optimizer (nnx.Optimizer(wrt=nnx.Nothing)): NNX has no trainable "
                  "flag, so the parameter is differentiable but fit never updates it")
+# what the plain id jits (xbn.frameworks.modes.PLAIN["flax-nnx"]): NNX users call the module
+# directly and nnx.jit their train step; flax-nnx+jit nnx.jits every op, flax-nnx+eager none
+PLAIN_JIT = {"call": False, "predict": False, "fit": True, "grad": False}
 F64_NOTE = ("flax-nnx float64: BatchNorm creates mean/var as float32 BatchStats whatever "
             "param_dtype is, and the in-place update (`self.mean[...] = ...`) casts the float64 "
             "statistics back to float32 (JAX FutureWarning: will become an error)")
@@ -42,18 +45,34 @@ class FlaxNnxAdapter(FlaxMask, Adapter):
         self.bn = nnx.BatchNorm(layer.features, rngs=nnx.Rngs(0), **kwargs)
         self.trainable = True
         self._opt = None  # (trainable when built, nnx.Optimizer)
+        note = jc.mode_note(self.framework_id, self.mode, PLAIN_JIT, "nnx.jit")
+        if note not in self.notes:
+            self.notes.append(note)
+        # nnx.jit traces per graph definition: momentum/epsilon are static attributes of the
+        # module's graphdef, so a `set` retraces these functions by itself (no stale constant)
+        self._call_fn = self._jit("call", self._forward, static_argnames=("training",))
+        self._predict_fn = self._jit("predict", self._predict)
+        self._grad_fn = self._jit("grad", self._grad, static_argnames=("training",))
 
-    def _forward(self, model, x, training: bool | None, mask=None):
-        kwargs = self._mask(mask)
-        return model(x, **kwargs) if training is None else \
-            model(x, use_running_average=not training, **kwargs)
+    def _jit(self, op: str, fn, **kwargs):
+        return jc.maybe_jit(fn, jc.jits(self.mode, op, PLAIN_JIT), nnx.jit, **kwargs)
+
+    def _forward(self, model, x, mask_kw: dict, training: bool | None):
+        """``mask_kw``: ``self._mask``'s keywords, made outside any jit."""
+        return model(x, **mask_kw) if training is None else \
+            model(x, use_running_average=not training, **mask_kw)
+
+    @staticmethod
+    def _predict(model, x, mask_kw: dict):
+        return model(x, use_running_average=True, **mask_kw)
 
     def call(self, x, training, mask=None):
-        return jc.to_numpy(self._forward(self.bn, jc.to_jax(x, self.layer.dtype), training, mask))
+        return jc.to_numpy(self._call_fn(self.bn, jc.to_jax(x, self.layer.dtype),
+                                         self._mask(mask), training=training))
 
     def predict(self, x, mask=None):
-        return jc.to_numpy(self.bn(jc.to_jax(x, self.layer.dtype), use_running_average=True,
-                                   **self._mask(mask)))
+        return jc.to_numpy(self._predict_fn(self.bn, jc.to_jax(x, self.layer.dtype),
+                                            self._mask(mask)))
 
     # -- masks: FlaxMask (xbn/adapters/flax/masking.py)
 
@@ -91,30 +110,32 @@ class FlaxNnxAdapter(FlaxMask, Adapter):
 
         axis = channel_axis(self.layer.layout)
 
-        @nnx.jit
         def train_step(model, optimizer, xb, tb, mb):
             def loss_fn(m):
-                return jc.mse(self._forward(m, xb, True, mb), tb, mb, axis)
+                return jc.mse(self._forward(m, xb, self._mask(mb), True), tb, mb, axis)
 
             loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
             optimizer.update(model, grads)
             return loss
 
+        train_step = self._jit("fit", train_step)
         xj, tj = jc.to_jax(x, self.layer.dtype), jc.to_jax(target, self.layer.dtype)
         _, loss = jc.train_epochs(step, xj, tj, (),
                                   lambda xb, tb, mb=None: (train_step(self.bn, optimizer, xb, tb, mb),),
                                   None if mask is None else jnp.asarray(mask))
         return loss
 
-    def grad(self, x, training, weights, mask=None) -> dict:
-        xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
-
+    def _grad(self, model, xj, wj, mask_kw: dict, training: bool | None):
         def objective(model, xv):
-            y = self._forward(model, xv, training, mask)
+            y = self._forward(model, xv, mask_kw, training)
             return jnp.sum(y * wj), y
 
-        (gp, gx), y = nnx.grad(objective, argnums=(nnx.DiffState(0, nnx.Param), 1),
-                               has_aux=True)(self.bn, xj)
+        return nnx.grad(objective, argnums=(nnx.DiffState(0, nnx.Param), 1),
+                        has_aux=True)(model, xj)
+
+    def grad(self, x, training, weights, mask=None) -> dict:
+        xj, wj = jc.to_jax(x, self.layer.dtype), jc.to_jax(weights, self.layer.dtype)
+        (gp, gx), y = self._grad_fn(self.bn, xj, wj, self._mask(mask), training=training)
         out = {"output": jc.to_numpy(y), "grad_input": jc.to_numpy(gx)}
         for name, key in (("grad_gamma", "scale"), ("grad_beta", "bias")):
             if getattr(self.bn, key) is not None:

@@ -1,9 +1,12 @@
 """``xbn repro`` templates for Flax: linen (``nn.BatchNorm`` with ``init``/``apply`` and the
 ``batch_stats`` collection) and NNX (``nnx.BatchNorm``, a stateful module). Both take the
-channel axis as ``axis`` and a Keras-style ``momentum`` (weight of the old value)."""
+channel axis as ``axis`` and a Keras-style ``momentum`` (weight of the old value). Calls run
+eagerly for ``flax``/``flax-nnx`` and their ``+eager`` modes, jitted (``jax.jit`` of
+``apply``, ``nnx.jit``) for ``+jit``."""
 
 from __future__ import annotations
 
+from ...frameworks.devices import base_id, mode_of
 from ...scenario.loader import Layer, channel_axis
 
 
@@ -26,7 +29,11 @@ def predict(x):
 
 def set_trainable(flag):
     raise SystemExit("Flax has no trainable flag")'''
-    if framework == "flax":
+    # flax and flax-nnx call eagerly, as their +eager modes; +jit jits each call
+    jit = mode_of(framework) == "jit"
+    if base_id(framework) == "flax":
+        apply = ('jax.jit(bn.apply, static_argnames=("use_running_average", "mutable"))'
+                 if jit else "bn.apply")
         return f'''import jax
 {x64}import jax.numpy as jnp
 import flax
@@ -36,14 +43,15 @@ VERSIONS = f"flax {{flax.__version__}}, jax {{jax.__version__}}"
 bn = nn.BatchNorm({common})
 variables = flax.core.unfreeze(bn.init(jax.random.key(0), jnp.zeros({tuple(shape)!r}, jnp.{layer.dtype}),
                                        use_running_average=True))
+apply = {apply}
 WHERE = {{"gamma": ("params", "scale"), "beta": ("params", "bias"),
          "moving_mean": ("batch_stats", "mean"), "moving_variance": ("batch_stats", "var")}}
 
 
 def call(x, training):
     global variables
-    y, updates = bn.apply(variables, jnp.asarray(x), use_running_average=not training,
-                          mutable=["batch_stats"])
+    y, updates = apply(variables, jnp.asarray(x), use_running_average=not training,
+                       mutable=("batch_stats",))
     variables = {{**variables, **flax.core.unfreeze(updates)}}
     return np.asarray(y)
 
@@ -58,6 +66,9 @@ def set_weights(values):
 def state():
     return {{name: np.asarray(variables[g][k]) for name, (g, k) in WHERE.items()
             if k in variables.get(g, {{}})}}''' + tail
+    forward = ("nnx.jit(lambda m, x, training: m(x, use_running_average=not training), "
+               "static_argnames=('training',))" if jit
+               else "lambda m, x, training: m(x, use_running_average=not training)")
     return f'''import jax
 {x64}import jax.numpy as jnp
 import flax
@@ -66,11 +77,12 @@ from flax import nnx
 VERSIONS = f"flax {{flax.__version__}} (nnx), jax {{jax.__version__}}"
 bn = nnx.BatchNorm({layer.features}, {common},
     rngs=nnx.Rngs(0))
+forward = {forward}
 WHERE = {{"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}}
 
 
 def call(x, training):
-    return np.asarray(bn(jnp.asarray(x), use_running_average=not training))
+    return np.asarray(forward(bn, jnp.asarray(x), training=training))
 
 
 def set_weights(values):

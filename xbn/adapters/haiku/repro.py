@@ -1,9 +1,10 @@
 """``xbn repro`` template for Haiku: ``hk.BatchNorm`` inside ``hk.transform_with_state``,
 initialised as Haiku users do (``init`` on a batch of zeros with ``is_training=True``) and
-applied jitted; ``decay_rate`` is the weight of the old value, as in Keras."""
+applied jitted (``haiku+eager``: un-jitted, op by op); ``decay_rate`` is the weight of the old value, as in Keras."""
 
 from __future__ import annotations
 
+from ...frameworks.devices import mode_of
 from ...scenario.loader import Layer, channels_last
 
 
@@ -15,6 +16,10 @@ def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
             or layer.native:
         raise ReproUnsupported("Haiku's BatchNorm keeps an exponential average only")
     x64 = 'jax.config.update("jax_enable_x64", True)\n' if layer.dtype == "float64" else ""
+    # haiku and haiku+jit jit apply, as Haiku users do; haiku+eager applies op by op
+    eager = mode_of(framework) == "eager"
+    apply = ("fn.apply  # haiku+eager: un-jitted, op by op" if eager
+             else 'jax.jit(fn.apply, static_argnames=("is_training",))')
     fmt = "channels_last" if channels_last(layer.layout) or layer.layout == "NC" \
         else "channels_first"
     return f'''import jax
@@ -31,7 +36,7 @@ def forward(x, is_training):
 
 
 fn = hk.transform_with_state(forward)
-apply = jax.jit(fn.apply, static_argnames=("is_training",))
+apply = {apply}
 params, bn_state = fn.init(None, jnp.zeros({tuple(shape)!r}, jnp.{layer.dtype}), is_training=True)
 MEAN, VAR = "batch_norm/~/mean_ema", "batch_norm/~/var_ema"
 

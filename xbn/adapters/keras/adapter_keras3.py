@@ -33,9 +33,11 @@ from keras import ops
 
 from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
+from . import inference_backends
 from .masking import keras_mask
 
-BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch",
+            **inference_backends.BACKENDS}
 MIXED = {("float16", "float32"): "mixed_float16", ("bfloat16", "float32"): "mixed_bfloat16"}
 
 
@@ -80,6 +82,8 @@ def _backend_module():
         import tensorflow as module
     elif backend == "jax":
         import jax as module
+    elif inference_backends.inference_only(backend):  # numpy, openvino: for the version
+        module = inference_backends.backend_module(backend)
     else:
         import torch as module
     return module
@@ -155,6 +159,13 @@ class KerasAdapter(Adapter):
         self.bn = keras.layers.BatchNormalization(**kwargs)
         self.model = keras.Model(inputs, self.bn(inputs))
         self.compiled, self.masked_model = False, None
+        self.traced = None  # keras+function / keras+xla: tf.function steps (tf_modes)
+        if self.mode in ("function", "xla"):
+            from .tf_modes import traced
+
+            self.traced = traced(self.model, self.mode, f"{self.framework_id}+{self.mode}",
+                                 self.notes)
+            self.model.jit_compile = self.traced.jit_compile  # its predict/train functions
         self.mask_shape = tuple(d for i, d in enumerate(shape) if i != axis - 1)
         self._note(
             f"{layer.dtype} inputs: model policy {self.model.dtype_policy.name}, BN policy "
@@ -186,7 +197,12 @@ class KerasAdapter(Adapter):
 
     # -- operations ----------------------------------------------------------------------
     def call(self, x, training):
+        if self.traced is not None:
+            return _numpy(self.traced.call(self._tensor(x), self._training_kwargs(training)))
         return _numpy(self.model(self._tensor(x), **self._training_kwargs(training)))
+
+    def _jit(self) -> dict:
+        return {} if self.traced is None else {"jit_compile": self.traced.jit_compile}
 
     def predict(self, x):
         return _numpy(self.model.predict(self._array(x), batch_size=x.shape[0], verbose=0))
@@ -215,6 +231,7 @@ class KerasAdapter(Adapter):
             self.bn.epsilon = float(epsilon)
 
     def fit(self, x, target, step: Step, fresh_optimizer: bool, mask=None) -> float:
+        inference_backends.refuse(self.backend, "fit")
         if fresh_optimizer or not self.compiled:
             opt = step.optimizer
             if opt.name == "sgd":
@@ -226,7 +243,7 @@ class KerasAdapter(Adapter):
             else:
                 self.optimizer = keras.optimizers.Adam(learning_rate=opt.lr, beta_1=opt.beta1,
                                                        beta_2=opt.beta2, epsilon=opt.eps)
-            self.model.compile(optimizer=self.optimizer, loss="mse")
+            self.model.compile(optimizer=self.optimizer, loss="mse", **self._jit())
             self.compiled, self.masked_model = True, None
         model, inputs = self.model, self._array(x)
         if mask is not None:  # the same layer and optimizer, the mask as a second input
@@ -254,7 +271,7 @@ class KerasAdapter(Adapter):
             inputs = keras.Input(shape=self.model.inputs[0].shape[1:], dtype=self.in_dtype)
             mask = keras.Input(shape=self.mask_shape, dtype="bool")
             self.masked_model = keras.Model([inputs, mask], self.bn(inputs, mask=mask))
-            self.masked_model.compile(optimizer=self.optimizer, loss="mse")
+            self.masked_model.compile(optimizer=self.optimizer, loss="mse", **self._jit())
         return self.masked_model
 
     # -- masks: ``Model.__call__(x, training=..., mask=m)`` hands a boolean mask to
@@ -268,6 +285,9 @@ class KerasAdapter(Adapter):
         return ops.convert_to_tensor(keras_mask(mask))
 
     def call_masked(self, x, training, mask):
+        if self.traced is not None:
+            return _numpy(self.traced.call(self._tensor(x), {
+                "mask": self._mask(mask), **self._training_kwargs(training)}))
         return _numpy(self.model(self._tensor(x), mask=self._mask(mask),
                                  **self._training_kwargs(training)))
 
@@ -279,6 +299,7 @@ class KerasAdapter(Adapter):
         return self.grad(x, training, weights, mask)
 
     def grad(self, x, training, weights, mask=None) -> dict:
+        inference_backends.refuse(self.backend, "grad")
         kwargs = self._training_kwargs(training)
         if mask is not None:
             kwargs["mask"] = self._mask(mask)
@@ -286,7 +307,10 @@ class KerasAdapter(Adapter):
                   if getattr(self.bn, name) is not None]
         live = [(name, v) for name, v in params if v.trainable and self.bn.trainable]
         xt = self._tensor(x)
-        if self.backend == "tensorflow":
+        if self.traced is not None:
+            output, gx, gparams = self.traced.grad(xt, kwargs, np.asarray(weights, np.float64),
+                                                   [v.value for _, v in live])
+        elif self.backend == "tensorflow":
             output, gx, gparams = self._grad_tf(xt, kwargs, weights, [v for _, v in live])
         elif self.backend == "jax":
             output, gx, gparams = self._grad_jax(xt, kwargs, weights, [v for _, v in live])
@@ -356,7 +380,7 @@ class KerasAdapter(Adapter):
             variable.assign(_tensor(value, variable.dtype))
 
     def state(self) -> dict:
-        names = (*PARAMS, *STATS, *(RENORM if self.bn.renorm else ()))
+        names = (*PARAMS, *STATS, *(RENORM if getattr(self.bn, "renorm", None) else ()))
         return {name: _numpy(getattr(self.bn, name)) for name in names
                 if getattr(self.bn, name) is not None}
 

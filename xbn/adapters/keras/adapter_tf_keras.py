@@ -18,6 +18,7 @@ import tf_keras
 from ...scenario.loader import Layer, Step, channel_axis
 from ..base import Adapter, NotApplicable
 from .masking import keras_mask
+from .tf_modes import traced
 
 # Keras has one global thread pool; one thread keeps reductions in the same order everywhere.
 try:
@@ -100,6 +101,10 @@ class TfKerasAdapter(Adapter):
         self.optimizer = None
         self.compiled = False
         self.notes = [self._path_note()]
+        self.traced = traced(self.model, self.mode, f"{self.framework_id}+{self.mode}",
+                             self.notes)  # tf-keras+xla: tf.function(jit_compile=True) steps
+        if self.traced is not None:
+            self.model.jit_compile = self.traced.jit_compile  # its predict/train functions
         if layer.state_dtype in ("float16", "bfloat16"):
             self.notes.append(f"tf-keras: param_dtype {layer.state_dtype} is not honoured: BN "
                               f"creates float32 gamma/beta/moving statistics for 16-bit layers "
@@ -117,6 +122,8 @@ class TfKerasAdapter(Adapter):
 
     def call(self, x, training):
         xt = self._tensor(x)
+        if self.traced is not None:
+            return _output(self.traced.call(xt, self._call_kwargs(training, None)))
         y = self.model(xt) if training is None else self.model(xt, training=training)
         return _output(y)
 
@@ -155,7 +162,8 @@ class TfKerasAdapter(Adapter):
             self.optimizer = self._make_optimizer(step)
             self.compiled = False
         if not self.compiled:  # recompiling with the same optimizer object keeps its state
-            self.model.compile(optimizer=self.optimizer, loss="mean_squared_error")
+            self.model.compile(optimizer=self.optimizer, loss="mean_squared_error",
+                               jit_compile=self.traced.jit_compile if self.traced else None)
             self.compiled, self.masked_model = True, None
         model, inputs = self.model, self._tensor(x)
         if mask is not None:  # the same layer and optimizer, the mask as a second input
@@ -196,7 +204,9 @@ class TfKerasAdapter(Adapter):
     def call_masked(self, x, training, mask):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            y = self.model(self._tensor(x), **self._call_kwargs(training, mask))
+            kwargs = self._call_kwargs(training, mask)
+            y = self.traced.call(self._tensor(x), kwargs) if self.traced else \
+                self.model(self._tensor(x), **kwargs)
         self._warned(caught)
         return _output(y)
 
@@ -223,13 +233,18 @@ class TfKerasAdapter(Adapter):
         w = tf.constant(np.asarray(weights, np.float64), dtype=wide)
         params = {q: v for q, v in (("grad_gamma", self.bn.gamma), ("grad_beta", self.bn.beta))
                   if v is not None}
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y = self.model(xt, **self._call_kwargs(training, mask))
-            # summed in at least float32 so 16-bit outputs cannot overflow; d/dy is w exactly
-            objective = tf.reduce_sum(tf.cast(y, wide) * w)
         live = {q: v for q, v in params.items() if self.bn.trainable}
-        grads = tape.gradient(objective, [xt, *live.values()])
+        if self.traced is not None:  # tf-keras+xla: the same step as one traced function
+            y, gx, gp = self.traced.grad(xt, self._call_kwargs(training, mask), w,
+                                         list(live.values()), wide)
+            grads = [gx, *gp]
+        else:
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                y = self.model(xt, **self._call_kwargs(training, mask))
+                # summed in at least float32 so 16-bit outputs cannot overflow; d/dy is w
+                objective = tf.reduce_sum(tf.cast(y, wide) * w)
+            grads = tape.gradient(objective, [xt, *live.values()])
         out = {"output": _output(y), "grad_input": _output(grads[0])}
         for q, g in zip(live, grads[1:], strict=True):
             out[q] = _output(tf.reshape(g, [-1]))  # [1, 1, C] with virtual_batch_size

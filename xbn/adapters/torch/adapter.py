@@ -11,6 +11,8 @@ What the module can be built with is asked of the installed torch: ``bias=False`
 without a bias) where ``torch.nn.BatchNorm1d``'s signature has ``bias``.
 Train/eval is torch's module-wide mode: a ``training`` flag on a step calls ``train()`` or
 ``eval()`` and the mode persists; a bare call leaves it alone (a fresh module trains).
+``torch+compile`` runs every op through ``torch.compile(module)`` (``compiled.py``), with
+its compile time in the notes; ``torch+eager`` and the plain id call the module.
 In a ``torch@cuda`` worker (``xbn.frameworks.devices``) the module and every input live on ``cuda`` (built
 on CPU with the same seed, then moved) and values come back to the host; cuDNN is on unless
 ``[layer.native.torch] cudnn = false``.
@@ -29,6 +31,7 @@ from ...frameworks.devices import current as current_device
 from ...frameworks.registry import Capabilities, native_momentum
 from ...scenario.loader import Layer, Step
 from ..base import Adapter, NotApplicable, batches, from_channels_first, to_channels_first
+from .compiled import Forward
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -128,6 +131,8 @@ class TorchAdapter(Adapter):
         self.dtype = DTYPES[layer.dtype]
         self.module = MODULES[layer.rank](layer.features, **kwargs).to(
             self.device, DTYPES[layer.state_dtype])
+        # what every op calls: the module, or torch.compile(module) for torch+compile
+        self.forward = Forward(self.module, self.mode, self.framework_id, self.notes)
         self.memory_format = MEMORY_FORMATS[memory_format].get(layer.rank)
         if self.memory_format is None:  # the loader refuses it; a Layer built in code may not
             raise NotApplicable(f"memory_format={memory_format} needs a 4-D or 5-D input")
@@ -154,14 +159,14 @@ class TorchAdapter(Adapter):
     def call(self, x, training: bool | None):
         self._set_training(training)
         with torch.no_grad():
-            return self._result(self.module(self._tensor(x)))
+            return self._result(self.forward(self._tensor(x)))
 
     def predict(self, x):
         was_training = self.module.training
         self.module.eval()
         try:
             with torch.no_grad():
-                return self._result(self.module(self._tensor(x)))
+                return self._result(self.forward(self._tensor(x)))
         finally:
             self.module.train(was_training)
 
@@ -210,7 +215,7 @@ class TorchAdapter(Adapter):
             total, count = 0.0, 0
             for sl in batches(xs.shape[0], step.batch_size):
                 self.optimizer.zero_grad()
-                loss = F.mse_loss(self.module(xs[sl]), ts[sl])
+                loss = F.mse_loss(self.forward(xs[sl]), ts[sl])
                 loss.backward()  # raises when nothing requires grad, as in any torch loop
                 self.optimizer.step()
                 n = xs[sl].shape[0]
@@ -227,7 +232,7 @@ class TorchAdapter(Adapter):
         for p in params.values():
             if p is not None:
                 p.grad = None
-        y = self.module(xt)
+        y = self.forward(xt)
         (y * self._tensor(weights)).sum().backward()
         out = {"output": self._result(y), "grad_input": self._result(xt.grad)}
         for name, p in params.items():

@@ -333,4 +333,7 @@ class TorchReplicated(Adapter):
 
 
 def make_replicated(base: Adapter) -> Adapter:
+    if base.mode == "compile":  # the ranks build eager modules: never a silent eager row
+        raise NotApplicable("torch+compile: the replica ranks run eager modules (a compiled "
+                            "DistributedDataParallel model is not wired up)")
     return TorchReplicated(base)

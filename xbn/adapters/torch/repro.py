@@ -20,12 +20,16 @@ def template(framework: str, layer: Layer, shape: tuple[int, ...]) -> str:
     momentum = None if layer.cumulative else native_momentum("torch", float(layer.momentum))
     dims = {2: 1, 3: 1, 4: 2, 5: 3}[layer.rank]
     last = channels_last(layer.layout)
+    # torch+compile: the module as users compile it (every call goes through the wrapper,
+    # which shares the module's parameters and buffers)
+    compiled = ("\nbn = torch.compile(bn)  # torch+compile: inductor, default options"
+                if framework.partition("@")[0].endswith("+compile") else "")
     return f'''import torch
 
 VERSIONS = f"torch {{torch.__version__}}"
 bn = torch.nn.BatchNorm{dims}d({layer.features}, eps={layer.epsilon!r}, momentum={momentum!r},
                           affine={layer.scale}, track_running_stats={layer.track_running_stats},
-                          dtype=torch.{layer.dtype})
+                          dtype=torch.{layer.dtype}){compiled}
 NAMES = {{"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
          "moving_variance": "running_var"}}
 
