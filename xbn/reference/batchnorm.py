@@ -227,7 +227,23 @@ class ReferenceBatchNorm:
 
     # -- operations ----------------------------------------------------------------------
     def call(self, x: np.ndarray, training: bool | None) -> np.ndarray:
-        return self.forward(x, self.effective_training(training))[0]
+        training = self.effective_training(training)
+        rule = self.sem.exported_training
+        if not training or rule == "framework":
+            return self.forward(x, training)[0]
+        if rule == "inference":  # the converter put the module in eval mode and left it there
+            self.module_training = False
+            return self.forward(x, False)[0]
+        # the exporter's trace runs the framework's training forward: its checks raise, and
+        # the TorchScript trace's forward moves the statistics by the framework's rule
+        self.forward(x, True, update=rule == "traced_update")
+        if rule == "traced_inference":  # an inference node: the statistics as they were
+            return self.forward(x, False)[0]
+        sem, self.sem = self.sem, self.sem.with_(variance_update="biased")
+        try:  # ONNX's training mode: batch statistics, population variance into the update
+            return self.forward(x, True)[0]
+        finally:
+            self.sem = sem
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         edges.refuse_empty_predict(x, self.sem.empty_predict)

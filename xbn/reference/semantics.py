@@ -120,6 +120,17 @@ class Semantics:
     # tf.function's one relaxed trace after the first shape (Keras 3 on TF, tf-keras) or
     # jax.jit's trace per shape (Keras 3 on JAX)
     traced_functions: str = "none"  # none | until_compile | until_compile_per_shape
+    # a training call of a layer exported at the step (the export ids, xbn.frameworks.modes):
+    # the framework's own training forward ("framework": no export, or Keras' exports, which
+    # leave training in Keras); the runtime's inference, the module left in eval mode
+    # ("inference": OpenVINO's converter calls eval() and traces); the exporter traces the
+    # framework's training forward (its checks raise: a batch of one) but writes an inference
+    # node and the statistics do not move ("traced_inference": torch.export + onnxscript's
+    # torchlib, which sets training = False); or the trace's forward updates the statistics by
+    # the framework's rule and the runtime's training-mode node normalizes with the batch
+    # statistics and updates them again with the population variance ("traced_update": the
+    # TorchScript exporter's trace, then ONNX's opset-15 training mode)
+    exported_training: str = "framework"  # framework | inference | traced_inference | traced_update
     # constructor defaults used when a scenario sets defaults = true
     default_momentum: float | None = 0.99
     default_epsilon: float = 1e-3
@@ -165,6 +176,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "empty_predict": ("runs", "error"),
     "ghost_batch_remainder": ("uneven", "error"),
     "traced_functions": ("none", "until_compile", "until_compile_per_shape"),
+    "exported_training": ("framework", "inference", "traced_inference", "traced_update"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
 }
@@ -191,6 +203,7 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
 # (``xbn.explain.candidates.relevant_switches`` names them): anywhere else each would cost a
 # minimization rerun and change nothing. ``masked_nonfinite``: only where a step's mask covers
 # a NaN or an infinity; ``synchronized_mask``: only where a synchronized layer's step has a
-# mask (``xbn.reference.edges.relevant_edges``)
+# mask (``xbn.reference.edges.relevant_edges``); ``exported_training``: only where a call
+# trains (a framework's declared profile names it for its export ids alone)
 GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask", "masked_nonfinite",
-                  "synchronized_mask")
+                  "synchronized_mask", "exported_training")
