@@ -126,6 +126,10 @@ def audit(model, target, fmt, output) -> None:
     """
     from ..port.auditing import audit_file
 
+    if model.lower().endswith(".onnx"):  # an exported graph: its BatchNormalization nodes
+        from ..port.onnx_files import audit_onnx
+
+        return emit(_render(_guarded(lambda: audit_onnx(model)), fmt), output)
     result = _guarded(lambda: audit_file(model, target))
     emit(_render(result, fmt), output)
 
@@ -138,14 +142,25 @@ returning one; this runs your code). A torch state_dict alone has no architectur
 \b
 Example:
   xbn verify model.keras model_ts.pt --inputs x.npy --layout-a NHWC --layout-b NCHW
+  xbn verify py:examples.porting.resnet:torch_model py:examples.porting.resnet:keras_port \\
+      --per-layer --inputs x.npy --layout-a NCHW --layout-b NHWC
 """
+
+
+def _not_per_layer(fmt, name_map, save_captures, inputs):
+    if not inputs:
+        raise PortError("--inputs is required (an .npy or .npz in A's layout)")
+    given = [o for o, v in (("--format " + fmt, fmt not in ("text", "json")),
+                            ("--map", name_map), ("--save-captures", save_captures)) if v]
+    raise PortError(f"{', '.join(given)}: only with --per-layer")
 
 
 @click.command(epilog=VERIFY_EXAMPLES)
 @click.argument("a")
 @click.argument("b")
-@click.option("--inputs", required=True, type=click.Path(dir_okay=False),
-              help=".npy (one batch) or .npz (one batch per array), in A's layout.")
+@click.option("--inputs", type=click.Path(dir_okay=False),
+              help=".npy (one batch) or .npz (one batch per array), in A's layout (required "
+                   "unless A is a --save-captures file).")
 @click.option("--layout-a", help="e.g. NHWC")
 @click.option("--layout-b", help="e.g. NCHW")
 @click.option("--transpose-b", help="Permutation from A's layout to B's, e.g. 0,3,1,2.")
@@ -154,13 +169,38 @@ Example:
               help="Training-mode forward passes.")
 @click.option("--tolerance", "-k", type=click.FloatRange(min=0), default=None,
               help="In eps(float32) x max|A| (default 16 for single layers, 64 for models).")
-@FORMAT
+@click.option("--per-layer", is_flag=True,
+              help="Capture every BatchNorm in both models; name the first that diverges and why.")
+@click.option("--map", "name_map", type=click.Path(dir_okay=False),
+              help="--per-layer: JSON {A's BN name: B's BN name} fixing pairs.")
+@click.option("--save-captures", type=click.Path(dir_okay=False),
+              help="--per-layer: keep A's captures in this .npz (compare after an upgrade).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html"]),
+              default="text", show_default=True, help="markdown and html: with --per-layer.")
 @OUTPUT
-def verify(a, b, inputs, layout_a, layout_b, transpose_b, modes, steps, tolerance, fmt,
-           output) -> None:
+def verify(a, b, inputs, layout_a, layout_b, transpose_b, modes, steps, tolerance, per_layer,
+           name_map, save_captures, fmt, output) -> None:
     """Run A and B on the same inputs; exit 1 unless they agree (expected differences pass)."""
     from ..port.equivalence import compare_bn
     from ..port.loaders import load_model
+
+    if per_layer:
+        from .per_layer import verify_per_layer_command
+
+        return verify_per_layer_command(sys.modules[__name__], a, b, inputs, layout_a, layout_b,
+                                        transpose_b, tolerance, name_map, save_captures, fmt,
+                                        output)
+    if fmt not in ("text", "json") or name_map or save_captures or not inputs:
+        _guarded(lambda: _not_per_layer(fmt, name_map, save_captures, inputs))
+
+    if b.lower().endswith(".onnx"):  # the model and its export: run both, inference mode
+        from ..port.onnx_files import read_onnx, verify_onnx
+
+        report = _guarded(lambda: verify_onnx(
+            read_onnx(a) if a.lower().endswith(".onnx") else load_model(a), b,
+            _load_inputs(inputs), tolerance, a))
+        emit(_render(report, fmt), output)
+        sys.exit(0 if report.ok else 1)
 
     def run():
         arrays = _load_inputs(inputs)

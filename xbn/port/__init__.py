@@ -10,6 +10,8 @@ Everything here imports its framework lazily, inside the function that needs it,
 - :func:`audit` (``xbn audit``): every BN layer of a model with its settings and the
   pitfalls for a target framework.
 - ``xbn.testing.assert_bn_equivalent`` (``xbn verify``): proof that a port behaves the same.
+- ``per_layer.verify_per_layer`` (``xbn verify --per-layer``): the first BatchNorm where two
+  models part, and the state, configuration or semantic switch that moved it (``layer_cause``).
 """
 
 from __future__ import annotations

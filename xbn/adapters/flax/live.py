@@ -191,3 +191,88 @@ class NNXRunner(Runner):
 
     def infos(self):
         return nnx_infos(self.model)
+
+
+def capture(obj: Any, framework: str, x: np.ndarray, train: bool) -> list:
+    """Every BN call of one forward pass (``xbn.adapters.captures``): a linen model's BN
+    ``__call__`` intercepted (``nn.intercept_methods``; the variables are immutable, so the
+    caller's stay as they were); an NNX model's clone with ``nnx.BatchNorm.__call__`` wrapped
+    for the pass (the class attribute: Python looks dunder methods up on the type)."""
+    if framework == "flax-nnx":
+        return _nnx_capture(obj, x, train)
+    import flax.linen as nn
+
+    from ..captures import Capture
+
+    module, variables = obj[0], obj[1]
+    mode_arg = obj[2] if len(obj) == 3 else None
+    found: list = []
+
+    def state(bn):
+        v = bn.variables
+        p, s = v.get("params", {}), v.get("batch_stats", {})
+        return p, s
+
+    def spy(next_fun, args, kwargs, context):
+        bn = context.module
+        if not (isinstance(bn, nn.BatchNorm) and context.method_name == "__call__"):
+            return next_fun(*args, **kwargs)
+        p, s = state(bn)
+        rank = np.ndim(args[0])
+        axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
+        cap = Capture("/".join(bn.path) or "<root>", int(axis) % rank, np.array(args[0]),
+                      np.empty(0), before={"gamma": to_array(p.get("scale")),
+                                           "beta": to_array(p.get("bias")),
+                                           "moving_mean": to_array(s.get("mean")),
+                                           "moving_variance": to_array(s.get("var"))},
+                      info=linen_info("/".join(bn.path) or "<root>", bn, s))
+        out = next_fun(*args, **kwargs)
+        _, s = state(bn)
+        cap.output = np.array(out)
+        cap.after = {"moving_mean": to_array(s.get("mean")), "moving_variance": to_array(s.get("var"))}
+        found.append(cap)
+        return out
+
+    kwargs = linen_mode_kwargs(module, train, mode_arg)
+    with nn.intercept_methods(spy):
+        if train:
+            module.apply(variables, x, **kwargs, mutable=["batch_stats"])
+        else:
+            module.apply(variables, x, **kwargs)
+    return found
+
+
+def _nnx_capture(obj: Any, x: np.ndarray, train: bool) -> list:
+    from flax import nnx
+
+    from ..captures import Capture
+
+    model = nnx.clone(obj)
+    model.train() if train else model.eval()
+    infos = {info.name: info for info in nnx_infos(model)}
+    names = {id(n): "/".join(map(str, p)) or "<root>" for p, n in nnx.iter_graph(model)
+             if isinstance(n, nnx.BatchNorm)}
+    found: list = []
+    original = nnx.BatchNorm.__call__
+
+    def wrapped(self, inputs, *args, **kwargs):
+        if id(self) not in names:
+            return original(self, inputs, *args, **kwargs)
+        rank = np.ndim(inputs)
+        axis = self.axis if isinstance(self.axis, int) else self.axis[0]
+        cap = Capture(names[id(self)], int(axis) % rank, np.array(inputs), np.empty(0), before={
+            "gamma": to_array(self.scale), "beta": to_array(self.bias),
+            "moving_mean": to_array(self.mean), "moving_variance": to_array(self.var)},
+            info=infos.get(names[id(self)]))
+        out = original(self, inputs, *args, **kwargs)
+        cap.output = np.array(out)
+        cap.after = {"moving_mean": to_array(self.mean), "moving_variance": to_array(self.var)}
+        found.append(cap)
+        return out
+
+    nnx.BatchNorm.__call__ = wrapped
+    try:
+        model(x)
+    finally:
+        nnx.BatchNorm.__call__ = original
+    return found

@@ -134,3 +134,45 @@ def load_model(path: Path):
     except Exception as exc:  # Keras raises ValueError/TypeError for configs it cannot build
         raise PortError(f"{path}: Keras could not load it ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def capture(obj: Any, framework: str, x: np.ndarray, train: bool) -> list:
+    """Every BN call of one forward pass of ``obj`` (``xbn.adapters.captures``): each BN layer's
+    ``call`` is wrapped for the pass (Keras looks ``self.call`` up at every call), and the
+    model's weights are restored afterwards."""
+    from ..captures import Capture
+
+    def arr(v):
+        return None if v is None else np.array(v.numpy() if hasattr(v, "numpy") else v)
+
+    found: list = []
+    saved = obj.get_weights()
+    layers = keras_bn_layers(obj)
+
+    def wrap(layer, call):
+        def wrapped(inputs, *args, **kwargs):
+            axis = layer.axis[0] if isinstance(layer.axis, list | tuple) else layer.axis
+            rank = len(inputs.shape)
+            cap = Capture(layer.name, int(axis) % rank, arr(inputs), np.empty(0), before={
+                "gamma": arr(getattr(layer, "gamma", None)),
+                "beta": arr(getattr(layer, "beta", None)),
+                "moving_mean": arr(layer.moving_mean),
+                "moving_variance": arr(layer.moving_variance)},
+                info=keras_info(layer, framework))
+            out = call(inputs, *args, **kwargs)
+            cap.output = arr(out)
+            cap.after = {"moving_mean": arr(layer.moving_mean),
+                         "moving_variance": arr(layer.moving_variance)}
+            found.append(cap)
+            return out
+        return wrapped
+
+    for layer in layers:
+        layer.call = wrap(layer, layer.call)
+    try:
+        obj(x, training=train)
+    finally:
+        for layer in layers:
+            del layer.call  # the class's own call again
+        obj.set_weights(saved)
+    return found

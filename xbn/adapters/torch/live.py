@@ -138,3 +138,45 @@ def load_model(path: Path):
         raise PortError(f"{path}: not a TorchScript archive ({type(exc).__name__}: "
                         f"{str(exc).strip().splitlines()[0][:160]}); a state_dict has no "
                         "architecture: save torch.jit.script(model) or use py:module:attr") from None
+
+
+def capture(obj: Any, framework: str, x: np.ndarray, train: bool) -> list:
+    """Every BN call of one forward pass of a deep copy of ``obj`` (``xbn.adapters.captures``):
+    a forward pre-hook reads the state before the call, a forward hook the input, the output and
+    the running statistics after it."""
+    import torch
+
+    from ..captures import Capture
+
+    model = copy.deepcopy(obj)
+    found: list = []
+    handles = []
+
+    def arr(t):
+        return None if t is None else t.detach().cpu().numpy().copy()
+
+    def pre(name):
+        def hook(module, args):
+            found.append(Capture(name, 1, arr(args[0]), np.empty(0), before={
+                "gamma": arr(module.weight), "beta": arr(module.bias),
+                "moving_mean": arr(module.running_mean),
+                "moving_variance": arr(module.running_var)}, info=torch_info(name, module)))
+        return hook
+
+    def post(module, args, out):
+        found[-1].output = arr(out)
+        found[-1].after = {"moving_mean": arr(module.running_mean),
+                           "moving_variance": arr(module.running_var)}
+
+    try:
+        for name, m in torch_bn_modules(model):
+            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post)]
+    except Exception:  # TorchScript modules take no hooks
+        raise PortError("per-layer capture needs hooks, which TorchScript modules do not take: "
+                        "pass the torch.nn.Module (py:module:attribute)") from None
+    model.train(train)
+    with torch.no_grad():
+        model(torch.from_numpy(np.ascontiguousarray(x)))
+    for h in handles:
+        h.remove()
+    return found
