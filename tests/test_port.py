@@ -23,7 +23,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from xbn.cli import cli  # noqa: E402
-from xbn.frameworks.registry import PORT_IDS, decay_from_native  # noqa: E402
+from xbn.frameworks.registry import (  # noqa: E402
+    CONVENTIONS,
+    PORT_IDS,
+    decay_from_native,
+    native_momentum,
+)
 from xbn.port import PortError, audit, audit_file, convert_file, translate  # noqa: E402
 from xbn.port.formats import read  # noqa: E402
 from xbn.profiles.facts import PROFILES  # noqa: E402
@@ -102,11 +107,11 @@ def test_defaults_are_the_source_frameworks_from_profiles():
 @pytest.mark.parametrize("source", PORT_IDS)
 @pytest.mark.parametrize("target", PORT_IDS)
 def test_every_pair_preserves_the_decay(source, target):
-    momentum = 0.137 if source == "torch" else 0.863
+    momentum = native_momentum(source, 0.863)  # 0.137 in torch's (and MLX's) direction
     t = translate(source, target, momentum=momentum, epsilon=2.5e-4, features=7, rank=4, axis=None)
-    kw = "decay_rate" if target == "haiku" else "momentum"
+    kw = CONVENTIONS[target].momentum_kw
     assert decay_from_native(target, t.kwargs[kw]) == pytest.approx(0.863, abs=1e-12)
-    eps_kw = "epsilon" if target in ("keras", "tf-keras", "flax", "flax-nnx") else "eps"
+    eps_kw = CONVENTIONS[target].epsilon_kw
     assert t.kwargs[eps_kw] == 2.5e-4
 
 

@@ -61,6 +61,8 @@ FAMILIES: dict[str, Family] = {
                file_framework="flax", live=True),
         Family("haiku"),
         Family("equinox"),
+        Family("paddle"),
+        Family("mlx"),
     ]
 }
 
@@ -170,6 +172,32 @@ FRAMEWORKS: dict[str, FrameworkInfo] = {
                         "momentum", False, "eps", None, None, "channelwise_affine", "input_size",
                         1, 1, False, "there is no switch: keep inference=False at inference too"),
              "equinox"),
+        # paddle/nn/layer/norm.py:759-875 _BatchNormBase(num_features, momentum=0.9,
+        # epsilon=1e-05, weight_attr=None, bias_attr=None, data_format='NCHW',
+        # use_global_stats=None, name=None): momentum weighs the old value (Keras' direction);
+        # weight_attr=False / bias_attr=False drop the weight / the bias alone (:790-808);
+        # running statistics are always created (:813-835); channels are dim 1 by default.
+        FrameworkInfo(
+            "paddle", "xbn.adapters.paddle.adapter", "paddle", ("paddlepaddle",),
+            ("paddlepaddle",), {}, "paddle.nn.BatchNorm1D/2D/3D (dygraph)", "paddle",
+            EMA_ONLY,
+            Convention("paddle", "PaddlePaddle", "paddle.nn.BatchNorm{d}D", "import paddle",
+                       "momentum", False, "epsilon", "bias_attr", "weight_attr", None,
+                       "num_features", 1, 1, False,
+                       "build it with use_global_stats=False: batch statistics in train and "
+                       "eval mode (the running statistics are still kept and updated)"),
+            Profile("paddle", "paddle")),
+        # mlx/nn/layers/normalization.py:320-344 BatchNorm(num_features, eps=1e-5,
+        # momentum=0.1, affine=True, track_running_stats=True): momentum weighs the new batch
+        # (torch's direction, :408-409); channels last (:371 reduces every axis but the last).
+        FrameworkInfo(
+            "mlx", "xbn.adapters.mlx.adapter", "mlx", ("mlx",), ("mlx",), {},
+            "mlx.nn.BatchNorm (CPU)", "mlx",
+            Capabilities(cumulative_momentum=False, no_running_stats=True,
+                         scale_without_center=False, center_without_scale=False),
+            Convention("mlx", "MLX", "nn.BatchNorm", "import mlx.nn as nn", "momentum",
+                       True, "eps", None, None, "affine", "num_features", -1, -1, False),
+            Profile("mlx", "mlx")),
     ]
 }
 

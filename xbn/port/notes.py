@@ -49,6 +49,16 @@ FREEZE = {
         "freeze: `inference=True` (or `eqx.nn.inference_mode(model)`) and keep weight/bias out "
         "of the gradient (`eqx.partition` with a filter)."
     ),
+    "paddle": (
+        "freeze: `bn.eval()` (running statistics, no update) and `param.stop_gradient = True` "
+        "(or `trainable=False`) on weight and bias; stop_gradient alone still updates the "
+        "running statistics in training mode, and a later `model.train()` undoes `eval()`."
+    ),
+    "mlx": (
+        "freeze: `bn.freeze()` removes weight and bias from `trainable_parameters()`; the "
+        "running statistics still update in training mode, so call `bn.eval()` too (a later "
+        "`model.train()` undoes it)."
+    ),
 }
 
 MODE = {
@@ -86,6 +96,17 @@ MODE = {
         "mode: the layer runs under `jax.vmap(..., axis_name=<axis_name>)`, its statistics are "
         "an `eqx.nn.State` threaded through every call, and `inference=True` selects the "
         "running statistics."
+    ),
+    "paddle": (
+        "mode: Paddle layers start in training mode (paddle/nn/layer/layers.py `self.training "
+        "= True`); `model.eval()` for inference, `model.train()` to train. "
+        "`use_global_stats=True` uses the running statistics even in training, `False` the batch "
+        "statistics even in eval (and then still updates the running ones)."
+    ),
+    "mlx": (
+        "mode: MLX modules start in training mode (`training` is True); `model.eval()` for "
+        "inference, `model.train()` to train. MLX is lazy: evaluate the statistics with the "
+        "step (`mx.eval(model.state, optimizer.state)`) as its training loops do."
     ),
 }
 

@@ -145,6 +145,16 @@ def _axis(t: Translation, conv: Convention, src: Convention) -> None:
         if isinstance(axis, tuple):
             raise PortError(f"{conv.label} normalizes one channel dim; the source normalizes "
                             f"over channel axes {axis}")
+        fixed = conv.channel_axis % rank if rank else conv.channel_axis
+        if conv.channel_axis < 0:  # MLX: the channels must be last
+            if norm != fixed and not (rank is None and axis == -1):
+                t.notes.append(Note("axis", f"channel axis: the source normalizes axis {axis}; "
+                                    f"{conv.label} normalizes the last axis, so move the "
+                                    f"channels there: `x = mx.moveaxis(x, {axis}, -1)` before "
+                                    f"the layer and `mx.moveaxis(y, -1, {axis})` after it (for "
+                                    "NCHW images: x.transpose(0, 2, 3, 1)); whole models "
+                                    "usually switch to NHWC."))
+            return
         if norm != conv.channel_axis and not (rank == 2 and axis == -1):
             t.notes.append(Note("axis", f"channel axis: the source normalizes axis {axis}; "
                                 f"{conv.label} normalizes dim 1, so move the channels there: "

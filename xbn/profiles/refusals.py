@@ -67,6 +67,17 @@ ERRORS: dict[str, dict[str, Raises]] = {
                             "is_training has no default"),
     },
 }
+# MLX (issue 26): mlx/nn/layers/normalization.py raises these itself; its zero_epsilon refusal is
+# the constructor's, so every step of such a layer is "layer not built: ValueError: ..."
+ERRORS["mlx"] = {
+    "batch_of_one": Raises("ValueError", "BatchNorm training requires more than one value per "
+                           "channel", "mlx/nn/layers/normalization.py:393-400 __call__"),
+    "zero_epsilon": Raises("ValueError", "'eps' must be positive",
+                           "mlx/nn/layers/normalization.py:329-330 BatchNorm.__init__"),
+    "frozen_fit": Raises("ValueError", "[grad] Must specify at least one argument",
+                         "mlx/nn/utils.py:35 value_and_grad over an empty trainable_parameters()"
+                         " -> mx.value_and_grad"),
+}
 for _table, _raises in (*profiles_replicas.ERRORS.items(), *profiles_edges.ERRORS.items()):
     ERRORS.setdefault(_table, {}).update({k: Raises(*v) for k, v in _raises.items()})
 
