@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "xbn"
 LAYERS = (
     "xbn._version",     # the version string
     "xbn.common",       # dtypes, strict loading, JSON: no BatchNorm knowledge
+    "xbn.schemas",      # the JSON Schemas of what xbn reads and writes (package data)
     "xbn.frameworks",   # the registry: every framework declared once (plain data); device ids
     "xbn.scenario",     # the scenario language: model, loader, additions, what each op records
     "xbn.reference",    # the float64 BatchNorm and its switches
@@ -34,6 +35,7 @@ LAYERS = (
     "xbn.fuzz",         # Hypothesis campaigns and standalone repro scripts
     "xbn.report",       # writers: they format a finished Report
     "xbn.workflow",     # what each command does, as plain functions over everything below
+    "xbn.pytest_plugin",  # users' test suites: the xbn fixture, --xbn-baseline (pytest11)
     "xbn.cli",          # the commands: parse, call one function, print
     "xbn.__main__",     # python -m xbn
     "xbn",              # the public API face

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
-from . import cache, fuzz, guard, matrix, plot, port, run
+from . import cache, fuzz, guard, matrix, plot, port, run, schema
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +26,7 @@ def cli() -> None:
     """
 
 
-for _module in (run, plot, guard, port, cache, fuzz, matrix):
+for _module in (run, plot, guard, port, cache, fuzz, matrix, schema):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

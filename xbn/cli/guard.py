@@ -22,6 +22,7 @@ from .common import (
     progress_printer,
     timeout_option,
 )
+from .schema import divergences_option, load_divergences, report_stale
 
 EXAMPLES_SNAPSHOT = """
 \b
@@ -39,6 +40,7 @@ Examples:
   xbn check baseline.json --format markdown --output xbn.md --junit xbn.xml
   xbn check baseline.json --tolerance 16      accept float32 rounding drift
   xbn check baseline.json --require-all       in CI: a framework that is gone fails
+  xbn check baseline.json --divergences xbn-divergences.toml   changes you accept
 """
 
 
@@ -90,9 +92,11 @@ def snapshot(scenarios, output, frameworks, timeout, jobs) -> None:
               help="A framework the snapshot recorded that cannot run here fails the check "
                    "(its rows are missing: exit 1) instead of being skipped with a warning. "
                    "For CI.")
+@divergences_option
 @timeout_option
 @jobs_option
-def check(file, frameworks, fmt, output, junit, tolerance, require_all, timeout, jobs) -> None:
+def check(file, frameworks, fmt, output, junit, tolerance, require_all, divergences, timeout,
+          jobs) -> None:
     """Re-run a snapshot and report what changed (exit 1 if anything did).
 
     Compares every observation with the snapshot's (same scenario, step, framework and
@@ -103,6 +107,7 @@ def check(file, frameworks, fmt, output, junit, tolerance, require_all, timeout,
     from ..guard.snapshot import SnapshotError, load_snapshot
     from ..report.check_out import render, render_junit
 
+    entries = load_divergences(divergences)
     try:
         snap = load_snapshot(file)
     except SnapshotError as exc:
@@ -112,6 +117,10 @@ def check(file, frameworks, fmt, output, junit, tolerance, require_all, timeout,
                            timeout=timeout, jobs=jobs, progress=progress_printer())
     except CheckError as exc:
         fail(f"{file}: {exc}")
+    if entries:
+        from ..guard.check import accept_documented
+
+        report_stale(accept_documented(result, entries), "change")
     for warning in result.warnings:
         click.echo(f"xbn: warning: {warning}", err=True)
     text = render(result, fmt)

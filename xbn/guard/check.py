@@ -65,10 +65,37 @@ class CheckResult:
     changes: list[Change]
     cases: list[tuple[str, str, int]]  # (scenario, framework, observations compared)
     warnings: list[str] = field(default_factory=list)
+    # changes that the user's own known divergences cover (``accept_documented``): reported,
+    # not failing
+    accepted: list[Change] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+
+def accept_documented(result: CheckResult, entries: tuple[dict, ...]) -> list[dict]:
+    """Move the changes that ``entries`` (the user's ``--divergences`` file, scoped by content:
+    ``xbn.profiles.divergences``) cover from ``changes`` to ``accepted``, each named in a
+    warning; returns the entries that covered no change (stale)."""
+    from ..profiles.divergences import covers, stale_divergences
+
+    by_name = {s.name: s for s in result.snapshot.scenarios}
+    kept = []
+    for change in result.changes:
+        entry = next((d for d in entries if d["framework"] == change.framework and
+                      covers(d, by_name[change.scenario], change.step, change.quantity)), None)
+        if entry is None:
+            kept.append(change)
+            continue
+        result.accepted.append(change)
+        result.warnings.append(f"accepted ({entry['origin']}): {change.scenario} step "
+                               f"{change.step} {change.framework} {change.quantity} "
+                               f"({change.kind}): {entry['reason']}")
+    result.changes = kept
+    return stale_divergences(entries, result.snapshot.scenarios,
+                             [(c.scenario, c.step, c.framework, c.quantity)
+                              for c in result.accepted])
 
 
 def plan(snapshot: Snapshot, wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:

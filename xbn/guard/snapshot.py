@@ -29,6 +29,7 @@ from ..common.jsonio import review_dumps, strict_loads
 from ..common.strict import JSON_NAMES, Fields, StrictError, join, read_text
 from ..scenario.loader import Scenario
 from ..scenario.observation import FIELDS, OK, REP, STATUSES, STEP, Observation, with_rep
+from ..schemas import validate
 
 KIND = "xbn-snapshot"
 SCHEMA = 1
@@ -132,7 +133,11 @@ def load_snapshot(path: str | Path) -> Snapshot:
         data = strict_loads(text)
     except ValueError as exc:  # json.JSONDecodeError is one
         raise SnapshotError(file, f"not valid JSON: {exc}") from None
-    return parse_snapshot(data, file)
+    snapshot = parse_snapshot(data, file)
+    # the published schema (``xbn schema snapshot``), after the reader's precise messages and
+    # before anything re-runs
+    validate("snapshot", data, file, SnapshotError)
+    return snapshot
 
 
 def parse_snapshot(data, file: str = "<memory>") -> Snapshot:

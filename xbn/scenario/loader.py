@@ -18,6 +18,7 @@ import numpy as np
 
 from ..common.dtypes import DTYPES
 from ..common.strict import TOML_NAMES, Fields, StrictError, read_text
+from ..schemas import validate
 from . import additions
 from .ddp import check_ddp_options
 from .model import (  # noqa: F401 - re-exported: the scenario's vocabulary
@@ -215,6 +216,9 @@ def load(path: str | Path) -> Scenario:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ScenarioError(file, f"not valid {path.suffix[1:].upper()}: {exc}") from None
     scenario = parse(data, file)
+    # the published schema (``xbn schema scenario``), after the reader's own precise messages
+    # and before anything runs: a file the reader takes must be one the contract describes
+    validate("scenario", data, file, ScenarioError)
     scenario.path = recorded_path(path)
     return scenario
 
