@@ -204,6 +204,11 @@ def test_campaign_writes_a_fresh_folder_one_finding_per_cause(tmp_path, monkeypa
     assert len(scenario.inputs) == 1  # unused inputs dropped
     md = (out / f"{name}.md").read_text()
     assert _files_named(md) <= written, _files_named(md) - written
+    # named by their path from where the campaign ran, with the campaign's whole command
+    paths = set(re.findall(r"findings-2/([\w.-]+\.(?:py|toml))", md))
+    assert paths and paths <= written, paths - written
+    assert f"`xbn run findings-2/{name}.toml -f keras-torch`" in md
+    assert "xbn fuzz -f keras-torch --max-examples 10 --seed 0" in md
     assert "## Upstream report" in md and "https://github.com/keras-team/keras/pull/18795" in md
     assert "explains step 0" in md
     result = run([scenario], ["keras-torch"])

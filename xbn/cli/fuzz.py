@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .common import fail, framework_ids
+from .schema import divergences_option, load_divergences, user_divergences
 
 
 @click.command()
@@ -28,8 +29,18 @@ from .common import fail, framework_ids
               help="Write into an --out folder that already holds files (same names replaced).")
 @click.option("--batch", type=click.IntRange(min=1, max=64), default=8, show_default=True,
               help="Scenarios per round trip to each worker.")
+@divergences_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: seeds SEED, SEED+1, ... spread over Ray actors (xbn.fuzz.ray_engine).")
+@click.option("--known", "known", default=None, metavar="FILE",
+              help="TOML of causes already reported upstream ([[known]] framework, cause, link): "
+                   "counted, not reported again.")
+@click.option("--address", default=None, help="ray: the cluster (default: a local Ray).")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="ray: campaigns at once, one seed each (default: the cluster's CPUs).")
 def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None, seed: int,
-         out: str | None, force: bool, batch: int) -> None:
+         out: str | None, force: bool, batch: int, divergences: str | None, engine: str,
+         address: str | None, actors: int | None, known: str | None) -> None:
     """Search for scenarios where a framework departs from its own declared profile or hits a
     numerical hazard (NaN/inf, a negative variance, a collapsed variance, a moving mean outside
     its data) that no declared switch, rounding bound or known divergence accounts for; shrink
@@ -42,10 +53,19 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
 
     if budget is not None and max_examples is not None:
         fail("give --budget or --max-examples, not both")
+    if engine == "ray":
+        from ..fuzz.ray_engine import RayMissing, ray_module
+
+        try:
+            ray_module()
+        except RayMissing as exc:
+            fail(str(exc))
     try:  # before the campaign: a refusal must not cost its budget
         folder = out_dir(out, force)
     except OutputExists as exc:
         fail(str(exc))
+    entries = load_divergences(divergences)
+    reported = _known(known)
     ids = framework_ids(frameworks) or list(FRAMEWORK_IDS)
     missing = [f for f in ids if not available(f)]
     if missing:
@@ -57,6 +77,7 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
 
     from ..fuzz.campaign import Campaign
     from ..fuzz.output import write
+    from ..guard.engines.ray_engine import RayStartFailed
 
     def log(text: str) -> None:
         click.echo(f"xbn fuzz: {text}", err=True)
@@ -65,10 +86,25 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
                                                        if force and folder.exists() else ""))
     campaign = Campaign(ids, seed=seed, budget=budget, max_examples=max_examples, batch=batch,
                         shrink_seconds=max(10.0, (budget or 300.0) / 6), log=log)
-    findings = campaign.run()
+    if engine == "ray":
+        from ..fuzz.ray_engine import RayCampaign
+
+        campaign = RayCampaign(ids, seed=seed, budget=budget, max_examples=max_examples,
+                               batch=batch, shrink_seconds=campaign.shrink_seconds, log=log,
+                               actors=actors, address=address, divergences=entries)
+    command = " ".join(["xbn fuzz", "-f", ",".join(ids), *(
+        ["--budget", f"{budget:g}"] if budget is not None else []), *(
+        ["--max-examples", str(max_examples)] if max_examples is not None else []),
+        "--seed", str(seed), "--batch", str(batch), *(["--known", known] if known else [])])
+    campaign.known, campaign.command = reported, command
+    with user_divergences(entries):  # rows they cover are no finding
+        try:
+            findings = campaign.run()
+        except RayStartFailed as exc:  # --engine ray: no cluster, or a local Ray that failed
+            fail(str(exc))
     for finding in findings:
         versions = campaign.sessions[finding.flag.framework].versions
-        for path in write(finding, folder, versions, seed, campaign.k):
+        for path in write(finding, folder, versions, seed, campaign.k, command):
             click.echo(str(path))
     busy = campaign.seconds - campaign.startup
     overhead = max(0.0, busy - campaign.worker_seconds)
@@ -76,9 +112,28 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
     log(f"{campaign.examples} examples in {campaign.seconds:.0f} s (workers' start-up "
         f"{campaign.startup:.0f} s); examples per second per framework: {rates}; fuzzer "
         f"overhead {overhead:.1f} s ({100 * overhead / busy if busy else 0:.0f}% of the search)")
+    seen = getattr(campaign, "known_seen", {})
+    causes = {f.cause.name for f in findings} | {c for _, c in seen}
+    log(f"{campaign.examples} examples; {len(causes)} distinct root cause(s): "
+        f"{len(findings)} new finding(s), {len(seen)} already reported (--known)" +
+        "".join(f"; {fw} {cause}: {n} hit(s), {reported[(fw, cause)]}"
+                for (fw, cause), n in sorted(seen.items())))
     log(f"{len(findings)} finding(s)" + (f" written to {folder}/" if findings else
                                          f"; nothing written (would have gone to {folder}/)"))
     sys.exit(1 if findings else 0)
+
+
+def _known(path: str | None) -> dict:
+    """--known FILE read before the campaign (a bad file: one line, exit 2)."""
+    if path is None:
+        return {}
+    from ..common.strict import StrictError
+    from ..fuzz.upstream import load_known
+
+    try:
+        return load_known(path)
+    except StrictError as exc:
+        fail(str(exc))
 
 
 @click.command()

@@ -19,6 +19,7 @@ import threading
 import time
 
 from ..frameworks.registry import module_path
+from ..scenario.model import REPLICAS_ENV
 from .environment import worker_env
 
 
@@ -33,15 +34,22 @@ class Session:
     time plus the protocol), which the campaign compares with its total to state its overhead.
     """
 
-    def __init__(self, framework: str, timeout: float = 120.0):
+    def __init__(self, framework: str, timeout: float = 120.0, replicas: int = 2):
         self.framework, self.timeout = framework, timeout
+        self.replicas = replicas  # host devices offered for scenarios with replicas
         self.proc: subprocess.Popen | None = None
         self.versions: dict = {}
         self.seconds = 0.0
         self.examples = 0
+        self.cpu_seconds = 0.0  # the worker's CPU after its start-up (imports excluded)
+        self._cpu_start = 0.0
 
     def start(self) -> None:
         env = worker_env(self.framework)  # the runner's workers' environment, devices too
+        if self.replicas > 1:  # read once, before the framework's import (worker.prepare_replicas)
+            env[REPLICAS_ENV] = str(self.replicas)
+            env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={self.replicas} "
+                                f"{env.get('XLA_FLAGS', '')}").strip()
         self.stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xbn.execution.worker", "--serve"], stdin=subprocess.PIPE,
@@ -52,6 +60,7 @@ class Session:
         self._send({"framework": self.framework, "module": module_path(self.framework)})
         hello = self._next(self.timeout)
         self.versions = hello.get("versions", {})
+        self._cpu_start = self._cpu()
 
     @staticmethod
     def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
@@ -107,8 +116,21 @@ class Session:
         self.examples += len(documents)
         return out
 
+    def _cpu(self) -> float:
+        """The worker's CPU seconds so far, its waited-for children (torch replicas) included
+        (user + system; Linux ``/proc``, else 0): what the fuzz benchmark sets against the
+        campaign's own CPU to state its overhead."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:  # type: ignore[union-attr]
+                fields = f.read().rsplit(")", 1)[1].split()
+            return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return 0.0
+
     def close(self) -> None:
         """End the worker (its process group: a framework may have started helpers)."""
+        if self.proc is not None:
+            self.cpu_seconds += max(0.0, self._cpu() - self._cpu_start)
         proc, self.proc = self.proc, None
         if proc is None:
             return

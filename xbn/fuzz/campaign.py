@@ -27,6 +27,43 @@ from .cause import Cause, root_cause
 from .verdict import KINDS, Flag, flags_of
 
 
+def minimal_document(document: dict, last_step: int | None = None) -> dict:
+    """The document without the steps after ``last_step`` (the finding's: a later step cannot
+    change its row) and without inputs no step uses (Hypothesis cannot drop a drawn input that
+    an earlier choice made and a later one stopped using)."""
+    steps = document["steps"] if last_step is None else document["steps"][:last_step + 1]
+    used = {s.get(k) for s in steps for k in ("input", "target", "weights", "mask")}
+    return {**document, "steps": steps,
+            "inputs": {k: v for k, v in document["inputs"].items() if k in used}}
+
+
+def without_step(document: dict, index: int) -> dict | None:
+    """The document without step ``index`` (later ``@N`` inputs renumbered), or None where a
+    later step reads its output or it is the last step."""
+    steps = document["steps"]
+    if index >= len(steps) - 1 or any(s.get("input") == f"@{index}" for s in steps):
+        return None
+
+    def moved(step: dict) -> dict:
+        x = step.get("input")
+        if isinstance(x, str) and x.startswith("@") and int(x[1:]) > index:
+            return {**step, "input": f"@{int(x[1:]) - 1}"}
+        return step
+
+    return minimal_document({**document, "steps": [moved(s) for i, s in enumerate(steps)
+                                                   if i != index]})
+
+
+def _repeat_once(document: dict, index: int) -> dict | None:
+    """The document with step ``index``'s repeat made 1 (None: it has none)."""
+    step = document["steps"][index]
+    if step.get("repeat", 1) == 1:
+        return None
+    rest = {k: v for k, v in step.items() if k not in ("repeat", "trace")}
+    return {**document, "steps": [*document["steps"][:index], rest,
+                                  *document["steps"][index + 1:]]}
+
+
 class _OutOfTime(BaseException):
     """Budget spent: a BaseException so that Hypothesis lets it through without a replay."""
 
@@ -79,7 +116,11 @@ class Campaign:
     seconds: float = 0.0
     startup: float = 0.0
     worker_seconds: float = 0.0  # waiting for the slowest worker of each round trip
+    cpu_seconds: float = 0.0  # this process's CPU after the workers' start-up: xbn's own
     sessions: dict[str, Session] = field(default_factory=dict)
+    known: dict[tuple[str, str], str] = field(default_factory=dict)  # --known: signature->link
+    known_seen: dict[tuple[str, str], int] = field(default_factory=dict)  # hits of those
+    command: str = ""  # the campaign's whole command line, recorded in every report
 
     def _time_left(self) -> float:
         return float("inf") if self.budget is None else self.budget - (time.monotonic() - self.t0)
@@ -92,6 +133,7 @@ class Campaign:
             with ThreadPoolExecutor(len(self.sessions)) as pool:
                 list(pool.map(Session.start, self.sessions.values()))
             self.startup = time.monotonic() - self.t0
+            cpu0 = time.process_time()
             self.log(f"workers up in {self.startup:.1f} s: {', '.join(self.frameworks)}")
             attempt = 0
             while self._time_left() > 0 and self._examples_left() > 0:
@@ -99,6 +141,8 @@ class Campaign:
                     break
                 attempt += 1
         finally:
+            if "cpu0" in locals():
+                self.cpu_seconds = time.process_time() - cpu0
             for s in self.sessions.values():
                 s.close()
             self.seconds = time.monotonic() - self.t0
@@ -123,10 +167,10 @@ class Campaign:
         """(doc, scenario, framework, rows, flag) of every flag (``verdict.flags_of``;
         ``hazards_only``: the hazards alone), the worst kind first (a NaN before a rounding
         question)."""
-        found = sorted(((KINDS.index(flag.kind), i, (doc, scenario, fw, rows, flag))
+        found = sorted(((KINDS.index(flag.kind), flag.step, i, (doc, scenario, fw, rows, flag))
                         for i, (doc, scenario, fw, rows) in enumerate(evaluated)
                         for flag in flags_of(fw, scenario, rows, self.k, hazards_only)),
-                       key=lambda h: h[:2])
+                       key=lambda h: h[:3])  # then the earliest step: what a report shows
         return [hit for *_, hit in found]
 
     def cause_of(self, flag: Flag, scenario: Scenario, rows: list[dict]) -> Cause:
@@ -139,9 +183,24 @@ class Campaign:
         for hit in hits:
             _, scenario, fw, rows, flag = hit
             cause = self.cause_of(flag, scenario, rows)
+            reported = self.reported(fw, cause.name)
+            if reported is not None:  # --known: already reported upstream, counted only
+                self.known_seen[reported] = self.known_seen.get(reported, 0) + 1
+                continue
             if (fw, cause.name) not in known:
                 return (*hit, cause)
             known[(fw, cause.name)].symptoms.add(flag.key[1:])
+        return None
+
+    def reported(self, framework: str, cause: str) -> tuple[str, str] | None:
+        """The ``--known`` entry that covers (framework, cause), or None. An entry naming a
+        plain id covers its modes and devices (``haiku`` covers ``haiku+jit``: one upstream
+        report); one naming a mode covers that mode only."""
+        from ..frameworks.devices import base_id, run_id
+
+        for fid in (framework, run_id(framework), base_id(framework)):
+            if (fid, cause) in self.known:
+                return (fid, cause)
         return None
 
     def _round(self, attempt: int) -> bool:
@@ -205,7 +264,7 @@ class Campaign:
         if state["best"] is None:
             return state["target"] is None and self._time_left() > 0 \
                 and self._examples_left() > 0 and not self._exhausted(attempt)
-        finding = state["best"][1]
+        finding = self._fewer_steps(state["best"][1])
         finding.shrink_calls = state["calls"]
         finding.symptoms.add(finding.flag.key[1:])
         self.findings = deduplicate(self.findings + [finding])
@@ -213,6 +272,32 @@ class Campaign:
                  f"{finding.shrink_calls} calls to {len(finding.scenario.steps)} step(s): "
                  f"{finding.flag.detail}")
         return True
+
+    def _fewer_steps(self, finding: Finding) -> Finding:
+        """Hypothesis shrinks choices, not steps: a flag at step 3 may need none of steps
+        0-2, and a ``repeat = 100`` may show it at 1. Greedily try the finding's scenario cut
+        to its flag's step with one earlier step dropped, or one repeat made 1, all in one
+        request to its worker; keep the first variant that still shows the same kind of
+        symptom of the same cause, until none does (or the shrink time is spent)."""
+        fw, cause, kind = finding.flag.framework, finding.cause, finding.flag.kind
+        deadline = time.monotonic() + self.shrink_seconds
+        doc = minimal_document(finding.document, finding.flag.step)
+        while time.monotonic() < deadline and self._time_left() > 0:
+            variants = [v for i in range(len(doc["steps"]))
+                        for v in (without_step(doc, i), _repeat_once(doc, i)) if v is not None]
+            if not variants:
+                break
+            named = [{**v, "name": f"fuzz-{i}"} for i, v in enumerate(variants)]
+            for doc_, scenario, _fw, rows, flag in self.hits(self.evaluate(named, [fw])):
+                if flag.kind == kind and self.cause_of(flag, scenario, rows) == cause:
+                    doc = minimal_document({**doc_, "name": "fuzz"}, flag.step)
+                    finding = Finding(flag, doc, parse(doc, "<fuzz>"),
+                                      [{**o, "scenario": "fuzz"} for o in rows], cause,
+                                      symptoms=finding.symptoms)
+                    break
+            else:
+                break
+        return finding
 
     def _exhausted(self, attempt: int) -> bool:
         """A round that ended without a finding and without spending the budget: Hypothesis

@@ -15,17 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..scenario.loader import parse
-from .campaign import Finding
-
-
-def minimal_document(document: dict, last_step: int | None = None) -> dict:
-    """The document without the steps after ``last_step`` (the finding's: a later step cannot
-    change its row) and without inputs no step uses (Hypothesis cannot drop a drawn input that
-    an earlier choice made and a later one stopped using)."""
-    steps = document["steps"] if last_step is None else document["steps"][:last_step + 1]
-    used = {s.get(k) for s in steps for k in ("input", "target", "weights")}
-    return {**document, "steps": steps,
-            "inputs": {k: v for k, v in document["inputs"].items() if k in used}}
+from .campaign import Finding, minimal_document, without_step  # noqa: F401 - re-exported
 
 
 def _value(v) -> str:
@@ -87,9 +77,11 @@ def out_dir(out: str | None, force: bool = False, default: str = "findings") -> 
     return path
 
 
-def write(finding: Finding, out: Path, versions: dict, seed: int, k: float = 16.0) -> list[Path]:
+def write(finding: Finding, out: Path, versions: dict, seed: int, k: float = 16.0,
+          command: str = "") -> list[Path]:
     """Write ``<slug>.toml``, ``<slug>.py`` where the family has a repro template, and
-    ``<slug>.md`` (naming only those files) under ``out``; returns the paths written."""
+    ``<slug>.md`` (naming only those files, by their path from here, and holding the scenario
+    and the campaign's ``command``) under ``out``; returns the paths written."""
     from .repro import ReproUnsupported, script
     from .summary import markdown
 
@@ -100,8 +92,10 @@ def write(finding: Finding, out: Path, versions: dict, seed: int, k: float = 16.
                       rows=[{**o, "scenario": name} for o in finding.rows
                             if o["step"] <= finding.flag.step])
     toml = out / f"{name}.toml"
-    toml.write_text(to_toml(document, f"xbn fuzz finding ({finding.flag.framework}: "
-                                      f"{finding.cause.name})"), encoding="utf-8")
+    command = command or f"xbn fuzz -f {finding.flag.framework} --seed {seed}"
+    text = to_toml(document, f"xbn fuzz finding ({finding.flag.framework}: "
+                             f"{finding.cause.name})\nfound by: {command}")
+    toml.write_text(text, encoding="utf-8")
     paths = [toml]
     try:
         code = script(parse(document, str(toml)), finding.flag.framework, finding.flag)
@@ -113,5 +107,7 @@ def write(finding: Finding, out: Path, versions: dict, seed: int, k: float = 16.
         paths.append(py)
         why = ""
     md = out / f"{name}.md"
-    md.write_text(markdown(finding, name, versions, seed, code, why, k), encoding="utf-8")
+    where = "" if out in (Path(), Path(".")) else f"{out.as_posix().rstrip('/')}/"
+    md.write_text(markdown(finding, name, versions, seed, code, why, k, command, where, text),
+                  encoding="utf-8")
     return paths + [md]

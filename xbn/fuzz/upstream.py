@@ -96,3 +96,52 @@ def status_text(framework: str, cause: str) -> str:
         return f"not searched yet: search {tracker} before filing."
     head = f"existing report: {status.found}" if status.found else "no existing report"
     return f"{head} (searched {tracker}, {status.searched}): {status.text}."
+
+
+KNOWN_KEYS = {"framework", "cause", "link", "note"}
+
+
+def load_known(path: str) -> dict[tuple[str, str], str]:
+    """``xbn fuzz --known FILE``: causes already reported upstream, (framework id, cause) ->
+    link, from TOML entries ``[[known]] framework = "haiku", cause =
+    "one-pass-variance-not-clamped", link = "https://..."`` (``cause``: a finding's signature,
+    as its file names and ``.md`` spell it; ``note``: free text). A campaign counts their hits
+    and reports only new causes. Raises ``StrictError`` (one line: file, entry, key)."""
+    import tomllib
+
+    from ..common.strict import StrictError, closest, read_text
+    from ..frameworks.devices import base_id, parse
+    from ..frameworks.registry import FRAMEWORK_IDS
+
+    text = read_text(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StrictError(path, f"not TOML: {exc}") from None
+    unknown = set(data) - {"known"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise StrictError(path, f"unknown key{closest(key, ['known'])}", key)
+    entries = data.get("known", [])
+    if not isinstance(entries, list):
+        raise StrictError(path, "expected [[known]] entries", "known")
+    out: dict[tuple[str, str], str] = {}
+    for i, entry in enumerate(entries):
+        where = f"known[{i}]"
+        if not isinstance(entry, dict):
+            raise StrictError(path, "expected a table", where)
+        for key in entry:
+            if key not in KNOWN_KEYS:
+                raise StrictError(path, f"unknown key{closest(key, KNOWN_KEYS)}",
+                                  f"{where}.{key}")
+        for key in ("framework", "cause", "link"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise StrictError(path, "required, a non-empty string", f"{where}.{key}")
+        try:
+            fid = parse(entry["framework"])
+        except ValueError as exc:
+            raise StrictError(path, str(exc), f"{where}.framework") from None
+        if base_id(fid) not in FRAMEWORK_IDS:
+            raise StrictError(path, f"unknown framework {fid!r}", f"{where}.framework")
+        out[(entry["framework"], entry["cause"])] = entry["link"]
+    return out

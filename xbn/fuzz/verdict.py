@@ -25,13 +25,14 @@ known divergence (``xbn/profiles/divergences.toml``, quiet for every kind). A ro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
 from ..common.dtypes import EPS
-from ..comparison.diffs import agreement
+from ..comparison.diffs import agreement, row_at
 from ..explain.bounds import MONOTONE, corner_changes
 from ..explain.candidates import declared_profile
 from ..explain.reruns import rerun
@@ -40,7 +41,7 @@ from ..profiles.divergences import known_divergence
 from ..profiles.facts import PROFILES
 from ..reference.semantics import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
-from ..scenario.observation import ERROR, OK
+from ..scenario.observation import ERROR, NOT_APPLICABLE, OK
 
 KINDS = ("nan", "inf", "negative_variance", "overshoot", "cancellation", "unexplained")
 FAR = 1e-3  # relative error beyond which a one-pass variance has collapsed (float32 eps 1.2e-7)
@@ -83,9 +84,38 @@ class Run(dict):
         return self
 
 
+_RUNS: dict[tuple, Run] = {}  # (scenario's text, setting) -> its run; see ``reference``
+_RUNS_MAX = 4096
+
+
+def _scenario_key(scenario: Scenario) -> str:
+    """The scenario's whole text (its name included: rows carry it), computed once per object:
+    a campaign hands every framework's verdict the same parsed scenario."""
+    key = scenario.__dict__.get("_xbn_fuzz_key")
+    if key is None:
+        key = json.dumps(scenario.to_dict(), sort_keys=True, default=str)
+        object.__setattr__(scenario, "_xbn_fuzz_key", key)
+    return key
+
+
 def reference(scenario: Scenario, change: dict) -> Run:
-    """(step, quantity) -> observation of the float64 reference with ``change`` applied."""
-    return Run({(o["step"], o["quantity"]): o for o in rerun(scenario, change)})
+    """(step, quantity) -> observation of the float64 reference with ``change`` applied.
+
+    Cached by (scenario, setting): ten frameworks' verdicts on one scenario ask for the same
+    few settings (the Keras family shares its profile; every framework's exact run is its
+    semantic switches), and a shrinking campaign re-asks for scenarios it has seen. Rerunning
+    them was most of the fuzzer's own CPU (a ``repeat = 1000`` step is a thousand forward
+    passes per setting). A Run is never modified by its readers."""
+    key = (_scenario_key(scenario), tuple(sorted((k, repr(v)) for k, v in change.items())))
+    run = _RUNS.get(key)
+    if run is None:
+        if len(_RUNS) >= _RUNS_MAX:
+            _RUNS.clear()
+        run = _RUNS[key] = Run()
+        for o in rerun(scenario, change):  # a traced row under (step, quantity, rep) too:
+            run[(o["step"], o["quantity"])] = o  # the last repetition, and where the search
+            run[row_at(o)] = o  # (``row_at``) pairs each repetition
+    return run
 
 
 def declared(framework: str) -> tuple[dict, dict]:
@@ -113,6 +143,8 @@ def _hull(scenario: Scenario, step_index: int) -> tuple[float, float]:
     for step in scenario.steps:
         if step.index > step_index:
             break
+        if isinstance(step.input, str) and step.input.startswith("@"):
+            return -np.inf, np.inf  # an earlier step's output: not known here, no claim
         values = [scenario.inputs[step.input]] if step.input else []
         if "moving_mean" in step.values:
             values.append(np.asarray(step.values["moving_mean"]))
@@ -126,6 +158,18 @@ def _finite(want: dict | None) -> np.ndarray | None:
         and want["value"] is not None else None
 
 
+def _largest(o: dict, scenario: Scenario) -> float:
+    """The largest finite value of the row's dtype: an exact value beyond it overflows in
+    any implementation (range, not a bug: a float16 output of 3e5 is inf everywhere)."""
+    dtype = o.get("dtype") or scenario.layer.dtype
+    if dtype == "bfloat16":
+        return 3.3895e38
+    try:
+        return float(np.finfo(dtype).max)
+    except (TypeError, ValueError):  # a count (num_batches_tracked): no overflow to excuse
+        return float("inf")
+
+
 def _hazard(framework: str, scenario: Scenario, o: dict, want: dict | None,
             k: float) -> Flag | None:
     """The hazard of one observed row ``o`` whose exact counterpart is ``want`` (None: none)."""
@@ -133,7 +177,7 @@ def _hazard(framework: str, scenario: Scenario, o: dict, want: dict | None,
     step, q = o["step"], o["quantity"]
     finite = _finite(want)
     if finite is not None and finite.shape == value.shape:
-        bad = ~np.isfinite(value) & np.isfinite(finite)
+        bad = ~np.isfinite(value) & np.isfinite(finite) & (np.abs(finite) < _largest(o, scenario))
         if bad.any():
             kind = "nan" if np.isnan(value[bad]).any() else "inf"
             return Flag(framework, q, kind, step,
@@ -201,13 +245,8 @@ def unexplained(framework: str, scenario: Scenario, rows: list[dict], k: float) 
     if framework not in PROFILES:
         return []
     framework_rows = unknown_rows(framework, scenario, rows)
-    runs: dict = {}
-
     def observe(change: dict) -> dict:
-        key = tuple(sorted(change.items()))
-        if key not in runs:
-            runs[key] = reference(scenario, change)
-        return runs[key]
+        return reference(scenario, change)
 
     search = Search(framework_rows, observe, k)
     semantic, full = declared(framework)
@@ -246,7 +285,7 @@ def _refused(rows: list[dict], framework_rows: dict, left: set, profile: dict) -
     optimizer refuses a layer without parameters before the forward pass, the declared
     refusal after it), which is no claim about the framework's numbers."""
     theirs = {o["step"] for o in rows if o["status"] == ERROR}
-    ours = {step for (step, _q), o in profile.items() if o["status"] == ERROR}
+    ours = {at[0] for at, o in profile.items() if o["status"] == ERROR}
     return {i for i in left if framework_rows[i].step in theirs & ours}
 
 
@@ -325,11 +364,30 @@ def _short(value) -> str:
     return f"[{text}{', ...' if flat.size > 4 else ''}]"
 
 
+def expressed(rows: list[dict]) -> list[dict]:
+    """The rows to judge: those before the first step the framework could not express (an
+    ``n/a`` row: a
+    mask torch takes no argument for, a ghost batch only tf-keras has, a reset Keras lacks).
+    What follows ran on a layer that skipped that step: no claim about its numbers."""
+    skipped = [o["step"] for o in rows if o.get("status") == NOT_APPLICABLE]
+    rows = [o for o in rows if o["step"] < min(skipped)] if skipped else rows
+    # a traced repeat's rows: only its last repetition, which a reference run holds under
+    # (step, quantity) (``Run``); the earlier ones are the trajectory, for plots
+    last: dict = {}
+    for o in rows:
+        if o.get("rep") is not None:
+            key = (o["step"], o["quantity"])
+            last[key] = max(last.get(key, -1), o["rep"])
+    return [o for o in rows if o.get("rep") is None or o["rep"] == last[(o["step"],
+                                                                          o["quantity"])]]
+
+
 def flags_of(framework: str, scenario: Scenario, rows: list[dict], k: float,
              hazards_only: bool = False) -> list[Flag]:
     """Every finding in one framework's rows of one scenario (empty: nothing to report);
     ``hazards_only``: NaN, inf, negative variances and overshoots only (two reruns, not the
     search: what a shrinking campaign asks first)."""
+    rows = expressed(rows)
     if not rows:
         return []
     exact = reference(scenario, declared(framework)[0])
