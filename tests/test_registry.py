@@ -49,7 +49,8 @@ def test_conventions_spell_what_the_capabilities_allow():
 
 
 def test_formats_and_live_models_belong_to_families_with_port_code():
-    assert {f.family for f in registry.FORMATS.values()} == {"torch", "keras", "flax"}
+    assert {f.family for f in registry.FORMATS.values()} == {"torch", "keras", "flax",
+                                                              "paddle", "mlx"}
     assert {f.id for f in registry.live_families()} == {"torch", "keras", "flax"}
     for fam in registry.FAMILIES.values():
         if fam.formats:

@@ -152,3 +152,62 @@ def test_driver_reads_evaluated_statistics_after_each_step():
     rows = {o["quantity"]: o["value"] for o in run_scenario(load_adapter("mlx"), scenario)}
     # two updates with m = 0.5 towards the batch mean (2, 4): 0.75 * (2, 4)
     np.testing.assert_allclose(rows["moving_mean"], [1.5, 3.0])
+
+
+@pytest.mark.parametrize("suffix", [".mlx.safetensors", ".mlx.npz"])
+def test_convert_torch_to_mlx_round_trip(tmp_path, suffix):
+    """``xbn convert`` of a trained torch BatchNorm1d into MLX weights: ``load_weights`` into
+    an ``nn.BatchNorm`` (momentum 0.1, eps 1e-5, as ``xbn port --from torch --to mlx`` says)
+    gives torch's statistics bit for bit, its eval outputs, and after one more training step
+    (both unbiased, the same direction) its running statistics, within float32. Then back to
+    torch: the same tensors."""
+    require_framework("torch")
+    import torch
+
+    from xbn.port.convert import convert_file
+
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(3, momentum=0.1, eps=1e-5)
+
+    class MlxNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm(3, momentum=0.1, eps=1e-5)
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(3.0, 2.0, size=(16, 3)).astype(np.float32)
+    tnet = TorchNet().train()
+    for _ in range(3):
+        tnet.bn(torch.from_numpy(rng.normal(1.0, 4.0, size=(8, 3)).astype(np.float32)))
+    with torch.no_grad():
+        tnet.bn.weight.copy_(torch.tensor([1.5, 0.5, -2.0]))
+        tnet.bn.bias.copy_(torch.tensor([0.25, -1.0, 3.0]))
+    torch.save(tnet.state_dict(), tmp_path / "t.pt")
+    convert_file(tmp_path / "t.pt", tmp_path / f"m{suffix}")
+
+    mnet = MlxNet()
+    mnet.load_weights(str(tmp_path / f"m{suffix}"))
+    for theirs, ours in (("weight", "weight"), ("bias", "bias"), ("running_mean", "running_mean"),
+                         ("running_var", "running_var")):
+        same(np.array(getattr(mnet.bn, ours)), getattr(tnet.bn, theirs).detach().numpy())
+    tnet.eval()
+    mnet.eval()
+    np.testing.assert_allclose(np.array(mnet.bn(mx.array(x))),
+                               tnet.bn(torch.from_numpy(x)).detach().numpy(), rtol=1e-6,
+                               atol=1e-6)
+    tnet.train()
+    mnet.train()
+    y = mnet.bn(mx.array(x))
+    mx.eval(y, mnet.bn.state)
+    np.testing.assert_allclose(np.array(y), tnet.bn(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-5)
+    for theirs, ours in (("running_mean", "running_mean"), ("running_var", "running_var")):
+        np.testing.assert_allclose(np.array(getattr(mnet.bn, ours)),
+                                   getattr(tnet.bn, theirs).numpy(), rtol=1e-6)
+    convert_file(tmp_path / f"m{suffix}", tmp_path / "back.pt")
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    before = torch.load(tmp_path / "t.pt", weights_only=True)
+    for key in ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"):
+        same(back[key].numpy(), before[key].numpy())

@@ -61,8 +61,13 @@ FAMILIES: dict[str, Family] = {
                file_framework="flax", live=True),
         Family("haiku"),
         Family("equinox"),
-        Family("paddle"),
-        Family("mlx"),
+        Family("paddle", _formats("paddle", ("paddle", (".pdparams",),
+                                            "Paddle state_dict, paddle.save (arrays only)")),
+               file_framework="paddle"),
+        Family("mlx", _formats("mlx", ("mlx-safetensors", (".mlx.safetensors",),
+                                       "MLX Module.save_weights as safetensors"),
+                               ("mlx-npz", (".mlx.npz",), "MLX Module.save_weights as .npz")),
+               file_framework="mlx"),
     ]
 }
 

@@ -229,7 +229,7 @@ SEMANTICS["paddle"] = {
     "variance_update": Fact("biased", f"{PDK}:116-146 saved_variance_e /= N * sample_size feeds running_var (Paddle#68159; measured: running variance 0.9 + 0.1 * biased variance)"),
     "frozen_means_inference": Fact(False, f"{PD}:879-900: only self.training selects batch statistics; stop_gradient freezes parameters alone"),
     "bare_call": Fact("module_mode", "paddle/nn/layer/layers.py:454 self.training = True; train()/eval() set it"),
-    "batch_of_one": Fact("zero_variance", f"{PDK}:109-114 `if ((N * sample_size) == 1)` copies x to y and returns before the update: no error (a known divergence: the output is x, not beta, and the statistics stay)"),
+    "batch_of_one": Fact("identity", f"{PDK}:109-114 `if ((N * sample_size) == 1)` copies x to y and returns before the update (deliberate: Paddle#11445, PR #11578; undocumented, the API docs give the normalization formula); measured: output x, statistics unchanged, grad of x = dy, of weight and bias 0"),
     "ema": Fact("plain", f"{PDK}:151-154 running*momentum + saved*(1-momentum)"),
     "initial_variance": Fact(1.0, f"{PD}:825-835 _variance initializer Constant(1.0)"),
     "training_normalization": Fact("batch", f"{PDF}:236-239 use_global_stats = not training (None: batch statistics in training)"),
@@ -315,6 +315,15 @@ class _Profiles(dict):
 PROFILES: dict[str, dict[str, Fact]] = _Profiles(
     {fid: _profile(info.profile) for fid, info in registry.FRAMEWORKS.items()
      if info.profile is not None})
+
+
+# Keras 3 on OpenVINO runs no training calls (issue 26): xbn reports them n/a, and so does the
+# reference under this fact, whose statistics then stay as the framework's do.
+PROFILES["keras-openvino"]["exported_training"] = Fact(
+    "none", "xbn/adapters/keras/inference_backends.py refuse_training_call: the backend is "
+    "inference only (keras/src/backend/openvino/trainer.py:215-237 fit raises), and each eager "
+    "call compiles an OpenVINO model (keras/src/backend/openvino/core.py:934-946), so training "
+    "calls are n/a; a frozen layer's training=True call is inference in Keras 3 and runs")
 
 
 def semantics_of(framework_id: str) -> Semantics:

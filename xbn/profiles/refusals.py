@@ -99,6 +99,23 @@ def _exception(message: str | None) -> tuple[str, str]:
     return kind.strip(), rest.strip()
 
 
+def declared_refusal(framework_id: str, observation: dict) -> str | None:
+    """The switch whose declared refusal an error ``observation`` of ``framework_id`` (any mode
+    or device of a registry id) is: raised by the framework itself (not xbn's code), of the
+    type and with the message fragment its profile declares (keras-torch's replicas: Keras 3
+    has no torch distribution backend). None when it is no declared refusal."""
+    from ..frameworks.devices import base_id
+
+    if observation.get("status") != ERROR or observation.get("origin") == "xbn":
+        return None
+    kind, text = _exception(observation.get("message"))
+    for switch in REFUSING:
+        declared = declared_error(base_id(framework_id), switch)
+        if declared and any(kind == t and f in text for t, f in declared.forms()):
+            return switch
+    return None
+
+
 def refusing_switch(reference_message: str | None) -> str | None:
     """The switch whose refusal the reference's error message is (None: none of them)."""
     kind, text = _exception(reference_message)

@@ -160,6 +160,9 @@ class ReferenceBatchNorm:
         weight = 0.0
         batch_mean = np.zeros(x2.shape[1])
         groups, scale, offset, rd = None, self.gamma, self.beta, {}
+        if edges.identity_batch(training, n, self.sem.batch_of_one):  # Paddle: y = x, no update
+            self._terms = {}
+            return _restore(x2, shape, self.axis), {"identity": True}
         if training or not self.track:
             if training and self.virtual_batch_size:  # per ghost batch; their average updates
                 groups = ghost_groups(x.shape[0], n // max(x.shape[0], 1),
@@ -196,6 +199,8 @@ class ReferenceBatchNorm:
 
     def backward(self, dy: np.ndarray, cache: dict) -> dict:
         """Analytic gradients of sum(y * dy), through the statistics where they depend on x."""
+        if cache.get("identity"):  # batch_of_one = "identity": y = x
+            return edges.identity_gradients(dy, self.gamma, self.beta)
         dy2, _ = _channels_last_2d(np.asarray(dy, np.float64), self.axis)
         self._terms["backward"] = dy2
         centered, inv, a = cache["centered"], cache["inv"], cache["weight"]
@@ -231,6 +236,8 @@ class ReferenceBatchNorm:
         rule = self.sem.exported_training
         if not training or rule == "framework":
             return self.forward(x, training)[0]
+        if rule == "none":  # an inference-only backend: the adapter reports the step n/a
+            raise NoSuchOperation("the modelled framework runs no training calls")
         if rule == "inference":  # the converter put the module in eval mode and left it there
             self.module_training = False
             return self.forward(x, False)[0]

@@ -65,6 +65,24 @@ def skips_update(rows: int, rule: str) -> bool:
     return rows == 0 and rule == "skip"
 
 
+def identity_batch(training: bool, values: int, rule: str) -> bool:
+    """Whether a call returns its input unchanged and leaves the statistics alone:
+    ``batch_of_one = "identity"`` (Paddle's batch_norm kernel: ``if ((N * sample_size) == 1)``
+    copies x to y and returns before the update, paddle/phi/kernels/cpu/batch_norm_kernel.cc,
+    deliberately since Paddle#11578) on a training batch of one value per channel."""
+    return training and values == 1 and rule == "identity"
+
+
+def identity_gradients(dy: np.ndarray, gamma, beta) -> dict:
+    """The gradients of an ``identity_batch`` call, y = x: dy passes through, and gamma and
+    beta, which the output does not depend on, get 0 (Paddle's grad kernel, measured)."""
+    grads = {"grad_input": np.asarray(dy, np.float64)}
+    for name, value in (("grad_gamma", gamma), ("grad_beta", beta)):
+        if value is not None:
+            grads[name] = np.zeros(np.shape(value))
+    return grads
+
+
 def gamma_gradient(grad: np.ndarray, inv: np.ndarray, rows: int, rule: str) -> np.ndarray:
     """grad_gamma on a batch of ``rows`` rows. The reference sums dy * x_hat over the rows:
     0 for no rows (``"zero"``: torch, Equinox, whose gamma multiplies each row's x_hat).

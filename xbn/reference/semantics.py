@@ -25,8 +25,9 @@ class Semantics:
     # which an explicit flag also sets (torch); a module attribute that only train()/eval()
     # change (flax NNX, equinox); or an error (flax linen, haiku need the flag)
     bare_call: str = "inference"  # inference | module_mode | module_attribute | error
-    # one value per channel in training: raise (torch) or normalize with variance 0
-    batch_of_one: str = "zero_variance"  # zero_variance | error
+    # one value per channel in training: raise (torch), normalize with variance 0, or return
+    # the input unchanged and leave the statistics alone ("identity": Paddle's kernel)
+    batch_of_one: str = "zero_variance"  # zero_variance | error | identity
     # running averages: plain EMA from the initial values; zero-debiased hidden/(1 - m^t)
     # (haiku, equinox mode="batch"); or seeded with the first batch (equinox mode="ema")
     ema: str = "plain"  # plain | debiased | seeded
@@ -129,8 +130,10 @@ class Semantics:
     # torchlib, which sets training = False); or the trace's forward updates the statistics by
     # the framework's rule and the runtime's training-mode node normalizes with the batch
     # statistics and updates them again with the population variance ("traced_update": the
-    # TorchScript exporter's trace, then ONNX's opset-15 training mode)
-    exported_training: str = "framework"  # framework | inference | traced_inference | traced_update
+    # TorchScript exporter's trace, then ONNX's opset-15 training mode); or no training call
+    # at all ("none": the step is n/a and the statistics stay, Keras 3 on OpenVINO, an
+    # inference-only backend, xbn.adapters.keras.inference_backends)
+    exported_training: str = "framework"  # framework | inference | traced_inference | traced_update | none
     # constructor defaults used when a scenario sets defaults = true
     default_momentum: float | None = 0.99
     default_epsilon: float = 1e-3
@@ -154,7 +157,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "variance_update": ("biased", "unbiased", "fused"),
     "frozen_means_inference": (True, False),
     "bare_call": ("inference", "module_mode", "module_attribute", "error"),
-    "batch_of_one": ("zero_variance", "error"),
+    "batch_of_one": ("zero_variance", "error", "identity"),
     "ema": ("plain", "debiased", "seeded"),
     "initial_variance": (1.0, 0.0),
     "training_normalization": ("batch", "running"),
@@ -176,7 +179,8 @@ SWITCH_VALUES: dict[str, tuple] = {
     "empty_predict": ("runs", "error"),
     "ghost_batch_remainder": ("uneven", "error"),
     "traced_functions": ("none", "until_compile", "until_compile_per_shape"),
-    "exported_training": ("framework", "inference", "traced_inference", "traced_update"),
+    "exported_training": ("framework", "inference", "traced_inference", "traced_update",
+                          "none"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
 }

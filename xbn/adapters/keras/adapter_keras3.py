@@ -197,6 +197,7 @@ class KerasAdapter(Adapter):
 
     # -- operations ----------------------------------------------------------------------
     def call(self, x, training):
+        inference_backends.refuse_training_call(self.backend, training, self.bn.trainable)
         if self.traced is not None:
             return _numpy(self.traced.call(self._tensor(x), self._training_kwargs(training)))
         return _numpy(self.model(self._tensor(x), **self._training_kwargs(training)))
@@ -285,6 +286,7 @@ class KerasAdapter(Adapter):
         return ops.convert_to_tensor(keras_mask(mask))
 
     def call_masked(self, x, training, mask):
+        inference_backends.refuse_training_call(self.backend, training, self.bn.trainable)
         if self.traced is not None:
             return _numpy(self.traced.call(self._tensor(x), {
                 "mask": self._mask(mask), **self._training_kwargs(training)}))

@@ -43,3 +43,25 @@ def refuse(backend: str, op: str) -> None:
     """NotApplicable for ``op`` (fit, grad) on an inference-only backend; nothing elsewhere."""
     if backend in _WHY:
         raise NotApplicable(f"{op}: {_WHY[backend]}")
+
+
+# Backends whose training-mode calls are n/a too. OpenVINO's eager ops build a graph that is
+# compiled whenever a value is read (keras/src/backend/openvino/core.py:934-946
+# convert_to_numpy: compile_model), about 1 to 2 s per BatchNormalization call on a loaded
+# 2-core machine (measured): seed-keras' 1002 training calls alone outlast any timeout, and
+# training is outside the backend's contract (inference only). numpy's training calls are
+# cheap and kept: they show its unclamped one-pass variance
+# (keras/src/backend/numpy/nn.py:947-951 moments), a real difference.
+_TRAINING_CALLS = {
+    "openvino": ("a training-mode call (training=True) on Keras 3's OpenVINO backend: the "
+                 "backend is inference only (no fit, no gradients), and each eager call "
+                 "compiles an OpenVINO model (~1-2 s), so training calls are not run; "
+                 "inference calls and predict are"),
+}
+
+
+def refuse_training_call(backend: str, training: bool | None, trainable: bool) -> None:
+    """NotApplicable for a call that trains (``training=True`` on a trainable layer: Keras 3
+    runs a frozen layer in inference mode) on a backend of ``_TRAINING_CALLS``."""
+    if backend in _TRAINING_CALLS and training and trainable:
+        raise NotApplicable(_TRAINING_CALLS[backend])

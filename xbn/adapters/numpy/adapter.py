@@ -43,7 +43,10 @@ class NumpyAdapter(Adapter):
         self.bn = ReferenceBatchNorm(layer, semantics, axis=channel_axis(layer.layout))
 
     def call(self, x, training):
-        return self.bn.call(x, training)
+        try:
+            return self.bn.call(x, training)
+        except NoSuchOperation as exc:  # exported_training = "none"
+            raise NotApplicable(str(exc)) from None
 
     def predict(self, x):
         return self.bn.predict(x)
