@@ -100,7 +100,8 @@ def accept_documented(result: CheckResult, entries: tuple[dict, ...]) -> list[di
 
 def plan(snapshot: Snapshot, wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
     """Frameworks to re-run now, and those skipped with the reason."""
-    from ..frameworks.registry import FRAMEWORKS, availability
+    from ..frameworks.devices import base_id
+    from ..frameworks.registry import FRAMEWORKS, availability, moded_availability
 
     if wanted:
         absent = [w for w in wanted if w not in snapshot.frameworks]
@@ -114,14 +115,24 @@ def plan(snapshot: Snapshot, wanted: list[str] | None) -> tuple[list[str], dict[
             continue
         if not meta.get("available"):
             skipped[fid] = "was not installed when the snapshot was made"
-        elif fid not in FRAMEWORKS:
+        elif base_id(fid) not in FRAMEWORKS or not _known_spelling(fid):
             skipped[fid] = f"unknown to xbn {__version__}"
-        elif not avail[fid]["available"]:
-            skipped[fid] = (f"not installed now (pip install \"xbn[{avail[fid]['extra']}]\"; "
-                            f"missing {', '.join(avail[fid]['missing'])})")
+        elif not (now := moded_availability(fid, avail[base_id(fid)]))["available"]:
+            skipped[fid] = (f"not installed now (pip install \"xbn[{now['extra']}]\"; "
+                            f"missing {', '.join(now['missing'])})")
         else:
             runnable.append(fid)
     return runnable, skipped
+
+
+def _known_spelling(fid: str) -> bool:
+    """Whether this xbn parses ``fid`` (a mode or device a later xbn added is unknown here)."""
+    from ..frameworks.devices import IdError, parse
+
+    try:
+        return parse(fid) == fid
+    except IdError:
+        return False
 
 
 # The tolerance of a check whose snapshot was made on another CPU: float rounding of that
