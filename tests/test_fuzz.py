@@ -56,6 +56,7 @@ def test_verdicts_flag_the_keras_torch_nan_and_not_torch():
     assert flags_of("torch", scenario, rows_of("torch", [doc])["big"], 16.0) == []
 
 
+@pytest.mark.slow  # workers for three frameworks: 40 s measured alone on the shared machine
 def test_symptoms_of_one_cause_share_one_signature():
     """Two different large-mean scenarios, and a NaN output and a negative moving variance
     of the same call: one root cause per framework (the one-pass variance without a clamp),
@@ -79,6 +80,7 @@ def test_symptoms_of_one_cause_share_one_signature():
         assert signatures == {(fw, "one-pass-variance-not-clamped")}, signatures
 
 
+@pytest.mark.slow  # workers for three frameworks: 33 s measured alone on the shared machine
 def test_two_findings_of_one_cause_dedupe_to_one():
     """A campaign's findings with the same framework and cause become one finding that lists
     every symptom; another framework's stays apart."""

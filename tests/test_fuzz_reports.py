@@ -177,3 +177,16 @@ def test_equinox_repro_script_runs_without_xbn(tmp_path, fid, layout, shape):
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith(f"{fid} (equinox ") and "no discrepancy" in last, last
     assert out.stdout.count("moving_variance") == 3
+
+
+def test_a_declared_replica_refusal_is_no_claim_but_an_xbn_error_is():
+    """keras-torch's replicas: Keras itself raises (no torch distribution backend), the
+    refusal its profile declares (xbn/profiles/replicas.py), which the single-device reference
+    reruns do not model; the same exception raised by xbn's own code stays judged."""
+    refused = {"framework": "keras-torch", "step": 0, "quantity": "output", "status": "error",
+               "origin": "keras", "value": None,
+               "message": "layer not built: AttributeError: 'NoneType' object has no attribute "
+                          "'list_devices'"}
+    assert expressed([refused]) == []
+    assert expressed([{**refused, "origin": "xbn"}]) == [{**refused, "origin": "xbn"}]
+    assert expressed([{**refused, "framework": "torch"}]) == [{**refused, "framework": "torch"}]

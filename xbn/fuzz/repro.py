@@ -21,6 +21,9 @@ from ..scenario.loader import Scenario, channel_axis
 from ..scenario.observation import OK
 
 SUPPORTED_OPS = ("call", "predict", "set", "set_weights")
+# ops a family's template writes only when it says so (``TRAINING = True``: it defines
+# ``fit(x, target, epochs, batch_size, optimizer, fresh)`` and ``grad(x, training, weights)``)
+TRAINING_OPS = ("fit", "grad")
 
 
 def _literal(value) -> str:
@@ -44,9 +47,11 @@ def template_module(framework: str):
                                f"(xbn/adapters/{family.id}/repro.py)") from None
 
 
-def check(scenario: Scenario) -> None:
-    """ReproUnsupported unless every step has a template everywhere."""
+def check(scenario: Scenario, framework: str | None = None) -> None:
+    """ReproUnsupported unless every step has a template (``fit``/``grad``: in ``framework``'s
+    family, when its template defines them)."""
     layer = scenario.layer
+    training = framework is not None and getattr(template_module(framework), "TRAINING", False)
     for key in ("renorm", "virtual_batch_size", "replicas"):
         if getattr(layer, key, None):
             raise ReproUnsupported(f"layer {key} has no standalone form yet")
@@ -59,6 +64,10 @@ def check(scenario: Scenario) -> None:
         if step.op == "set" and (step.momentum is not None or step.epsilon is not None):
             raise ReproUnsupported(f"step {step.index}: set momentum/epsilon has no "
                                    "standalone form yet")
+        if step.op in TRAINING_OPS and training:
+            if step.op == "fit" and step.loss != "mse":
+                raise ReproUnsupported(f"step {step.index}: loss {step.loss!r}")
+            continue
         if step.op not in SUPPORTED_OPS:
             raise ReproUnsupported(f"step {step.index}: op {step.op!r} has no standalone form "
                                    f"(supported: {', '.join(SUPPORTED_OPS)})")
@@ -71,16 +80,35 @@ def check(scenario: Scenario) -> None:
 def scriptable(scenario: Scenario, framework: str) -> bool:
     """Whether ``script`` can write a standalone script for this scenario and framework."""
     try:
-        template_module(framework)
-        check(scenario)
+        check(scenario, framework)
     except ReproUnsupported:
         return False
     return True
 
 
-def _step_code(step, framework_quantities: tuple[str, ...]) -> list[str]:
+def _step_code(step, fresh: bool) -> list[str]:
+    """``fresh``: a fit step whose optimizer is new (the driver's rule: another configuration
+    than the last fit's, or trainable changed since)."""
     lines = [f"# step {step.index}: {step.op}"]
-    if step.op in ("call", "predict"):
+    if step.op == "fit":
+        from dataclasses import asdict
+
+        def call(new: bool) -> str:
+            return (f"fit(INPUTS[{step.input!r}], INPUTS[{step.target!r}], {step.epochs}, "
+                    f"{step.batch_size!r}, {asdict(step.optimizer)!r}, {new})")
+
+        if step.repeat > 1:
+            lines.append(call(fresh))
+            lines += [f"for _ in range({step.repeat - 2}):", f"    {call(False)}"] \
+                if step.repeat > 2 else []
+            fresh = False
+        lines.append(f"show({step.index}, 'loss', {call(fresh)})")
+    elif step.op == "grad":
+        call = f"grad(INPUTS[{step.input!r}], {step.training}, INPUTS[{step.weights!r}])"
+        if step.repeat > 1:
+            lines += [f"for _ in range({step.repeat - 1}):", f"    {call}"]
+        lines.append(f"for name, value in {call}.items():\n    show({step.index}, name, value)")
+    elif step.op in ("call", "predict"):
         call = f"call(INPUTS[{step.input!r}], {step.training})" if step.op == "call" \
             else f"predict(INPUTS[{step.input!r}])"
         if step.repeat > 1:
@@ -94,12 +122,24 @@ def _step_code(step, framework_quantities: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def _fresh(steps) -> list[bool]:
+    """Per step, whether a fit builds a new optimizer (``adapters.base.run_scenario``'s rule)."""
+    out, last = [], None
+    for step in steps:
+        out.append(step.op == "fit" and last != step.optimizer)
+        if step.op == "fit":
+            last = step.optimizer
+        if step.op == "set" and step.trainable is not None:
+            last = None
+    return out
+
+
 def script(scenario: Scenario, framework: str, flag=None) -> str:
     """The standalone script's source. ``flag`` (a ``verdict.Flag``) names the row the closing
     statement is about; without it the worst row is."""
     from .verdict import declared, reference
 
-    check(scenario)
+    check(scenario, framework)
     shape = next(iter(scenario.inputs.values())).shape
     body = template_module(framework).template(framework, scenario.layer, shape)
     exact = reference(scenario, declared(framework)[0])
@@ -114,7 +154,8 @@ def script(scenario: Scenario, framework: str, flag=None) -> str:
     claim = (f"a departure from {framework}'s own profile (not float rounding: "
              f"{flag.kind.replace('_', ' ')})" if flag is not None else
              f"a departure from {framework}'s own profile")
-    steps = "\n".join(line for s in scenario.steps for line in _step_code(s, ()))
+    steps = "\n".join(line for s, fresh in zip(scenario.steps, _fresh(scenario.steps),
+                                                 strict=True) for line in _step_code(s, fresh))
     layer_text = (f"{layer.features} feature(s), layout {layer.layout} (channel axis "
                   f"{channel_axis(layer.layout)}), {dtype}, momentum {layer.momentum} (weight of "
                   f"the old value), epsilon {layer.epsilon:g}")

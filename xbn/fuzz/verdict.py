@@ -39,12 +39,14 @@ from ..explain.reruns import rerun
 from ..explain.search import Search
 from ..profiles.divergences import known_divergence
 from ..profiles.facts import PROFILES
+from ..profiles.refusals import declared_refusal
 from ..reference.semantics import NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR, NOT_APPLICABLE, OK
 
 KINDS = ("nan", "inf", "negative_variance", "overshoot", "cancellation", "unexplained")
 FAR = 1e-3  # relative error beyond which a one-pass variance has collapsed (float32 eps 1.2e-7)
+REPLICA_REFUSALS = ("synchronized_statistics", "unsynchronized_statistics")
 HAZARDS = KINDS[:4]  # the kinds ``hazards`` decides (cancellation needs the search)
 
 
@@ -366,10 +368,13 @@ def _short(value) -> str:
 
 def expressed(rows: list[dict]) -> list[dict]:
     """The rows to judge: those before the first step the framework could not express (an
-    ``n/a`` row: a
-    mask torch takes no argument for, a ghost batch only tf-keras has, a reset Keras lacks).
-    What follows ran on a layer that skipped that step: no claim about its numbers."""
-    skipped = [o["step"] for o in rows if o.get("status") == NOT_APPLICABLE]
+    ``n/a`` row: a mask torch takes no argument for, a ghost batch only tf-keras has, a reset
+    Keras lacks) or refused with the replica refusal its profile declares, which the
+    single-device reference reruns do not model (keras-torch's replicas, Keras'
+    ``synchronized=True`` off TensorFlow). What follows ran on a layer that skipped that step:
+    no claim about its numbers."""
+    skipped = [o["step"] for o in rows if o.get("status") == NOT_APPLICABLE or
+               declared_refusal(o.get("framework", ""), o) in REPLICA_REFUSALS]
     rows = [o for o in rows if o["step"] < min(skipped)] if skipped else rows
     # a traced repeat's rows: only its last repetition, which a reference run holds under
     # (step, quantity) (``Run``); the earlier ones are the trajectory, for plots
