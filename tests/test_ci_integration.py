@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -231,22 +230,25 @@ def test_action_yml_runs_the_script_with_every_input():
 # the pre-commit hook
 
 
-def test_the_pre_commit_hook_validates_the_example_fast():
+def test_the_pre_commit_hook_validates_the_example_without_a_framework():
+    """The hook is fast because it imports no framework (its time is measured by
+    benchmarks/precommit_hook.py, not asserted here: a timed test fails on a busy machine)."""
     hooks = {h["id"]: h for h in yaml.safe_load(
         (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))}
     hook = hooks["xbn-validate"]
     files = sorted(str(p.relative_to(PROJECT)) for p in PROJECT.rglob("*")
                    if re.search(hook["files"], p.name))
     assert "baseline.json" in files and "xbn-divergences.toml" in files
-    cpus = []
-    for _ in range(3):  # the least of three: CPU time too swells on a busy machine
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = subprocess.run([shutil.which("xbn") or "xbn", *hook["entry"].split()[1:], *files],
-                             cwd=PROJECT, capture_output=True, text=True, timeout=60)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        assert out.returncode == 0, out.stderr
-        cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-    assert min(cpus) < 1.0, f"{min(cpus):.2f} s of CPU"
+    out = subprocess.run([shutil.which("xbn") or "xbn", *hook["entry"].split()[1:], *files],
+                         cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    probe = ("import json, sys\nfrom xbn.cli import main\nsys.argv = ['xbn', *sys.argv[1:]]\n"
+             "code = None\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+             "heavy = ('torch', 'tensorflow', 'jax', 'keras', 'paddle', 'mlx', 'onnxruntime')\n"
+             "print(json.dumps([code or 0, sorted(m for m in heavy if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", probe, *hook["entry"].split()[1:], *files],
+                         cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout.splitlines()[-1]) == [0, []], out
 
 
 # ----------------------------------------------------------------------------------------
