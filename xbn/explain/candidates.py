@@ -27,6 +27,8 @@ def relevant_switches(scenario: Scenario) -> set[str]:
         found |= {"variance_update", "ema", "training_normalization", "batch_of_one"}
     if any(s.op == "call" and s.training is not False for s in steps):
         found.add("exported_training")  # a training call of an exported layer
+    if any(s.op in ("fit", "grad") for s in steps):
+        found.add("trainer")  # an inference-only backend: fit and grad n/a
     if layer.track_running_stats:
         found.add("initial_variance")
     if any(s.op == "set" and s.trainable is False for s in steps):

@@ -326,6 +326,15 @@ PROFILES["keras-openvino"]["exported_training"] = Fact(
     "calls are n/a; a frozen layer's training=True call is inference in Keras 3 and runs")
 
 
+# Keras 3 on numpy and on OpenVINO have no trainer (inference-only backends): fit and grad are
+# n/a, and so in the reference under this fact.
+for _fid, _where in (("keras-numpy", "keras/src/backend/numpy/trainer.py:151-170 fit raises "
+                      "NotImplementedError; no autodiff"),
+                     ("keras-openvino", "keras/src/backend/openvino/trainer.py:215-237 fit "
+                      "raises; no autodiff")):
+    PROFILES[_fid]["trainer"] = Fact("none", f"xbn/adapters/keras/inference_backends.py: {_where}")
+
+
 def semantics_of(framework_id: str) -> Semantics:
     """The reference's Semantics that reproduces a framework (its declared profile)."""
     values = {k: f.value for k, f in PROFILES[framework_id].items()}

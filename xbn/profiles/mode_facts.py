@@ -97,6 +97,7 @@ MODE_FACTS.update({
 PLAIN_FACTS: Facts = {
     "exported_training": ("framework", "not exported: a training call runs the framework's own "
                           "training forward"),
+    "trainer": ("runs", "the framework trains: fit and gradients run"),
 }
 
 _OSCRIPT = "onnxscript/function_libs/torch_lib/ops/core.py"

@@ -257,7 +257,13 @@ class ReferenceBatchNorm:
         with self.traced.use(self, "predict", ("epsilon",), np.shape(x)):
             return self.forward(x, False)[0]
 
+    def refuse_training(self) -> None:
+        """NoSuchOperation where the modelled framework has no trainer (``trainer = "none"``)."""
+        if self.sem.trainer == "none":
+            raise NoSuchOperation("the modelled framework is inference only: no fit, no gradients")
+
     def grad(self, x: np.ndarray, training: bool | None, weights: np.ndarray) -> dict:
+        self.refuse_training()
         y, cache = self.forward(x, self.effective_training(training))
         grads = self.backward(weights, cache)
         out = {"output": y, "grad_input": grads["grad_input"]}
@@ -275,6 +281,7 @@ class ReferenceBatchNorm:
         """MSE training loop, unshuffled batches; returns the last epoch's mean loss. With a
         ``mask`` (sliced with the batches): masked statistics, and Keras' masked loss, the
         mean over the valid positions (``xbn.reference.mask.loss_weights``)."""
+        self.refuse_training()
         if fresh_optimizer or self.optimizer is None:  # what xbn's Keras adapters compile at
             self.optimizer = optimizers.OptimizerState(optimizer)
             self.traced.compile()

@@ -182,6 +182,7 @@ def grad(bn, x: np.ndarray, training: bool | None, weights: np.ndarray,
          mask: np.ndarray) -> dict:
     """``bn.grad`` with a mask: the same outputs and reasons, gradients through the masked
     statistics."""
+    bn.refuse_training()
     y, cache = forward(bn, x, bn.effective_training(training), mask)
     grads = bn.backward(weights, cache)
     out = {"output": y, "grad_input": grads["grad_input"]}

@@ -134,6 +134,10 @@ class Semantics:
     # at all ("none": the step is n/a and the statistics stay, Keras 3 on OpenVINO, an
     # inference-only backend, xbn.adapters.keras.inference_backends)
     exported_training: str = "framework"  # framework | inference | traced_inference | traced_update | none
+    # whether the framework trains at all: "runs", or "none" for an inference-only backend
+    # (Keras 3 on numpy and OpenVINO: no trainer, no autodiff): fit and grad are n/a and the
+    # statistics and parameters stay where the calls left them
+    trainer: str = "runs"  # runs | none
     # constructor defaults used when a scenario sets defaults = true
     default_momentum: float | None = 0.99
     default_epsilon: float = 1e-3
@@ -181,6 +185,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "traced_functions": ("none", "until_compile", "until_compile_per_shape"),
     "exported_training": ("framework", "inference", "traced_inference", "traced_update",
                           "none"),
+    "trainer": ("runs", "none"),
     "default_momentum": (0.99, 0.9),
     "default_epsilon": (1e-3, 1e-5),
 }
@@ -210,4 +215,4 @@ NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
 # mask (``xbn.reference.edges.relevant_edges``); ``exported_training``: only where a call
 # trains (a framework's declared profile names it for its export ids alone)
 GATED_SWITCHES = (*REPLICA_SWITCHES, *EDGE_SWITCHES, "mask", "masked_nonfinite",
-                  "synchronized_mask", "exported_training")
+                  "synchronized_mask", "exported_training", "trainer")

@@ -67,11 +67,10 @@ class NumpyAdapter(Adapter):
             raise NotApplicable(str(exc)) from None
 
     def fit(self, x, target, step: Step, fresh_optimizer: bool) -> float:
-        return np.float64(self.bn.fit(x, target, step.optimizer, step.epochs, step.batch_size,
-                                      fresh_optimizer))
+        return np.float64(self._masked(_fit, x, target, step, fresh_optimizer, None))
 
     def grad(self, x, training, weights) -> dict:
-        return self.bn.grad(x, training, weights)
+        return self._masked(ReferenceBatchNorm.grad, x, training, weights)
 
     # a step's mask: the valid positions' statistics (xbn.reference.mask); n/a where the
     # semantics model a framework whose BatchNorm takes none (mask = "none")
@@ -90,7 +89,7 @@ class NumpyAdapter(Adapter):
     def _masked(self, op, *args):
         try:
             return op(self.bn, *args)
-        except reference_mask.NoMask as exc:
+        except (reference_mask.NoMask, NoSuchOperation) as exc:  # trainer = "none" too
             raise NotApplicable(str(exc)) from None
 
     def set_weights(self, values) -> None:
