@@ -267,7 +267,7 @@ SEMANTICS["mlx"] = {
     "mask": Fact("none", f"{MLXN}:378 __call__(self, x): no mask argument"),
     "masked_nonfinite": Fact("select", NO_MASK),
     "synchronized_mask": Fact("synchronized", NO_MASK),
-    "zero_epsilon": Fact("error", f"{MLXN}:329-330 __init__: `if eps <= 0.0: raise ValueError` (at construction, so inference steps are refused too)"),
+    "zero_epsilon": Fact("constructor", f"{MLXN}:329-330 __init__: `if eps <= 0.0: raise ValueError` (at construction, so inference steps are refused too)"),
     "empty_batch": Fact("nan", f"{MLXN}:373-374 mean/var of no rows are NaN and enter the running statistics (measured)"),
     "empty_gradient": Fact("zero", f"{MLXN}:415 weight * x + bias per row: a sum over no rows (measured)"),
     "empty_predict": Fact("runs", "MLX has no predict: eval() and a call return an empty output (measured)"),

@@ -51,6 +51,9 @@ class ReferenceBatchNorm:
             if self.momentum is not None and self.sem.momentum_convention == "torch":
                 self.momentum = 1.0 - self.momentum
             self.epsilon = float(layer.epsilon)
+        if self.epsilon <= 0 and self.sem.zero_epsilon == "constructor":
+            raise ValueError(f"batch_norm eps must be positive during training and inference, "
+                             f"got {self.epsilon} (refused at construction)")
         ft = self.ft
         self.gamma = np.ones(c, ft) if layer.scale else None
         self.beta = np.zeros(c, ft) if layer.center else None

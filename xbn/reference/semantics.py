@@ -63,8 +63,9 @@ class Semantics:
     # inv = rsqrt(var + eps) * gamma
     inference_form: str = "folded"  # folded | centered | folded_fma
     # epsilon = 0 with batch statistics: accepted (sqrt(var) alone), or refused (torch's
-    # F.batch_norm raises "eps must be positive during training")
-    zero_epsilon: str = "accepted"  # accepted | error
+    # F.batch_norm raises "eps must be positive during training"), or refused by the
+    # constructor, so every step errs (MLX's BatchNorm.__init__)
+    zero_epsilon: str = "accepted"  # accepted | error | constructor
     # op = "reset": the framework's own reset of the running statistics (torch
     # reset_running_stats(): mean 0, variance 1, the batch count 0), or none (Keras, Flax,
     # Haiku, Equinox: re-initialize or assign). Not Keras 3's: the reference performs every op
@@ -177,7 +178,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "replica_variance_count": ("global", "local"),
     "synchronized_mask": ("synchronized", "local"),
     "replica_readback": ("first_replica", "mean_of_replicas", "broadcast_from_first", "global"),
-    "zero_epsilon": ("accepted", "error"),
+    "zero_epsilon": ("accepted", "error", "constructor"),
     "empty_batch": ("nan", "skip"),
     "empty_gradient": ("zero", "nan"),
     "empty_predict": ("runs", "error"),
