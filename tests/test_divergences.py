@@ -85,6 +85,8 @@ COVERED = {
                                                           "replicas-mask": [0, 1]},
     ("keras", "Keras 3's predict loop"): {"zero-size-batch": [2]},
     ("keras-torch", "Keras 3's predict loop"): {"zero-size-batch": [2]},
+    ("keras-numpy", "Keras 3's predict loop"): {"zero-size-batch": [2]},
+    ("keras-openvino", "Keras 3's predict loop"): {"zero-size-batch": [2]},
     ("keras-jax", "Keras 3's JAX predict loop"): {"zero-size-batch": [2, 3, 4]},
     # every 4-D training step runs XLA's one-pass variance; it departs where the mean is large
     ("tf-keras+xla", "tf-keras runs a 4-D BatchNormalization"): {
