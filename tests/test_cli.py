@@ -104,8 +104,9 @@ def test_same_run_twice_gives_the_same_json(write_scenario):
 def test_frameworks_lists_every_id():
     r = CliRunner().invoke(cli, ["frameworks", "--format", "json"])
     data = json.loads(r.stdout)
-    assert list(data) == ["numpy", "torch", "keras", "keras-jax", "keras-torch", "tf-keras",
-                          "flax", "flax-nnx", "haiku", "equinox"]
+    assert list(data) == ["numpy", "torch", "keras", "keras-jax", "keras-torch", "keras-numpy",
+                          "keras-openvino", "tf-keras", "flax", "flax-nnx", "haiku", "equinox",
+                          "paddle", "mlx"]
 
 
 def test_written_json_carries_no_timing(write_scenario):
