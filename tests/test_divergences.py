@@ -87,6 +87,8 @@ COVERED = {
     ("keras-torch", "Keras 3's predict loop"): {"zero-size-batch": [2]},
     ("keras-numpy", "Keras 3's predict loop"): {"zero-size-batch": [2]},
     ("keras-openvino", "Keras 3's predict loop"): {"zero-size-batch": [2]},
+    ("mlx", "MLX computes the batch mean"): {"mixed-float16": [0, 1],
+                                             "mixed-float16-large-variance": [0, 1]},
     ("keras-jax", "Keras 3's JAX predict loop"): {"zero-size-batch": [2, 3, 4]},
     # every 4-D training step runs XLA's one-pass variance; it departs where the mean is large
     ("tf-keras+xla", "tf-keras runs a 4-D BatchNormalization"): {
