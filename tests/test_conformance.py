@@ -153,6 +153,8 @@ def test_known_divergences_are_still_real(observed):
     stale = []
     for d in known_divergences():
         fw = d["framework"]
+        if fw not in FRAMEWORK_IDS:  # a moded id: the report's mode tests hold those rows
+            continue
         departed = set()
         for scenario in scenarios:
             want = _profiled(semantics_of(fw), scenario)

@@ -257,11 +257,13 @@ def describe(base: str) -> dict:
 # README "Execution modes in the report" (issue 23). `xbn report --all-modes` runs every mode
 # everywhere.
 REPORT_MODES: dict[str, tuple[str, ...]] = {
-    "torch+compile": ("large-mean", "large-mean-eval", "eval-folding-after-training",
-                      "cumulative-momentum"),
-    "keras+xla": ("large-mean", "large-mean-eval", "eval-folding-after-training",
-                  "large-mean-nhwc-fused"),
-    "tf-keras+xla": ("large-mean-nhwc-fused",),
+    "torch+compile": ("large-mean", "eval-folding-after-training", "cumulative-momentum"),
+    "keras+xla": ("large-mean", "eval-folding-after-training", "layout-nhwc"),
+    "tf-keras+xla": ("large-mean", "layout-nhwc"),
+    # examples/modes/large-mean-eval.toml and large-mean-nhwc-fused.toml (tensorflow#118701)
+    # are examples, not built-ins: at a mean of 1e4 over many elements every framework's
+    # float32 summation order departs from the reference's emulation beyond 16 eps, so the
+    # conformance suite cannot hold them; baseline-modes.json guards them instead
     # the export paths (issue 24): where an export changes a rule (a training call after the
     # export, a frozen layer's flag) and where it must not (the trained statistics, eval)
     **{fid: ("export-after-training", "freeze-then-export") for fid in (
