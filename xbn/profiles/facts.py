@@ -335,6 +335,14 @@ for _fid, _where in (("keras-numpy", "keras/src/backend/numpy/trainer.py:151-170
     PROFILES[_fid]["trainer"] = Fact("none", f"xbn/adapters/keras/inference_backends.py: {_where}")
 
 
+# Keras 3 on numpy traces nothing: its predict function is plain Python, so a `set` of
+# momentum/epsilon reaches the next predict at once (conformance: traced_functions=none
+# reproduces every scenario).
+PROFILES["keras-numpy"]["traced_functions"] = Fact(
+    "none", "keras/src/backend/numpy/trainer.py make_predict_function: a Python function, "
+    "no tracing (measured on set-momentum-midrun)")
+
+
 def semantics_of(framework_id: str) -> Semantics:
     """The reference's Semantics that reproduces a framework (its declared profile)."""
     values = {k: f.value for k, f in PROFILES[framework_id].items()}
