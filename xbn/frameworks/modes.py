@@ -254,7 +254,7 @@ def describe(base: str) -> dict:
 # ~5 s warm, ~15 s cold; XLA ~1.4 s), so each mode runs where a compiled program is known to
 # differ from the eager one, or where the compiler meets a feature it handles apart
 # (momentum=None, eval folding), and nowhere else. Why each scenario, and the measured cost:
-# README "Execution modes in the report" (issue 23). `xbn report --all-modes` runs every mode
+# README "Execution modes in the report". `xbn report --all-modes` runs every mode
 # everywhere.
 REPORT_MODES: dict[str, tuple[str, ...]] = {
     "torch+compile": ("large-mean", "eval-folding-after-training", "cumulative-momentum"),
@@ -264,7 +264,7 @@ REPORT_MODES: dict[str, tuple[str, ...]] = {
     # are examples, not built-ins: at a mean of 1e4 over many elements every framework's
     # float32 summation order departs from the reference's emulation beyond 16 eps, so the
     # conformance suite cannot hold them; baseline-modes.json guards them instead
-    # the export paths (issue 24): where an export changes a rule (a training call after the
+    # the export paths: where an export changes a rule (a training call after the
     # export, a frozen layer's flag) and where it must not (the trained statistics, eval)
     **{fid: ("export-after-training", "freeze-then-export") for fid in (
         "torch+onnx", "torch+onnx-script", "torch+openvino", "keras+onnx", "tf-keras+onnx",

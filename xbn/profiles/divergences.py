@@ -31,7 +31,7 @@ DIVERGENCES = Path(__file__).parent / "divergences.toml"
 
 def _moded(fid: str) -> bool:
     """Whether ``fid`` is a registry id with one of its declared modes (``tf-keras+xla``): a
-    compiled program's divergence is its own (issue 23)."""
+    compiled program's divergence is its own."""
     from ..frameworks.devices import IdError, base_id, parse
 
     try:

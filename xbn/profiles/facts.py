@@ -207,7 +207,7 @@ NUMERICS: dict[str, dict[str, Fact]] = {
 }
 
 
-# -- PaddlePaddle and MLX (issue 26): every switch here, replica and edge ones included, since
+# -- PaddlePaddle and MLX: every switch here, replica and edge ones included, since
 # xbn/profiles/replicas.py and edges.py keep no tables for them. Paths: the installed wheels,
 # except PDK (the C++ kernel, read in PaddlePaddle/Paddle: the wheel ships it compiled).
 PD = "paddle/nn/layer/norm.py"
@@ -317,7 +317,7 @@ PROFILES: dict[str, dict[str, Fact]] = _Profiles(
      if info.profile is not None})
 
 
-# Keras 3 on OpenVINO runs no training calls (issue 26): xbn reports them n/a, and so does the
+# Keras 3 on OpenVINO runs no training calls: xbn reports them n/a, and so does the
 # reference under this fact, whose statistics then stay as the framework's do.
 PROFILES["keras-openvino"]["exported_training"] = Fact(
     "none", "xbn/adapters/keras/inference_backends.py refuse_training_call: the backend is "

@@ -67,7 +67,7 @@ ERRORS: dict[str, dict[str, Raises]] = {
                             "is_training has no default"),
     },
 }
-# MLX (issue 26): mlx/nn/layers/normalization.py raises these itself; its zero_epsilon refusal is
+# MLX: mlx/nn/layers/normalization.py raises these itself; its zero_epsilon refusal is
 # the constructor's, so every step of such a layer is "layer not built: ValueError: ..."
 ERRORS["mlx"] = {
     "batch_of_one": Raises("ValueError", "BatchNorm training requires more than one value per "
