@@ -120,3 +120,25 @@ def is_identity(role: str, value: np.ndarray) -> bool:
     if role == "beta":
         return bool(np.all(value == 0))
     return False
+
+
+def layers_by_prefix(entries, leaves: dict[str, str], marks: tuple[str, str]) -> list[BNLayer]:
+    """BN layers of a flat ``prefix.leaf`` dict (a state_dict, saved weights), in the order
+    their first key appears: every prefix holding both ``marks`` (its running statistics'
+    leaf names) is a layer, its ``leaves`` (leaf name -> role) read into slots and values."""
+    groups: dict[str, dict[str, str]] = {}
+    for key in entries:
+        prefix, _, leaf = key.rpartition(".")
+        groups.setdefault(prefix, {})[leaf] = key
+    layers = []
+    for prefix, found in groups.items():
+        if not all(m in found for m in marks):
+            continue
+        layer = BNLayer(prefix or "<root>")
+        for leaf, role in leaves.items():
+            if leaf in found:
+                layer.slots[role] = found[leaf]
+                layer.values[role] = np.asarray(entries[found[leaf]])
+        layers.append(layer)
+    return layers
+

@@ -21,7 +21,7 @@ import numpy as np
 from ...profiles.facts import default_epsilon, default_native_momentum
 from ..layer_info import LayerInfo, file_layer_info
 from ..port_errors import PortError
-from ..state_io import BNLayer, Bundle, natural_key
+from ..state_io import BNLayer, Bundle, layers_by_prefix, natural_key
 
 LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
 
@@ -88,21 +88,7 @@ def read(path: Path, fmt: str) -> Bundle:
 
 
 def bn_layers(entries: OrderedDict) -> list[BNLayer]:
-    groups: OrderedDict[str, dict[str, str]] = OrderedDict()
-    for key in entries:
-        prefix, _, leaf = key.rpartition(".")
-        groups.setdefault(prefix, {})[leaf] = key
-    layers = []
-    for prefix, leaves in groups.items():
-        if "running_mean" not in leaves or "running_var" not in leaves:
-            continue
-        layer = BNLayer(prefix or "<root>")
-        for leaf, role in LEAVES.items():
-            if leaf in leaves:
-                layer.slots[role] = leaves[leaf]
-                layer.values[role] = np.asarray(entries[leaves[leaf]])
-        layers.append(layer)
-    return layers
+    return layers_by_prefix(entries, LEAVES, ("running_mean", "running_var"))
 
 
 def fresh(layers: list[BNLayer], fmt: str, notes: list[str]) -> Bundle:

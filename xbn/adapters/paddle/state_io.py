@@ -23,7 +23,7 @@ import numpy as np
 from ...profiles.facts import default_epsilon, default_native_momentum
 from ..layer_info import LayerInfo, file_layer_info
 from ..port_errors import PortError
-from ..state_io import BNLayer, Bundle
+from ..state_io import BNLayer, Bundle, layers_by_prefix
 
 LEAVES = {"weight": "gamma", "bias": "beta", "_mean": "mean", "_variance": "var"}
 NAMES_KEY = "StructuredToParameterName@@"  # paddle.save's name table, not a tensor
@@ -103,21 +103,7 @@ def read(path: Path, fmt: str) -> Bundle:
 
 def bn_layers(entries: OrderedDict) -> list[BNLayer]:
     """BN layers of a state_dict in the order their first key appears."""
-    groups: OrderedDict[str, dict[str, str]] = OrderedDict()
-    for key in entries:
-        prefix, _, leaf = key.rpartition(".")
-        groups.setdefault(prefix, {})[leaf] = key
-    layers = []
-    for prefix, leaves in groups.items():
-        if "_mean" not in leaves or "_variance" not in leaves:
-            continue
-        layer = BNLayer(prefix or "<root>")
-        for leaf, role in LEAVES.items():
-            if leaf in leaves:
-                layer.slots[role] = leaves[leaf]
-                layer.values[role] = np.asarray(entries[leaves[leaf]])
-        layers.append(layer)
-    return layers
+    return layers_by_prefix(entries, LEAVES, ("_mean", "_variance"))
 
 
 def fresh(layers: list[BNLayer], fmt: str, notes: list[str]) -> Bundle:
