@@ -37,6 +37,14 @@ class _Export:
 
     exporter = ""
 
+    def __init__(self, framework_id: str):
+        super().__init__(framework_id)
+        self.cache = runtime.Cache()  # one export per layer state and input shape
+
+    def build(self, layer) -> None:
+        super().build(layer)
+        self.layer_dtype = layer.dtype
+
     def _export_note(self, note: str) -> None:
         if note not in self.notes:
             self.notes.append(note)
@@ -89,13 +97,8 @@ def _keras3(framework_id: str) -> Adapter:
     class KerasOnnxAdapter(_Export, KerasAdapter):
         exporter = "keras model.export(format='onnx')"
 
-        def __init__(self, framework_id: str):
-            super().__init__(framework_id)
-            self.cache = runtime.Cache()
-
         def build(self, layer) -> None:
             super().build(layer)
-            self.layer_dtype = layer.dtype
             if self.backend == "jax":
                 raise NotApplicable("Keras 3's ONNX export on JAX needs the jax2onnx package, "
                                     "which xbn's onnx extra does not install")
@@ -122,14 +125,6 @@ def _tf_keras(framework_id: str) -> Adapter:
 
     class TfKerasOnnxAdapter(_Export, TfKerasAdapter):
         exporter = "tf2onnx.convert.from_keras(opset=15)"
-
-        def __init__(self, framework_id: str):
-            super().__init__(framework_id)
-            self.cache = runtime.Cache()
-
-        def build(self, layer) -> None:
-            super().build(layer)
-            self.layer_dtype = layer.dtype
 
         def _onnx_model(self, x):
             import tensorflow as tf

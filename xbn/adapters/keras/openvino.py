@@ -22,14 +22,6 @@ def make_adapter(framework_id: str) -> Adapter:
     class KerasOpenVinoAdapter(exporting(), KerasAdapter):
         exporter = "keras model.export(format='openvino')"
 
-        def __init__(self, framework_id: str):
-            super().__init__(framework_id)
-            self.cache = runtime.Cache()
-
-        def build(self, layer) -> None:
-            super().build(layer)
-            self.layer_dtype = layer.dtype
-
         def _run(self, x):
             arr = np.asarray(x, self.layer_dtype)
             key = runtime.digest([np.asarray(v) for v in self.bn.weights], self.bn.epsilon,
