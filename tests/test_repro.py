@@ -84,12 +84,23 @@ def test_script_of_a_framework_that_agrees_says_so(tmp_path):
 
 
 def test_unsupported_step_exits_2(tmp_path):
+    """A step with no standalone form (a fit on a family whose template has no trainer) is one
+    line naming the op, exit 2."""
     doc = large_mean("fit", 0.0, 1.0)
     doc["steps"] = [{"op": "fit", "input": "x", "target": "x",
                      "optimizer": {"name": "sgd", "lr": 0.1}}]
-    r = CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", "torch"])
+    r = CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", "haiku"])
     assert r.exit_code == 2
     assert "fit" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_set_momentum_exits_2_even_where_fit_is_supported(tmp_path):
+    """torch's template writes fits, but a momentum change mid-run still has no standalone form."""
+    doc = large_mean("set", 0.0, 1.0)
+    doc["steps"] += [{"op": "set", "momentum": 0.5}]
+    r = CliRunner().invoke(cli, ["repro", write_doc(tmp_path, doc), "--framework", "torch"])
+    assert r.exit_code == 2, r.output
+    assert "momentum" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def test_summary_names_only_files_that_exist(tmp_path):

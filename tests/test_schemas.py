@@ -82,8 +82,21 @@ def test_every_scenario_and_divergences_file_in_the_repository_validates():
         kind = schemas.kind_of(str(f), doc)
         assert schemas.problems(kind, doc) == [], f
     assert schemas.problems("divergences", _toml(ROOT / "xbn" / "profiles" / "divergences.toml")) == []
-    for f in sorted((ROOT / "findings").glob("*.toml")):
+    findings = sorted(f for f in (ROOT / "findings").glob("*.toml") if f.name != "known.toml")
+    assert findings, "findings/ holds the committed fuzz findings"
+    for f in findings:
         assert schemas.problems("finding", _toml(f)) == [], f
+
+
+def test_the_known_causes_file_reads_and_every_link_is_a_url_or_a_committed_finding():
+    """findings/known.toml (``xbn fuzz --known``) is no finding: its strict reader checks it, and
+    a link that is a path must name a file that exists."""
+    from xbn.fuzz.upstream import load_known
+
+    known = load_known(str(ROOT / "findings" / "known.toml"))
+    assert known
+    for link in known.values():
+        assert link.startswith("https://") or (ROOT / link).is_file(), link
 
 
 def test_a_schema_error_is_one_line_naming_file_and_key(tmp_path):
