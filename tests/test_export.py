@@ -155,6 +155,27 @@ def test_exported_training_traced_update_moves_statistics_twice():
     np.testing.assert_allclose(y, (_X - mean) / np.sqrt(population + 1e-3))
 
 
+@pytest.mark.parametrize("rule", ["none", "inference", "traced_inference"])
+def test_a_masked_training_call_meets_the_same_rule(rule):
+    """A mask changes which rows make the batch statistics, not whether the modelled runtime
+    runs a training call: inference-only backends refuse it, converters run it as inference."""
+    from xbn.reference import mask
+    from xbn.reference.batchnorm import NoSuchOperation
+
+    valid = np.array([1, 1, 0])
+    bn = _reference(rule, bare_call="module_mode", mask="weighted")
+    if rule == "none":
+        with pytest.raises(NoSuchOperation):
+            mask.call(bn, _X, True, valid)
+    else:
+        np.testing.assert_allclose(mask.call(bn, _X, True, valid), _X / np.sqrt(1 + 1e-3))
+    np.testing.assert_array_equal(bn.moving_mean, 0.0)
+    np.testing.assert_array_equal(bn.moving_variance, 1.0)
+    framework = _reference("framework", mask="weighted")  # the rows' statistics move it
+    mask.call(framework, _X, True, valid)
+    np.testing.assert_allclose(framework.moving_mean, 0.1 * _X[:2].mean(0))
+
+
 def test_export_ids_declare_their_training_rule():
     from xbn.profiles.facts import PROFILES
 

@@ -277,8 +277,8 @@ SEMANTICS["mlx"] = {
     "default_momentum": Fact(0.9, f"{MLXN}:324 momentum=0.1 (torch's direction)"),
     "default_epsilon": Fact(1e-5, f"{MLXN}:323 eps=1e-5"),
 }
-NUMERICS["paddle"] = _numeric("two_pass", "weighted_sum", "folded",
-                              f"{PDK}:116-146 mean, then the squared deviations (two passes); :151-154 running*m + saved*(1-m); :171-178 x*(inv*scale) + (bias - mean*inv*scale)")
+NUMERICS["paddle"] = _numeric("two_pass", "weighted_sum_stored", "folded",
+                              f"{PDK}:116-146 mean, then the squared deviations (two passes); :151-154 running*momentum + saved*(1. - momentum) with `float momentum` (the op attribute), so 1-m is taken from float32(m) (1000 updates bit-exact, tests/test_conformance.py long-run-float32); :171-178 x*(inv*scale) + (bias - mean*inv*scale)")
 NUMERICS["mlx"] = _numeric("two_pass", "weighted_sum", "centered",
                            f"{MLXN}:373-374 mx.mean, mx.var (mlx/ops.cpp var: the mean, then the squared deviations); :408-409; :414-415 ((x - mean)*rsqrt(var + eps))*weight + bias")
 

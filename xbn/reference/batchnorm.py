@@ -234,24 +234,27 @@ class ReferenceBatchNorm:
         return grads
 
     # -- operations ----------------------------------------------------------------------
-    def call(self, x: np.ndarray, training: bool | None) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool | None, forward=None) -> np.ndarray:
+        """One call; ``forward`` (default ``self.forward``) is the pass itself, so that a masked
+        call (``xbn.reference.mask.call``) meets the same ``exported_training`` rule."""
+        forward = forward or self.forward
         training = self.effective_training(training)
         rule = self.sem.exported_training
         if not training or rule == "framework":
-            return self.forward(x, training)[0]
+            return forward(x, training)[0]
         if rule == "none":  # an inference-only backend: the adapter reports the step n/a
             raise NoSuchOperation("the modelled framework runs no training calls")
         if rule == "inference":  # the converter put the module in eval mode and left it there
             self.module_training = False
-            return self.forward(x, False)[0]
+            return forward(x, False)[0]
         # the exporter's trace runs the framework's training forward: its checks raise, and
         # the TorchScript trace's forward moves the statistics by the framework's rule
-        self.forward(x, True, update=rule == "traced_update")
+        forward(x, True, update=rule == "traced_update")
         if rule == "traced_inference":  # an inference node: the statistics as they were
-            return self.forward(x, False)[0]
+            return forward(x, False)[0]
         sem, self.sem = self.sem, self.sem.with_(variance_update="biased")
         try:  # ONNX's training mode: batch statistics, population variance into the update
-            return self.forward(x, True)[0]
+            return forward(x, True)[0]
         finally:
             self.sem = sem
 

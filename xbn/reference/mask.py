@@ -156,13 +156,14 @@ def _rows(bn, x: np.ndarray, mask: np.ndarray) -> Rows | None:
     return Rows(valid, "nan" if rule == "weighted_nan" else "zero", bn.sem.masked_nonfinite)
 
 
-def forward(bn, x: np.ndarray, training: bool, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+def forward(bn, x: np.ndarray, training: bool, mask: np.ndarray, update: bool = True
+            ) -> tuple[np.ndarray, dict]:
     """``bn.forward`` with the batch statistics of the valid elements; the cache remembers
     them for ``backward``."""
     rows = _rows(bn, np.asarray(x), mask)
     bn.rows = rows
     try:
-        y, cache = bn.forward(x, training)
+        y, cache = bn.forward(x, training, update)
     finally:
         bn.rows = None
     if rows is not None:
@@ -171,7 +172,10 @@ def forward(bn, x: np.ndarray, training: bool, mask: np.ndarray) -> tuple[np.nda
 
 
 def call(bn, x: np.ndarray, training: bool | None, mask: np.ndarray) -> np.ndarray:
-    return forward(bn, x, bn.effective_training(training), mask)[0]
+    """``bn.call`` with a mask: an export path's or an inference-only backend's rule for a
+    training call (``exported_training``) holds for a masked call too."""
+    return bn.call(x, training, forward=lambda x_, t, update=True: forward(bn, x_, t, mask,
+                                                                           update))
 
 
 def predict(bn, x: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -56,8 +56,11 @@ class Semantics:
     # batch variance: mean of squared deviations, or E[x^2] - E[x]^2 (clamped at 0 or not)
     variance_algorithm: str = "two_pass"  # two_pass | fast | fast_clamped
     # running-statistic update: old*m + batch*(1-m) (Keras 3, torch, flax) or
-    # old - (old - batch)*(1-m) (tf-keras' non-fused path), or fma(1-m, batch, old*m) (torch CPU)
-    update_form: str = "weighted_sum"  # weighted_sum | decrement | fma
+    # old - (old - batch)*(1-m) (tf-keras' non-fused path), or fma(1-m, batch, old*m) (torch CPU),
+    # or the weighted sum with m stored in the arithmetic's dtype and 1-m computed from that
+    # stored value (Paddle's `float momentum` attribute and `(1. - momentum)`), not from the
+    # float64 momentum: 1 - float32(0.99) is 0.00999999046, float32(1 - 0.99) is 0.00999999977
+    update_form: str = "weighted_sum"  # weighted_sum | decrement | fma | weighted_sum_stored
     # normalization: x*inv + (beta - mean*inv) (TensorFlow, JAX backends of Keras),
     # (x - mean)*inv + beta (flax, Keras' torch backend), or torch's fused multiply-adds;
     # inv = rsqrt(var + eps) * gamma
@@ -205,7 +208,7 @@ EDGE_SWITCHES = ("empty_batch", "empty_gradient", "empty_predict", "traced_funct
 # Switches that only change rounding: tried together with precision="native".
 NUMERIC_SWITCH_VALUES: dict[str, tuple] = {
     "variance_algorithm": ("two_pass", "fast", "fast_clamped"),
-    "update_form": ("weighted_sum", "decrement", "fma"),
+    "update_form": ("weighted_sum", "decrement", "fma", "weighted_sum_stored"),
     "inference_form": ("folded", "centered", "folded_fma"),
 }
 
