@@ -103,9 +103,11 @@ def test_set_momentum_exits_2_even_where_fit_is_supported(tmp_path):
     assert "momentum" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a haiku worker and a root-cause search: about 12 s
 def test_summary_names_only_files_that_exist(tmp_path):
-    """A finding whose scenario has no standalone form (a fit) gets no script, and its summary
-    names no script: every file it names is beside it; it ends with the upstream report."""
+    """A finding whose scenario has no standalone form (a set of the momentum) gets no script,
+    and its summary names no script: every file it names is beside it; it ends with the
+    upstream report."""
     need("haiku")
     from xbn.fuzz.campaign import Finding
     from xbn.fuzz.cause import root_cause
@@ -116,7 +118,8 @@ def test_summary_names_only_files_that_exist(tmp_path):
     from .test_fuzz import _files_named, rows_of
 
     doc = large_mean("fit", 1e4, 1e-1)
-    doc["steps"] = [{"op": "fit", "input": "x", "target": "x",
+    doc["steps"] = [{"op": "set", "momentum": 0.5},
+                    {"op": "fit", "input": "x", "target": "x",
                      "optimizer": {"name": "sgd", "lr": 0.01}}]
     scenario = parse(doc)
     rows = rows_of("haiku", [doc])["fit"]
@@ -124,7 +127,66 @@ def test_summary_names_only_files_that_exist(tmp_path):
     finding = Finding(flag, doc, scenario, rows, root_cause(flag, scenario, rows))
     paths = write(finding, tmp_path, {"dm-haiku": "0"}, 0)
     names = {p.name for p in paths}
-    assert {p.suffix for p in paths} == {".toml", ".md"}  # no template for fit
+    assert {p.suffix for p in paths} == {".toml", ".md"}  # no standalone set of the momentum
     md = next(p for p in paths if p.suffix == ".md").read_text()
     assert _files_named(md) <= names, _files_named(md) - names
     assert "## Upstream report" in md and "Upstream status:" in md.splitlines()[-1]
+
+
+OBSERVED_DUMP = """
+import json as _json
+print("OBSERVED " + _json.dumps({k: np.asarray(v, np.float64).tolist()
+                                 for k, v in OBSERVED.items()}))
+"""
+
+
+def _training_doc(name: str, optimizer: dict) -> dict:
+    """A fit in two mini-batches over two epochs, a second fit with the same optimizer (kept,
+    the driver's rule), and a grad step in each mode: every path of the templates' fit/grad."""
+    shape = [4, 2]
+    return {"schema": 1, "name": name, "layer": {"features": 2, "momentum": 0.9,
+                                                 "epsilon": 1e-3},
+            "inputs": {"x": {"normal": {"mean": 1.0, "std": 2.0}, "shape": shape, "seed": 0},
+                       "t": {"normal": {"mean": 0.5, "std": 1.0}, "shape": shape, "seed": 1},
+                       "w": {"normal": {"mean": 0.0, "std": 1.0}, "shape": shape, "seed": 2}},
+            "steps": [{"op": "fit", "input": "x", "target": "t", "optimizer": optimizer,
+                       "epochs": 2, "batch_size": 2},
+                      {"op": "fit", "input": "x", "target": "t", "optimizer": optimizer},
+                      {"op": "grad", "input": "x", "training": True, "weights": "w"},
+                      {"op": "grad", "input": "x", "training": False, "weights": "w"}]}
+
+
+@pytest.mark.slow  # a subprocess importing the framework, then its adapter: > 10 s
+@pytest.mark.parametrize("framework,optimizer", [
+    ("haiku", {"name": "adam", "lr": 0.1}),
+    ("haiku+eager", {"name": "sgd", "lr": 0.1}),
+])
+def test_fit_and_grad_scripts_agree_with_the_adapter(tmp_path, framework, optimizer):
+    """The script of a fit and grad scenario, run with xbn unimportable, observes the values
+    xbn's adapter observes for the same scenario, bit for bit: the same optimizer, loss
+    reduction, trained parameters and running-statistics updates."""
+    import json
+
+    import numpy as np
+
+    from xbn.adapters.base import run_scenario
+    from xbn.frameworks.registry import load_adapter
+    from xbn.fuzz.repro import script
+    from xbn.scenario.loader import parse
+
+    need(framework.partition("+")[0])
+    scenario = parse(_training_doc("train", optimizer), "<t>")
+    path = tmp_path / "repro.py"
+    path.write_text(script(scenario, framework) + OBSERVED_DUMP, encoding="utf-8")
+    out = run_script(path, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    observed = json.loads(out.stdout.strip().splitlines()[-1].removeprefix("OBSERVED "))
+    rows = {f"{o['step']}|{o['quantity']}": o
+            for o in run_scenario(load_adapter(framework), scenario)}
+    assert {k.split("|")[1] for k in observed} >= {"loss", "output", "grad_input", "grad_gamma",
+                                                   "grad_beta", "moving_mean", "gamma"}
+    for key, value in observed.items():
+        assert rows[key]["status"] == "ok", (key, rows[key])
+        np.testing.assert_array_equal(np.asarray(value).ravel(),
+                                      np.asarray(rows[key]["value"], np.float64).ravel(),
+                                      err_msg=key)
