@@ -35,12 +35,16 @@ from .schema import divergences_option, load_divergences, user_divergences
 @click.option("--known", "known", default=None, metavar="FILE",
               help="TOML of causes already reported upstream ([[known]] framework, cause, link): "
                    "counted, not reported again.")
+@click.option("--models", is_flag=True,
+              help="Fuzz small models (dense/conv -> BN -> activation -> BN, residual adds, a "
+                   "frozen BN) built in torch and each -f framework with the same weights; "
+                   "report the first BatchNorm where they part (default -f torch,keras,flax).")
 @click.option("--address", default=None, help="ray: the cluster (default: a local Ray).")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="ray: campaigns at once, one seed each (default: the cluster's CPUs).")
 def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None, seed: int,
          out: str | None, force: bool, batch: int, divergences: str | None, engine: str,
-         address: str | None, actors: int | None, known: str | None) -> None:
+         address: str | None, actors: int | None, known: str | None, models: bool) -> None:
     """Search for scenarios where a framework departs from its own declared profile or hits a
     numerical hazard (NaN/inf, a negative variance, a collapsed variance, a moving mean outside
     its data) that no declared switch, rounding bound or known divergence accounts for; shrink
@@ -53,6 +57,17 @@ def fuzz(frameworks: str | None, budget: float | None, max_examples: int | None,
 
     if budget is not None and max_examples is not None:
         fail("give --budget or --max-examples, not both")
+    if models and (engine != "local" or known or divergences or address or actors):
+        fail("--models runs in this process against the builders' ported conventions: "
+             "--engine, --known, --divergences, --address and --actors do not apply to it")
+    if models:  # the model campaign (xbn.fuzz.model_campaign), in this process
+        from ..fuzz.model_campaign import run_command
+
+        try:
+            sys.exit(run_command(frameworks, budget, max_examples, seed, out, force,
+                                 lambda text: click.echo(f"xbn fuzz: {text}", err=True)))
+        except ValueError as exc:
+            fail(str(exc))
     if engine == "ray":
         from ..fuzz.ray_engine import RayMissing, ray_module
 
