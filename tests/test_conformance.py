@@ -74,10 +74,7 @@ OPEN = {
                               "within the two-pass variance's float32 rounding bound (Paddle "
                               "sums each channel's batch in order, batch_norm_kernel.cc:116-122; "
                               "the reference's native emulation sums as numpy does)",
-    ("mlx", "fit-frozen"): "the moving statistics after a frozen fit depart by 0.12",
     ("mlx", "fit-sgd-adam"): "beta 23 ulp from the declared Adam form",
-    ("mlx", "seed-keras-frozen"): "a frozen fit on a batch of one raises MLX's '[grad] Must "
-                                  "specify at least one argument' before the batch-of-one check",
 }
 
 

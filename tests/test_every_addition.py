@@ -34,12 +34,23 @@ def test_no_error_row_comes_from_xbn(result):
     assert not ours, ours
 
 
+# Frameworks that cannot build the common scenario's layer at all, and the declared reason
+# their every row carries (the scenario is float16 with float32 parameters).
+UNBUILDABLE = {"paddle": "CPU batch_norm kernel is registered for float32 and float64 only"}
+
+
 def test_every_framework_runs_the_common_additions(result):
-    """Not a run of n/a rows only: every installed framework expresses most of them."""
+    """Not a run of n/a rows only: every installed framework expresses most of them, except
+    where its layer cannot be built, which every row then says."""
     installed = [f for f, a in availability().items() if a["available"]]
     for fid in installed:
-        ok = [o for o in result.observations if o["framework"] == fid
-              and o["scenario"] == "every-addition-common" and o["status"] == "ok"]
+        rows = [o for o in result.observations if o["framework"] == fid
+                and o["scenario"] == "every-addition-common"]
+        if fid in UNBUILDABLE:
+            assert rows and all(o["status"] == "n/a" and UNBUILDABLE[fid] in o["message"]
+                                for o in rows), (fid, rows[:2])
+            continue
+        ok = [o for o in rows if o["status"] == "ok"]
         assert len(ok) > 30, (fid, len(ok))
 
 

@@ -55,7 +55,7 @@ def test_every_refusing_switch_value_declares_its_exception():
     with which exception; the reference's own refusals are recognised by their message."""
     for fid, profile in PROFILES.items():
         for switch, value in REFUSING.items():
-            if profile[switch].value == value:
+            if str(profile[switch].value).startswith(value):  # frozen_fit: error_before too
                 assert declared_error(fid, switch) is not None, (fid, switch)
     for switch, raises in ERRORS["reference"].items():
         assert refusing_switch(f"{raises.type}: {raises.fragment} (more)") == switch

@@ -261,7 +261,7 @@ SEMANTICS["mlx"] = {
     "training_normalization": Fact("batch", f"{MLXN}:404-414 mean, var of the batch normalize in training"),
     "adam_form": Fact("paper", f"{MLXO}:542-547 (bias_correction=True, which xbn passes) (sqrt(v)*rsqrt(1-b2^t) + eps)"),
     "rmsprop_form": Fact("eps_outside", f"{MLXO}:351-354 parameter - lr*g/(sqrt(v) + eps)"),
-    "frozen_fit": Fact("error", "mlx/nn/utils.py:35 nn.value_and_grad over no trainable parameters: mx.value_and_grad raises '[grad] Must specify at least one argument' before the forward pass"),
+    "frozen_fit": Fact("error_before", "mlx/nn/utils.py:35 nn.value_and_grad over no trainable parameters: mx.value_and_grad raises '[grad] Must specify at least one argument' before the forward pass"),
     "momentum_convention": Fact("keras", "xbn maps the scenario's Keras-convention momentum m to MLX's 1 - m (torch's direction)"),
     "reset": Fact("none", f"{MLXN}: BatchNorm defines no reset; users assign running_mean/running_var"),
     "mask": Fact("none", f"{MLXN}:378 __call__(self, x): no mask argument"),

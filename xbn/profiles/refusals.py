@@ -30,6 +30,7 @@ class Raises:
 
 
 # Switch values that make a framework refuse.
+# (frozen_fit's "error_before", a refusal before the forward pass, raises as "error" does)
 REFUSING = {"batch_of_one": "error", "bare_call": "error", "frozen_fit": "error",
             "zero_epsilon": "error", "synchronized_statistics": "error",
             "unsynchronized_statistics": "error", **profiles_edges.REFUSING}

@@ -294,6 +294,9 @@ class ReferenceBatchNorm:
         if self.sem.bare_call == "module_mode":
             self.module_training = True  # torch loops call model.train()
         training = self.effective_training(True)
+        if self.sem.frozen_fit == "error_before" and not self._has_trainable():
+            raise RuntimeError("fit with nothing trainable does not require grad: refused "
+                               "before the forward pass")
         n = x.shape[0]
         size = batch_size or n
         epoch_loss = 0.0

@@ -37,8 +37,9 @@ class Semantics:
     # just updated (equinox mode="ema")
     training_normalization: str = "batch"  # batch | running
     # fit with nothing trainable: runs (Keras warns; JAX optimizers apply zero updates) or
-    # raises after the forward pass has moved the running statistics (a torch loop's backward())
-    frozen_fit: str = "runs"  # runs | error
+    # raises after the forward pass has moved the running statistics (a torch loop's backward()),
+    # or raises before any forward pass (MLX's nn.value_and_grad over no trainable parameters)
+    frozen_fit: str = "runs"  # runs | error | error_before
     # how Adam applies epsilon: Keras' eps-hat form or the paper's (torch, optax)
     # ("optax": the paper's form with optax's float32 operation order; differs from "paper" only
     # in rounding)
@@ -171,7 +172,7 @@ SWITCH_VALUES: dict[str, tuple] = {
     "training_normalization": ("batch", "running"),
     "adam_form": ("eps_hat", "paper", "optax"),
     "rmsprop_form": ("eps_in_sqrt", "eps_outside"),
-    "frozen_fit": ("runs", "error"),
+    "frozen_fit": ("runs", "error", "error_before"),
     "momentum_convention": ("keras", "torch"),
     "reset": ("running_stats", "none"),
     "mask": ("weighted", "weighted_nan", "weighted_unfused", "none"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ...frameworks.devices import mode_of
 from ...scenario.loader import Layer, channels_last
+from .._jax.repro_optax import OPTAX_SOURCE
 
 # the template defines fit and grad too (xbn.fuzz.repro.TRAINING_OPS)
 TRAINING = True
@@ -76,15 +77,8 @@ _optimizer = None
 
 
 def _tx(opt):
-    if opt["name"] == "sgd":
-        return optax.sgd(learning_rate=opt["lr"], momentum=None, nesterov=False)
-    if opt["name"] == "adam":
-        return optax.adam(learning_rate=opt["lr"], b1=opt["beta1"], b2=opt["beta2"],
-                          eps=opt["eps"], eps_root=0.0)
-    return optax.rmsprop(learning_rate=opt["lr"], decay=opt["rho"], eps=opt["eps"],
-                         initial_scale=0.0, eps_in_sqrt=True, centered=False, momentum=None,
-                         nesterov=False, bias_correction=False)
-
+    return _optax(opt)
+{OPTAX_SOURCE}
 
 def _train_step(tx):
     def loss_fn(params, state, xb, tb):
