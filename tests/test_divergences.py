@@ -95,8 +95,12 @@ COVERED = {
         "batch-of-one-spatial": [0], "layout-nchw": [0, 1, 2],
         "layout-nhwc": [0, 1, 2], "memory-format-channels-last": [0, 1, 2],
         "variance-update-spatial": [0, 1]},
+    # float64 layers only: no built-in scenario is float64 (the fuzzer found them)
+    ("torch+onnx", "ONNX's BatchNormalization takes epsilon"): {},
+    ("torch+onnx-script", "ONNX's BatchNormalization takes epsilon"): {},
+    ("torch+openvino", "OpenVINO's CPU plugin has no float64"): {},
 }
-MODED = ("tf-keras+xla",)  # the moded ids an entry names (a compiled program's own divergence)
+MODED = ("tf-keras+xla", "torch+onnx", "torch+onnx-script", "torch+openvino")  # the moded ids an entry names (a compiled program's own divergence)
 
 
 def _entry(d: dict) -> tuple[str, str]:

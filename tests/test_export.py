@@ -253,3 +253,27 @@ def test_export_ids_match_their_declared_profiles():
                 if why:
                     problems.append(f"{fid} {scenario.name} {row_at(got)}: {why}")
     assert not problems, "\n".join(problems)
+
+
+def test_onnx_runtime_normalizes_a_float64_graph_with_a_float32_epsilon(tmp_path):
+    """The known divergence of torch+onnx on float64 layers, driven by hand: ONNX's epsilon is
+    a FLOAT attribute, so ORT's output is bit-exact with float32(eps) in float64 arithmetic and
+    not with eps itself (xbn/profiles/divergences.toml)."""
+    torch = require_framework("torch", module="torch")
+    ort = require_framework("onnxruntime")
+    x = np.random.default_rng(0).normal(3.0, 2.0, (4, 2))
+    mean, var = np.array([0.3, -0.1]), np.array([1.7, 0.4])
+    bn = torch.nn.BatchNorm1d(2).double().eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor(mean))
+        bn.running_var.copy_(torch.tensor(var))
+    path = tmp_path / "bn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bn, (torch.tensor(x),), str(path), dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert got.dtype == np.float64
+    inv32 = 1.0 / np.sqrt(var + float(np.float32(1e-5)))
+    np.testing.assert_array_equal(got, x * inv32 + (0.0 - mean * inv32))  # ORT's folded form
+    assert not np.array_equal(got, x * (1.0 / np.sqrt(var + 1e-5)) - mean / np.sqrt(var + 1e-5))

@@ -147,6 +147,24 @@ def test_finding_report_names_its_path_command_and_scenario(tmp_path, monkeypatc
     parse(__import__("tomllib").loads(toml), "<t>")
 
 
+def test_a_moded_id_finding_gets_a_valid_name(tmp_path, monkeypatch):
+    """A mode's ``+`` and a device's ``@`` are no scenario-name characters: the files and the
+    scenario are named with ``-`` (the first wave-3 campaign lost its findings to this)."""
+    monkeypatch.chdir(tmp_path)
+    doc = {**_doc(), "name": "fuzz"}
+    scenario = parse(doc, "<fuzz>")
+    rows = [{**o, "framework": "torch+openvino@cpu", "scenario": "fuzz"}
+            for o in rerun(scenario, {})]
+    flag = Flag("torch+openvino@cpu", "output", "unexplained", 0, "output = [1]")
+    from xbn.fuzz.cause import Cause
+
+    finding = Finding(flag, doc, scenario, rows, Cause("float64-computed-in-float32", "x"))
+    paths = write(finding, Path("out"), {"torch": "2.x"}, 0, command="xbn fuzz")
+    assert {p.stem for p in paths} == {"torch-openvino-cpu-float64-computed-in-float32"}
+    toml = next(p for p in paths if p.suffix == ".toml").read_text(encoding="utf-8")
+    parse(__import__("tomllib").loads(toml), "<t>")
+
+
 @pytest.mark.slow  # imports JAX and Equinox in a subprocess
 @pytest.mark.parametrize("fid,layout,shape", [("equinox", "NHWC", [4, 2, 2, 2]),
                                               ("equinox+eager", "NCL", [4, 2, 3])])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,7 +49,10 @@ def to_toml(document: dict, comment: str = "") -> str:
 
 
 def slug(finding: Finding) -> str:
-    return f"{finding.flag.framework}-{finding.cause.name}".replace("_", "-")
+    """The finding's file and scenario name, ``[a-z0-9-]+`` as a scenario name must be: a
+    mode's ``+`` and a device's ``@`` become ``-`` (``torch+openvino`` -> ``torch-openvino``)."""
+    text = f"{finding.flag.framework}-{finding.cause.name}".lower()
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
 
 
 class OutputExists(Exception):

@@ -40,7 +40,7 @@ from ..explain.search import Search
 from ..profiles.divergences import known_divergence
 from ..profiles.facts import PROFILES
 from ..profiles.refusals import declared_refusal
-from ..reference.semantics import NUMERIC_SWITCH_VALUES
+from ..reference.semantics import GATED_SWITCHES, NUMERIC_SWITCH_VALUES
 from ..scenario.loader import Scenario
 from ..scenario.observation import ERROR, NOT_APPLICABLE, OK
 
@@ -121,8 +121,11 @@ def reference(scenario: Scenario, change: dict) -> Run:
 
 
 def declared(framework: str) -> tuple[dict, dict]:
-    """(semantic switches, semantic and numeric switches) of the framework's profile."""
-    profile = declared_profile(framework)
+    """(semantic switches, semantic and numeric switches) of the framework's profile, gated
+    switches included: the explanation search leaves those out where a scenario cannot show
+    them (to save reruns), but the fuzzer's truth is the whole profile, whatever the scenario
+    (an export id's ``exported_training``, an inference-only backend's ``trainer``)."""
+    profile = declared_profile(framework, set(GATED_SWITCHES))
     return (profile[0], profile[-1]) if profile else ({}, {})
 
 

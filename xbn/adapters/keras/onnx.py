@@ -42,6 +42,9 @@ class _Export:
         self.cache = runtime.Cache()  # one export per layer state and input shape
 
     def build(self, layer) -> None:
+        if layer.replicas:  # before the replicas engine sets up devices
+            raise NotApplicable("an exported graph runs on one device: a layer split over "
+                                "replicas (its data-parallel training) has no export form")
         super().build(layer)
         self.layer_dtype = layer.dtype
 
@@ -58,6 +61,10 @@ class _Export:
         key = runtime.digest(variables, self.bn.epsilon, arr.shape, arr.dtype.name)
 
         def make():
+            # Keras' export refuses a model never called ("The model provided has never
+            # called", keras/src/export/export_utils.py), which a layer only ever called on
+            # its own (xbn's eager calls) is; an inference call changes no state
+            self.model(arr, training=False)
             model = self._onnx_model(arr)
             runtime.check(model)
             self._export_note(runtime.describe(model, self.exporter))

@@ -49,6 +49,11 @@ def _module_error(exc: BaseException) -> BaseException:
     return exc
 
 
+# an export path takes the one-device module: a data-parallel layer has no exported form
+REPLICAS = ("an exported graph runs on one device: a layer split over replicas (its "
+            "data-parallel training) has no export form")
+
+
 class TorchOnnxAdapter(TorchAdapter):
     """The torch adapter whose inference runs in the exported graph."""
 
@@ -63,6 +68,11 @@ class TorchOnnxAdapter(TorchAdapter):
             torch.backends.fp32_precision = "none"
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
+
+    def build(self, layer) -> None:
+        if layer.replicas:
+            raise NotApplicable(REPLICAS)
+        super().build(layer)
 
     def _note(self, note: str) -> None:
         if note not in self.notes:
