@@ -99,8 +99,9 @@ COVERED = {
     ("torch+onnx", "ONNX's BatchNormalization takes epsilon"): {},
     ("torch+onnx-script", "ONNX's BatchNormalization takes epsilon"): {},
     ("torch+openvino", "OpenVINO's CPU plugin has no float64"): {},
+    ("keras+openvino", "OpenVINO's CPU plugin has no float64"): {},
 }
-MODED = ("tf-keras+xla", "torch+onnx", "torch+onnx-script", "torch+openvino")  # the moded ids an entry names (a compiled program's own divergence)
+MODED = ("tf-keras+xla", "torch+onnx", "torch+onnx-script", "torch+openvino", "keras+openvino")  # the moded ids an entry names (a compiled program's own divergence)
 
 
 def _entry(d: dict) -> tuple[str, str]:

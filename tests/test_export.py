@@ -277,3 +277,31 @@ def test_onnx_runtime_normalizes_a_float64_graph_with_a_float32_epsilon(tmp_path
     inv32 = 1.0 / np.sqrt(var + float(np.float32(1e-5)))
     np.testing.assert_array_equal(got, x * inv32 + (0.0 - mean * inv32))  # ORT's folded form
     assert not np.array_equal(got, x * (1.0 / np.sqrt(var + 1e-5)) - mean / np.sqrt(var + 1e-5))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exposed_statistics_keep_the_module_dtype(tmp_path, dtype):
+    """The training-mode graph's running statistics, made graph outputs, have the module's
+    type: a float64 module's typed FLOAT made ONNX Runtime refuse the graph (found by the
+    fuzzer); ORT's updated statistics follow ONNX's rule (momentum weights the old value)."""
+    torch = require_framework("torch", module="torch")
+    onnx = require_framework("onnx", module="onnx")
+    ort = require_framework("onnxruntime")
+    from xbn.adapters._export.runtime import expose_statistics
+
+    bn = torch.nn.BatchNorm1d(2).to(getattr(torch, dtype)).train()
+    x = np.random.default_rng(1).normal(2.0, 1.5, (4, 2)).astype(dtype)
+    path = tmp_path / "bn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bn, (torch.tensor(x),), str(path), dynamo=False,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    model, names = expose_statistics(onnx.load(str(path)))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+    mean = out[names[0]]
+    assert mean.dtype == np.dtype(dtype)
+    # the export's trace ran the train-mode forward (torch: 0.1 * mean), then ORT's node:
+    # 0.9 * (0.1 * mean) + 0.1 * mean (exported_training = traced_update)
+    np.testing.assert_allclose(mean, 0.19 * x.mean(0), rtol=1e-6)

@@ -77,6 +77,16 @@ MECHANISMS = {
 }
 
 
+# a ``cancellation`` flag (xbn.fuzz.verdict) is, by its definition, the declared one-pass
+# variance's own failure short of a NaN: one mechanism, whatever the row
+CANCELLATION = (
+    "one-pass-variance-cancellation",
+    "the batch variance is computed in one pass, E[x^2] - E[x]^2: on a batch whose mean is "
+    "large against its spread the two terms cancel to a variance far below the true one (yet "
+    "above -epsilon), so the output is finite and far off; only the one-pass formula's "
+    "unbounded rounding interval holds it, the two-pass formula's bound does not")
+
+
 # the rows that show a step's batch variance hazard, and the kinds that show it: the output
 # (NaN where rsqrt(var + eps) is) and the moving variance (negative where the batch variance
 # is: a fit step records no output, only its loss and what the step left)
@@ -143,6 +153,8 @@ def root_cause(flag: Flag, scenario: Scenario, rows: list[dict], k: float = 16.0
     """The mechanism behind ``flag`` (one framework's rows of one scenario): see the module."""
     if flag.kind == "unexplained":
         return _unexplained(flag, scenario, rows, k)
+    if flag.kind == "cancellation":  # flagged only where the profile declares a one-pass variance
+        return Cause(*CANCELLATION)
     cause = _named(flag, scenario, rows, k)
     if cause is None and flag.kind in ("nan", "inf"):
         cause = _upstream(flag, scenario, rows, k)

@@ -17,6 +17,10 @@ TRACKERS = {
     "flax-nnx": "https://github.com/google/flax/issues",
     "haiku": "https://github.com/google-deepmind/dm-haiku/issues",
     "equinox": "https://github.com/patrick-kidger/equinox/issues",
+    "keras-numpy": "https://github.com/keras-team/keras/issues",
+    "keras-openvino": "https://github.com/keras-team/keras/issues",
+    "paddle": "https://github.com/PaddlePaddle/Paddle/issues",
+    "mlx": "https://github.com/ml-explore/mlx/issues",
 }
 
 
@@ -59,6 +63,34 @@ KNOWN: dict[tuple[str, str], Status] = {
         "the review of https://github.com/keras-team/keras/pull/18482, where the maintainer "
         "calls float64 becoming float32 on JAX \"an unfortunate limitation inherited from "
         "historical reasons\" of JAX (here with jax_enable_x64 on, so not JAX's own)",
+        "2026-12"),
+    ("keras-numpy", "one-pass-variance-not-clamped"): Status(
+        None,
+        "none found for the numpy backend. Related: https://github.com/keras-team/keras/pull/18795 "
+        "fixed `moments` for the TensorFlow and JAX backends only; "
+        "keras/src/backend/numpy/nn.py `moments` (lines 947-951 in keras 3.15.1, commented "
+        "\"faster but less numerically stable\") computes mean(square(x)) - square(mean) "
+        "without a clamp, as the torch backend does",
+        "2026-12"),
+    ("haiku", "moving-variance-nan"): Status(
+        None,
+        "none found for float16 in google-deepmind/dm-haiku. What it is (checked by hand): "
+        "haiku/_src/batch_norm.py takes mean(square(x)) in the input dtype, so a float16 "
+        "batch with |x| above ~256 squares to inf and the variance is inf - inf = NaN, which "
+        "a clamp at 0 does not repair (Flax reduces float16 in float32, "
+        "force_float32_reductions=True; Keras' moments upcast float16). Related: "
+        "https://github.com/google-deepmind/dm-haiku/issues/396 (closed: bfloat16 BatchNorm "
+        "NaNs; the maintainer's workaround is to upcast to float32 around the BatchNorm)",
+        "2026-12"),
+    ("tf-keras", "float64-computed-in-float32"): Status(
+        None,
+        "none found in keras-team/tf-keras. The cause's name overstates it (checked by hand): "
+        "a float64 layer's statistics and output are float64; only the moving-average decay, "
+        "tf.convert_to_tensor(1.0 - momentum) (tf_keras/src/layers/normalization/"
+        "batch_normalization.py:867-869 in 2.21.0), is a float32 tensor, cast to float64 after "
+        "rounding, so each update is off by up to ~2e-8 relative (1e6 * float32(0.01) = "
+        "9999.99978 where 10000 is exact): float32 precision in a float64 layer's running "
+        "statistics",
         "2026-12"),
     ("haiku", "one-pass-variance-not-clamped"): Status(
         None,

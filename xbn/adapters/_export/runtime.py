@@ -85,7 +85,10 @@ def expose_statistics(model):
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    names = []
+    names, types = [], {}
+    graph = copy.graph
+    known = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info)}
+    known.update({t.name: t.data_type for t in graph.initializer})
     for i, node in enumerate(copy.graph.node):
         if node.op_type != BN or not any(
                 a.name == "training_mode" and a.i == 1 for a in node.attribute):
@@ -95,10 +98,14 @@ def expose_statistics(model):
             if not outs[k]:
                 outs[k] = f"xbn_{what}_{i}"
             names.append(outs[k])
+            # the statistic's own type (a float64 module's is DOUBLE: typed FLOAT, ORT
+            # refuses the graph), read from the running statistic the node is given
+            types[outs[k]] = known.get(node.input[k + 2], onnx.TensorProto.FLOAT) \
+                if len(node.input) > k + 2 else onnx.TensorProto.FLOAT
         del node.output[:]
         node.output.extend(outs[:3])
     for name in names:
-        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, 1, None))
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
     return copy, names
 
 

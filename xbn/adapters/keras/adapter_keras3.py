@@ -130,6 +130,7 @@ class KerasAdapter(Adapter):
                      "keras BatchNormalization always keeps moving statistics and uses them in "
                      "inference (no track_running_stats option)")
         native = dict(layer.native.get(self.framework_id, {}))
+        self.layout = layer.layout
         axis = channel_axis(layer.layout)
         kwargs: dict = {"axis": -1 if axis == layer.rank - 1 else axis}
         if not layer.defaults:
@@ -283,7 +284,7 @@ class KerasAdapter(Adapter):
     # and that error is the answer. Every position's output is normalized; a fully masked
     # batch gives mean 0 and variance 0 (count 0 + backend.epsilon()).
     def _mask(self, mask):
-        return ops.convert_to_tensor(keras_mask(mask))
+        return ops.convert_to_tensor(keras_mask(mask, self.layout))
 
     def call_masked(self, x, training, mask):
         inference_backends.refuse_training_call(self.backend, training, self.bn.trainable)

@@ -198,7 +198,9 @@ class TfKerasAdapter(Adapter):
     def _call_kwargs(self, training, mask) -> dict:
         kwargs = {} if training is None else {"training": training}
         if mask is not None:
-            kwargs["mask"] = tf.constant(keras_mask(mask))
+            # the fused 4-D/5-D kernel ignores a mask (above); the 3-D path expands it
+            layout = self.layer.layout if self.layer.rank == 3 else None
+            kwargs["mask"] = tf.constant(keras_mask(mask, layout))
         return kwargs
 
     def call_masked(self, x, training, mask):

@@ -41,10 +41,12 @@ class _Export:
         super().__init__(framework_id)
         self.cache = runtime.Cache()  # one export per layer state and input shape
 
+    def replicated(self):
+        """Asked for before ``build`` where the layer has replicas (xbn.adapters.base)."""
+        raise NotApplicable("an exported graph runs on one device: a layer split over "
+                            "replicas (its data-parallel training) has no export form")
+
     def build(self, layer) -> None:
-        if layer.replicas:  # before the replicas engine sets up devices
-            raise NotApplicable("an exported graph runs on one device: a layer split over "
-                                "replicas (its data-parallel training) has no export form")
         super().build(layer)
         self.layer_dtype = layer.dtype
 
@@ -89,13 +91,17 @@ class _Export:
         return self._run(x)
 
     def grad(self, x, training, weights, mask=None) -> dict:
-        raise NotApplicable("an ONNX Runtime inference session computes no gradients "
+        raise NotApplicable(f"{self.exporter}: an inference runtime computes no gradients "
                             "(training runs in Keras; the export is for inference)")
 
     def call_masked(self, x, training, mask):
+        if self._training(training):  # the user's training step: in Keras, as unmasked
+            self._export_note(NO_TRAINING.format(exporter=self.exporter))
+            return super().call_masked(x, training, mask)
         raise NotApplicable(f"{self.exporter}: the exported function takes no mask")
 
-    predict_masked = call_masked
+    def predict_masked(self, x, mask):
+        raise NotApplicable(f"{self.exporter}: the exported function takes no mask")
 
 
 def _keras3(framework_id: str) -> Adapter:

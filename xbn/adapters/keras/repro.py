@@ -18,7 +18,8 @@ from __future__ import annotations
 from ...frameworks.devices import base_id, mode_of
 from ...scenario.loader import Layer, channel_axis
 
-BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch",
+            "keras-numpy": "numpy"}
 # the template defines fit and grad too (xbn.fuzz.repro.TRAINING_OPS)
 TRAINING = True
 
@@ -50,9 +51,11 @@ _GRAD = {
 
     (_, (y, new)), (g_trainable, gx) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True)(trainable, keras.ops.convert_to_tensor(x))
-    for variable, value in zip(model.non_trainable_variables, new):
+    for variable, value in zip(model.non_trainable_variables, new, strict=True):
         variable.assign(value)
     return _grads(y, gx, live, [g_trainable[i] for i in positions])''',
+    "numpy": '''def grad(x, training, weights):
+    raise SystemExit("Keras 3's numpy backend is inference only: it computes no gradients")''',
     "torch": '''def grad(x, training, weights):
     """torch.autograd.grad over the input and the trainable weights' tensors."""
     import torch
@@ -141,7 +144,7 @@ def _like(values, y):
 
 def _grads(y, gx, live, grads):
     out = {{"output": to_numpy(y), "grad_input": to_numpy(gx)}}
-    for (name, _), g in zip(live, grads):
+    for (name, _), g in zip(live, grads, strict=True):
         out[f"grad_{{name}}"] = to_numpy(g)
     return out
 
@@ -223,7 +226,7 @@ def grad(x, training, weights):
         total = tf.reduce_sum(tf.cast(y, {wide}) * w)
     grads = tape.gradient(total, [xt, *[v for _, v in live]])
     out = {{"output": y.numpy(), "grad_input": grads[0].numpy()}}
-    for (name, _), g in zip(live, grads[1:]):
+    for (name, _), g in zip(live, grads[1:], strict=True):
         out[f"grad_{{name}}"] = tf.reshape(g, [-1]).numpy()
     return out
 

@@ -69,10 +69,9 @@ class TorchOnnxAdapter(TorchAdapter):
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
 
-    def build(self, layer) -> None:
-        if layer.replicas:
-            raise NotApplicable(REPLICAS)
-        super().build(layer)
+    def replicated(self):
+        """Asked for before ``build`` where the layer has replicas (xbn.adapters.base)."""
+        raise NotApplicable(REPLICAS)
 
     def _note(self, note: str) -> None:
         if note not in self.notes:
