@@ -100,6 +100,7 @@ COVERED = {
     ("torch+onnx-script", "ONNX's BatchNormalization takes epsilon"): {},
     ("torch+openvino", "OpenVINO's CPU plugin has no float64"): {},
     ("keras+openvino", "OpenVINO's CPU plugin has no float64"): {},
+    ("mlx", "MLX 0.32.4 can hang"): {"zero-size-batch": [0, 1, 2, 3, 4]},
 }
 MODED = ("tf-keras+xla", "torch+onnx", "torch+onnx-script", "torch+openvino", "keras+openvino")  # the moded ids an entry names (a compiled program's own divergence)
 

@@ -30,6 +30,10 @@ DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16,
 STATE = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
          "moving_variance": "running_var"}
 
+EMPTY_TRAINING = ("a training-mode call on an empty batch is not run: MLX 0.32.4 can hang in it "
+                  "(mx.var with ddof=1 over no rows, then an elementwise op on the empty input "
+                  "never returns from mx.eval)")
+
 
 def _value(a: mx.array):
     """An evaluated array as xbn's value: numpy, or (float64 array, "bfloat16")."""
@@ -84,7 +88,17 @@ class MLXAdapter(Adapter):
         if training is not None:
             self.module.train(training)
 
+    def _refuse_empty_training(self, x) -> None:
+        """MLX 0.32.4 can hang on a training-mode BatchNorm over an empty batch: mx.var(x,
+        ddof=1) over no rows, then x * rsqrt(var + eps) does not return from mx.eval (checked
+        by hand: `x = mx.array(np.zeros((0, 3), np.float32)); v = mx.var(x, axis=0, ddof=1);
+        mx.eval(x * mx.rsqrt(v + 1e-5))` never returns; not every run). A worker that hangs
+        would hold a whole report for its timeout, so xbn does not make that call."""
+        if self.module.training and np.asarray(x).size == 0:
+            raise NotApplicable(EMPTY_TRAINING)
+
     def _forward(self, x) -> mx.array:
+        self._refuse_empty_training(x)
         y = self.module(self._array(x))
         mx.eval(y, self.module.state)  # the statistics this call moved, computed now
         return y
@@ -144,8 +158,9 @@ class MLXAdapter(Adapter):
             note = "mlx Adam built with bias_correction=True (MLX's default is False)"
             if step.optimizer.name == "adam" and note not in self.notes:
                 self.notes.append(note)
-        xs, ts = self._array(x), self._array(target)
         self.module.train()
+        self._refuse_empty_training(x)
+        xs, ts = self._array(x), self._array(target)
 
         def loss_fn(model, xb, tb):
             return nn.losses.mse_loss(model(xb), tb)
@@ -169,6 +184,7 @@ class MLXAdapter(Adapter):
         """``mx.value_and_grad`` over (trainable parameters, input) of sum(output * weights),
         the output returned beside the value; the module's state evaluated with it."""
         self._set_training(training)
+        self._refuse_empty_training(x)
         module, w = self.module, self._array(weights)
 
         def objective(params, xb):
