@@ -29,11 +29,13 @@ class Raises:
         return ((self.type, self.fragment), *self.also)
 
 
-# Switch values that make a framework refuse.
-# (frozen_fit's "error_before", a refusal before the forward pass, raises as "error" does)
-REFUSING = {"batch_of_one": "error", "bare_call": "error", "frozen_fit": "error",
-            "zero_epsilon": "error", "synchronized_statistics": "error",
-            "unsynchronized_statistics": "error", **profiles_edges.REFUSING}
+# Switch -> the values of it that make a framework refuse (frozen_fit refuses after the forward
+# pass, "error", or before it, "error_before": one exception either way).
+REFUSING: dict[str, tuple[str, ...]] = {
+    "batch_of_one": ("error",), "bare_call": ("error",), "frozen_fit": ("error", "error_before"),
+    "zero_epsilon": ("error",), "synchronized_statistics": ("error",),
+    "unsynchronized_statistics": ("error",),
+    **{switch: (value,) for switch, value in profiles_edges.REFUSING.items()}}
 
 # Per implementation (the keys of SEMANTICS): switch -> what is raised.
 ERRORS: dict[str, dict[str, Raises]] = {
@@ -137,7 +139,7 @@ def error_mismatch(framework_id: str, got: dict, expected: dict) -> str | None:
     if switch is None:
         return f"the reference's error is no declared refusal: {expected.get('message')}"
     declared = declared_error(framework_id, switch)
-    setting = f"{switch}={REFUSING[switch]}"
+    setting = f"{switch}={REFUSING[switch][0]}"
     if declared is None:
         return f"{framework_id} declares no exception for {setting} (xbn/profiles/refusals.py ERRORS)"
     kind, text = _exception(got.get("message"))

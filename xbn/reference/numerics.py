@@ -126,10 +126,9 @@ def gradient_magnitudes(dy2: np.ndarray, gamma_, centered: np.ndarray, deviation
 def ema(old: np.ndarray, new: np.ndarray, m: float, ft, form: str) -> np.ndarray:
     """One update of a running statistic in arithmetic ``ft``, in the order ``form`` names
     (the reference's ``update_form``)."""
-    keep, take = ft(m), ft(1.0 - m)  # both rounded from float64, as Python floats are
-    if form == "weighted_sum_stored":  # m held in ft (a float attribute), 1 - m taken from it
-        take = ft(1.0 - np.float64(keep))
-        form = "weighted_sum"
+    keep = ft(m)  # rounded from float64, as Python floats are; and 1 - m likewise, except
+    # weighted_sum_stored: m held in ft (a float attribute), 1 - m taken from that value
+    take = ft(1.0 - np.float64(keep)) if form == "weighted_sum_stored" else ft(1.0 - m)
     if form == "decrement":
         return (old - ((old - new).astype(ft) * take).astype(ft)).astype(ft)
     if form == "fma":  # a float32 product is exact in float64

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BN = "BatchNormalization"
+# why every export id is n/a for a layer with replicas (each adapter's ``replicated``)
+NO_REPLICAS = ("an exported graph runs on one device: a layer split over replicas (its "
+               "data-parallel training) has no export form")
 ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 
 

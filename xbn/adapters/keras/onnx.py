@@ -43,8 +43,7 @@ class _Export:
 
     def replicated(self):
         """Asked for before ``build`` where the layer has replicas (xbn.adapters.base)."""
-        raise NotApplicable("an exported graph runs on one device: a layer split over "
-                            "replicas (its data-parallel training) has no export form")
+        raise NotApplicable(runtime.NO_REPLICAS)
 
     def build(self, layer) -> None:
         super().build(layer)

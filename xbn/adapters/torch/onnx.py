@@ -49,11 +49,6 @@ def _module_error(exc: BaseException) -> BaseException:
     return exc
 
 
-# an export path takes the one-device module: a data-parallel layer has no exported form
-REPLICAS = ("an exported graph runs on one device: a layer split over replicas (its "
-            "data-parallel training) has no export form")
-
-
 class TorchOnnxAdapter(TorchAdapter):
     """The torch adapter whose inference runs in the exported graph."""
 
@@ -71,7 +66,7 @@ class TorchOnnxAdapter(TorchAdapter):
 
     def replicated(self):
         """Asked for before ``build`` where the layer has replicas (xbn.adapters.base)."""
-        raise NotApplicable(REPLICAS)
+        raise NotApplicable(runtime.NO_REPLICAS)
 
     def _note(self, note: str) -> None:
         if note not in self.notes:
